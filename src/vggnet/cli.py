@@ -1,0 +1,222 @@
+"""The `vgg` command: one entry point, a sub-command per job.
+
+`main(argv)` takes an argument list, so tests drive the real command line. Each
+sub-command lives with the code it runs: `COMMANDS` maps its name to a module
+that defines `add_<name>_arguments(parser)` and `run_<name>(args) -> int`, and
+only that module is imported (so `vgg info` does not load scikit-learn).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from vggnet.errors import UserError
+
+__all__ = ["COMMANDS", "main", "parse_args_with_config", "add_model_arguments"]
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "info": ("vggnet.cli", "Table 1 and Table 2 from the code: layers, parameters, MACs"),
+    "synth": ("vggnet.data.synthetic", "write the synthetic shapes dataset to disk"),
+    "stats": ("vggnet.data.stats", "training-set mean RGB and RGB PCA"),
+    "train": ("vggnet.train", "train with the paper's protocol (§3.1)"),
+    "eval": ("vggnet.evaluate", "dense / multi-crop / multi-scale / fused evaluation (§3.2)"),
+    "predict": ("vggnet.evaluate", "top-5 classes for image files"),
+    "localize": ("vggnet.localize", "localisation (Appendix A): train, eval, predict"),
+    "features": ("vggnet.features", "Appendix B descriptors"),
+    "transfer": ("vggnet.features", "Appendix B: linear SVM on descriptors"),
+    "import": ("vggnet.weights", "torchvision .pth, Keras .h5, Caffe .caffemodel -> checkpoint"),
+    "export": ("vggnet.weights", "checkpoint -> safetensors, torchvision .pth, ONNX"),
+    "experiment": ("vggnet.experiments", "the paper's tables as experiment grids"),
+    "demo": ("vggnet.demo", "the main job end to end on the synthetic dataset"),
+}
+
+
+def _usage() -> str:
+    width = max(len(n) for n in COMMANDS)
+    lines = ["usage: vgg <command> [options]", "",
+             "VGG (Simonyan & Zisserman, arXiv 1409.1556): models, training, evaluation.", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "`vgg <command> --help` describes a command."]
+    return "\n".join(lines)
+
+
+def _load_command(name: str):
+    module_name, help_ = COMMANDS[name]
+    attr = name.replace("-", "_")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name:
+            raise UserError(f"`vgg {name}` is not available in this version of vggnet") from None
+        raise
+    add = getattr(module, f"add_{attr}_arguments", None)
+    run = getattr(module, f"run_{attr}", None)
+    if add is None or run is None:
+        raise UserError(f"`vgg {name}` is not available in this version of vggnet")
+    return add, run, help_
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `vgg` with `argv` (default: sys.argv[1:]); returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        from importlib.metadata import version
+
+        print(f"vggnet {version('vggnet')}")
+        return 0
+    name = argv[0]
+    if name not in COMMANDS:
+        print(f"vgg: error: unknown command {name!r}; expected one of {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    try:
+        add, run, help_ = _load_command(name)
+        parser = argparse.ArgumentParser(prog=f"vgg {name}", description=help_)
+        add(parser)
+        args = parse_args_with_config(parser, argv[1:])
+        return int(run(args) or 0)
+    except UserError as exc:
+        print(f"vgg {name}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"vgg {name}: interrupted", file=sys.stderr)
+        return 130
+
+
+def parse_args_with_config(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    """Parse with the precedence YAML file -> parser defaults -> command-line flags.
+
+    If the parser has a `--config-file` option, the YAML file's keys (flag names
+    with '-' or '_') become the parser's defaults, so flags given on the command
+    line still win. An unknown key is an error that names it and the file.
+    """
+    dests = {a.dest: a for a in parser._actions}
+    if "config_file" not in dests:
+        return parser.parse_args(argv)
+    pre, _ = parser.parse_known_args(argv)
+    if pre.config_file:
+        values = load_config_file(pre.config_file)
+        defaults: dict[str, Any] = {}
+        for key, value in values.items():
+            dest = key.replace("-", "_")
+            if dest not in dests or dest in ("help", "config_file"):
+                known = sorted(d.replace("_", "-") for d in dests if d not in ("help", "config_file"))
+                raise UserError(f"{pre.config_file}: unknown setting {key!r}; known settings: {', '.join(known)}")
+            action = dests[dest]
+            if action.type is not None and isinstance(value, str):
+                try:
+                    value = action.type(value)
+                except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
+                    raise UserError(f"{pre.config_file}: bad value for {key!r}: {exc}") from None
+            if action.choices is not None and value not in action.choices:
+                raise UserError(f"{pre.config_file}: {key!r} must be one of "
+                                f"{', '.join(map(str, action.choices))}, got {value!r}")
+            defaults[dest] = value
+        parser.set_defaults(**defaults)
+    return parser.parse_args(argv)
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping of settings; a clear error for a missing or malformed file."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--config-file {path}: no such file")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise UserError(f"--config-file {path}: not valid YAML: {exc}") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise UserError(f"--config-file {path}: expected a mapping of settings, got {type(values).__name__}")
+    return values
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, *, model_default: str = "D") -> None:
+    """The model's build arguments as flags (`--model`, `--width`, ...), shared by train and friends."""
+    from vggnet.models import NAMES
+
+    g = parser.add_argument_group("model")
+    g.add_argument("--model", default=model_default, metavar="NAME",
+                   help=f"configuration: {', '.join(NAMES)} (default: %(default)s)")
+    g.add_argument("--width", type=float, default=1.0, help="conv channel multiplier (default: %(default)s)")
+    g.add_argument("--fc-width", type=int, default=4096, help="hidden FC width (default: %(default)s)")
+    g.add_argument("--crop-size", type=int, default=224, help="training crop, a multiple of 32 (default: %(default)s)")
+    g.add_argument("--dropout", type=float, default=0.5, help="dropout after FC1 and FC2 (default: %(default)s)")
+    g.add_argument("--batch-norm", action="store_true", help="BatchNorm after every conv (beyond the paper)")
+
+
+# --------------------------------------------------------------------------- vgg info
+
+
+def add_info_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", nargs="?", help="one configuration (default: all of Table 1)")
+    parser.add_argument("--num-classes", type=int, default=1000, help="classes (default: %(default)s)")
+    parser.add_argument("--crop-size", type=int, default=224, help="input size (default: %(default)s)")
+    parser.add_argument("--width", type=float, default=1.0, help="conv channel multiplier (default: %(default)s)")
+    parser.add_argument("--fc-width", type=int, default=4096, help="hidden FC width (default: %(default)s)")
+    parser.add_argument("--batch-norm", action="store_true", help="count the BatchNorm variant")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+
+
+def describe(name: str, **build: Any) -> dict[str, Any]:
+    """Table 1 column and Table 2 row of one configuration, computed from the built model."""
+    import torch
+
+    from vggnet.models import CONFIGS, count_macs, count_parameters, vgg, weight_layers
+
+    with torch.device("meta"):  # no memory, no initialisation cost: only shapes are needed
+        model = vgg(name, **build)
+    layers = list(CONFIGS[model.name])
+    fc = [f"FC-{build.get('fc_width', 4096)}", f"FC-{build.get('fc_width', 4096)}",
+          f"FC-{model.num_classes}", "soft-max"]
+    return {
+        "name": model.name,
+        "layers": layers + fc,
+        "weight_layers": weight_layers(model),
+        "parameters": count_parameters(model),
+        "macs": count_macs(model),
+        "gmacs": round(count_macs(model) / 1e9, 2),
+        "build": model.build_args,
+    }
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from vggnet.models import CONFIGS, resolve_name
+
+    try:
+        names = [resolve_name(args.name)] if args.name else list(CONFIGS)
+        build = dict(num_classes=args.num_classes, crop_size=args.crop_size, width=args.width,
+                     fc_width=args.fc_width, batch_norm=args.batch_norm)
+        rows = [describe(n, **build) for n in names]
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if args.json:
+        print(json.dumps({r["name"]: r for r in rows}, indent=2))
+        return 0
+    print(f"Table 1: ConvNet configurations (input {args.crop_size}x{args.crop_size} RGB image)")
+    columns = [[f"{r['name']}", f"{r['weight_layers']} weight layers"] + r["layers"] for r in rows]
+    height = max(len(c) for c in columns)
+    widths = [max(len(s) for s in c) for c in columns]
+    for i in range(height):
+        print("  ".join(f"{c[i] if i < len(c) else '':<{w}}" for c, w in zip(columns, widths)).rstrip())
+    print()
+    print("Table 2: number of parameters" + (" (with BatchNorm)" if args.batch_norm else ""))
+    print(f"{'net':<6} {'weight layers':>13} {'parameters':>14} {'GMACs':>8}")
+    for r in rows:
+        print(f"{r['name']:<6} {r['weight_layers']:>13} {r['parameters']:>14,} {r['gmacs']:>8.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
