@@ -1,0 +1,218 @@
+"""Table 1, Table 2, torchvision equivalence and dense scoring (the foundation)."""
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import vggnet
+from vggnet.models import CONFIGS, count_macs, count_parameters, vgg, weight_layers
+
+ALL = ["A", "A-LRN", "B", "B-5x5", "C", "D", "E"]
+TINY = dict(width=1 / 16, fc_width=32, crop_size=32)
+
+# Table 2 of the paper, exactly (224x224 input, 1000 classes).
+TABLE2 = {
+    "A": 132_863_336, "A-LRN": 132_863_336, "B": 133_047_848, "C": 133_638_952,
+    "D": 138_357_544, "E": 143_667_240, "B-5x5": 134_503_528,
+}
+GMACS = {"A": 7.61, "B": 11.31, "D": 15.47, "E": 19.63}
+TORCHVISION = {"A": "vgg11", "B": "vgg13", "D": "vgg16", "E": "vgg19"}
+
+
+def meta_model(name, **kw):
+    with torch.device("meta"):
+        return vgg(name, **kw)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_table2_parameter_counts(name):
+    assert count_parameters(meta_model(name)) == TABLE2[name]
+
+
+@pytest.mark.parametrize("name", GMACS)
+def test_macs_match_torchvision_figures(name):
+    assert round(count_macs(meta_model(name)) / 1e9, 2) == GMACS[name]
+
+
+def test_macs_are_counted_not_tabled():
+    # Doubling the width quadruples the conv MACs of the inner layers: a real count scales.
+    small, large = meta_model("D", width=0.5), meta_model("D")
+    assert 3.5 < count_macs(large) / count_macs(small) < 4.0
+    # dense at 2x the side counts ~4x the conv work
+    assert count_macs(large, 448) > 3.9 * count_macs(large)
+
+
+@pytest.mark.parametrize("name,layers", [("A", 11), ("A-LRN", 11), ("B", 13), ("C", 16), ("D", 16), ("E", 19)])
+def test_weight_layers(name, layers):
+    assert weight_layers(meta_model(name)) == layers
+
+
+def test_configs_are_table1_data():
+    assert CONFIGS["C"][8] == "conv1-256" and CONFIGS["A-LRN"][1] == "LRN"
+    assert sum(s.startswith("conv") for s in CONFIGS["E"]) == 16
+    for layers in CONFIGS.values():
+        assert layers.count("maxpool") == 5
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_forward_backward_every_config(name):
+    model = vgg(name, num_classes=7, **TINY)
+    x = torch.randn(2, 3, 32, 32)
+    out = model(x)
+    assert out.shape == (2, 7)
+    assert torch.isfinite(out).all()
+    out.logsumexp(1).sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing, missing
+    assert all(p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+@pytest.mark.parametrize("alias,letter", [("vgg11", "A"), ("vgg13", "B"), ("VGG16", "D"), ("vgg19", "E"), ("a-lrn", "A-LRN")])
+def test_aliases(alias, letter):
+    assert vgg(alias, **TINY).name == letter
+
+
+def test_lrn_uses_krizhevsky_alpha_per_element():
+    lrn = vgg("A-LRN", **TINY).features[2]
+    assert isinstance(lrn, nn.LocalResponseNorm)
+    # PyTorch divides alpha by size; Krizhevsky's alpha=1e-4 is per element.
+    assert lrn.size == 5 and lrn.alpha / lrn.size == pytest.approx(1e-4) and lrn.beta == 0.75 and lrn.k == 2
+
+
+def test_batch_norm_variant_and_build_args():
+    model = vgg("D", num_classes=3, batch_norm=True, **TINY)
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 13
+    rebuilt = vgg(**model.build_args)
+    assert rebuilt.build_args == model.build_args
+    assert model.state_dict().keys() == rebuilt.state_dict().keys()
+
+
+def test_width_scales_channels_and_crop_sets_fc1():
+    model = vgg("D", width=0.25, crop_size=64, fc_width=100)
+    assert model.features[0].out_channels == 16
+    assert model.classifier[0].in_features == 128 * 2 * 2  # 512/4 channels x (64/32)^2
+    assert model.feature_info[-1] == {"num_chs": 128, "reduction": 32, "module": "features.30", "stage": 5}
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(name="F"), "unknown VGG configuration 'F'.*A, A-LRN, B"),
+    (dict(name="D", crop_size=100), "crop_size must be a positive multiple of 32.*100"),
+    (dict(name="D", crop_size=0), "crop_size must be an integer >= 32, got 0"),
+    (dict(name="D", width=0), "width must be a positive number.*0"),
+    (dict(name="D", width=-1.0), "width must be a positive number"),
+    (dict(name="D", num_classes=0), "num_classes must be an integer >= 1, got 0"),
+    (dict(name="D", dropout=1.5), "dropout must be a probability"),
+])
+def test_bad_arguments_name_the_value(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        vgg(**kwargs)
+
+
+@pytest.mark.parametrize("letter,bn", [(k, bn) for k in TORCHVISION for bn in (False, True)])
+def test_state_dict_matches_torchvision_layout(letter, bn):
+    ours = meta_model(letter, batch_norm=bn).state_dict()
+    with torch.device("meta"):
+        ref = getattr(torchvision.models, TORCHVISION[letter] + ("_bn" if bn else ""))().state_dict()
+    assert list(ours) == list(ref)
+    assert all(ours[k].shape == ref[k].shape for k in ref)
+
+
+def test_torchvision_vgg16_weights_give_identical_logits():
+    # The cross-check that we implement the reference function: full-size D, batch of 1.
+    torch.manual_seed(1)
+    ref = torchvision.models.vgg16().eval()
+    ours = vgg("D")
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    ours.eval()
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert (ours(x) - ref(x)).abs().max() < 1e-5
+
+
+def test_torchvision_bn_weights_tiny_logits():
+    # BN variant at tiny width: torchvision's builder takes any features stack.
+    ours = vgg("B", num_classes=5, batch_norm=True, width=1 / 16, fc_width=4096, crop_size=224).eval()
+    ref = torchvision.models.vgg13_bn(num_classes=5)
+    ref.features = torchvision.models.vgg.make_layers([4, 4, "M", 8, 8, "M", 16, 16, "M", 32, 32, "M", 32, 32, "M"],
+                                                      batch_norm=True)
+    ref.classifier[0] = nn.Linear(32 * 49, 4096)
+    for m in ref.modules():  # non-trivial running statistics
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 1.5)
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    ref.eval()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert (ours(x) - ref(x)).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("name", ["A", "C", "D"])
+def test_dense_equals_forward_at_crop_size(name):
+    model = vgg(name, num_classes=6, **TINY).eval()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        dense = model.dense(x)
+        assert dense.shape == (3, 6, 1, 1)
+        assert torch.allclose(dense[:, :, 0, 0], model(x), atol=1e-5)
+
+
+def test_dense_map_size_and_window_equivalence():
+    model = vgg("D", num_classes=4, width=1 / 16, fc_width=16, crop_size=64).eval()
+    x = torch.randn(1, 3, 128, 96)
+    with torch.no_grad():
+        scores = model.dense(x)
+        assert scores.shape == (1, 4, 128 // 32 - 1, 96 // 32 - 1)
+        # The dense map at (0, 0) sees exactly the top-left crop's receptive grid.
+        feat = model.features(x)[:, :, :2, :2]
+        top_left = model.classifier(torch.flatten(feat, 1))
+        assert torch.allclose(scores[:, :, 0, 0], top_left, atol=1e-5)
+
+
+def test_dense_384_at_224_is_6x6():
+    model = vgg("A", num_classes=3, width=1 / 32, fc_width=8)
+    with torch.no_grad():
+        assert model.eval().dense(torch.randn(1, 3, 384, 384)).shape == (1, 3, 6, 6)
+
+
+def test_dense_kernels_are_views_of_linear_weights():
+    model = vgg("A", num_classes=3, **TINY).eval()
+    x = torch.randn(1, 3, 64, 64)
+    before = model.dense(x)
+    with torch.no_grad():
+        model.classifier[6].bias[1] += 10.0  # change the Linear: the dense form must see it
+    after = model.dense(x)
+    assert torch.allclose(after[:, 1] - before[:, 1], torch.full_like(after[:, 1], 10.0), atol=1e-4)
+    assert torch.allclose(after[:, 0], before[:, 0])
+
+
+def test_dense_gradients_reach_linear_weights():
+    model = vgg("A", num_classes=3, **TINY)
+    model.dense(torch.randn(1, 3, 64, 64)).sum().backward()
+    assert model.classifier[0].weight.grad is not None and model.classifier[0].weight.grad.abs().sum() > 0
+
+
+def test_features_map_is_penultimate_after_relu():
+    model = vgg("A", num_classes=3, **TINY).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        fmap = model.features_map(x)
+        assert fmap.shape == (2, 32, 1, 1)
+        assert (fmap >= 0).all()
+        # applying the last FC to the descriptor gives the logits
+        assert torch.allclose(model.classifier[6](fmap[:, :, 0, 0]), model(x), atol=1e-5)
+
+
+def test_wrong_sizes_give_clear_errors():
+    model = vgg("A", **TINY)
+    with pytest.raises(ValueError, match=r"classifies 32x32 crops.*got 64x64.*model.dense"):
+        model(torch.randn(1, 3, 64, 64))
+    with pytest.raises(ValueError, match=r"at least crop_size=32.*got 16x40"):
+        model.dense(torch.randn(1, 3, 16, 40))
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
+        model(torch.randn(3, 32, 32))
+
+
+def test_package_exports():
+    assert vggnet.vgg is vgg and "D" in vggnet.CONFIGS and vggnet.NAMES[-1] == "vgg19"
