@@ -1,0 +1,30 @@
+"""Files -> tensors: datasets, the synthetic default, the paper's transforms (§3.1, §3.2), statistics.
+
+    >>> from vggnet.data import build_dataset, TrainPreset, Preprocessing
+    >>> pre = Preprocessing.caffe(mean=stats["mean"])
+    >>> train = build_dataset("DATA", TrainPreset(crop_size=224, scale=(256, 512), preprocessing=pre, pca=stats))
+"""
+
+from vggnet.data.datasets import (
+    BadImageWarning, Batch, ImageDataset, build_dataset, check_bad_fraction, collate_skip_bad, make_loader,
+    read_labels_file, read_loc_solution, read_synsets, read_voc_xml,
+)
+from vggnet.data.stats import compute_stats, load_stats, save_stats
+from vggnet.data.synthetic import SHAPES, SyntheticShapes, write_synthetic
+from vggnet.data.transforms import (
+    ToNormalizedTensor,
+    CAFFE_MEAN, TORCHVISION_MEAN, TORCHVISION_STD, BadImageError, DenseEvalPreset, MultiCropEvalPreset,
+    PCALighting, Preprocessing, RandomRescaleCrop, RescaleSmallestSide, ToFloat01, TrainPreset, decode_image,
+    grid_crops, load_image, open_image, parse_scale, rescale_smallest_side, rescaled_size, to_rgb,
+)
+
+__all__ = [
+    "BadImageWarning", "Batch", "ImageDataset", "build_dataset", "check_bad_fraction", "collate_skip_bad",
+    "make_loader", "read_labels_file", "read_loc_solution", "read_synsets", "read_voc_xml",
+    "compute_stats", "load_stats", "save_stats",
+    "SHAPES", "SyntheticShapes", "write_synthetic",
+    "CAFFE_MEAN", "TORCHVISION_MEAN", "TORCHVISION_STD", "BadImageError", "DenseEvalPreset",
+    "MultiCropEvalPreset", "PCALighting", "Preprocessing", "RandomRescaleCrop", "RescaleSmallestSide",
+    "ToFloat01", "ToNormalizedTensor", "TrainPreset", "decode_image", "grid_crops", "load_image", "open_image", "parse_scale",
+    "rescale_smallest_side", "rescaled_size", "to_rgb",
+]

@@ -1,0 +1,541 @@
+"""Image datasets on disk: the layouts of ImageNet (ILSVRC-2012, the paper's §4 data).
+
+    root/train/<class>/*.JPEG              class folders (torchvision's ImageFolder layout)
+    root/val/<class>/*.JPEG                validation in class folders, or
+    root/val/*.JPEG + a labels file        flat, with one of
+        CSV `image,label`                    (header optional; label = class name)
+        ILSVRC2012_validation_ground_truth.txt   1-based devkit indices + the synset list
+        LOC_val_solution.csv               Kaggle's ImageNet localisation challenge
+    boxes (Appendix A)                     PASCAL VOC XML files, or LOC_*_solution.csv
+
+Class indices follow `classes` (sorted folder names unless given, e.g. from a
+checkpoint), so a model's outputs mean the same thing wherever it is evaluated.
+
+Bad files: in training (`strict=False`) an image that cannot be decoded yields
+`None` and a `BadImageWarning` naming the path; `collate_skip_bad` drops such
+items and counts them (`Batch.skipped`), and `check_bad_fraction` stops the run
+when too many are bad. In evaluation (`strict=True`) the same file raises
+`DataError` naming it: the test set never shrinks silently. Layout mistakes (an
+empty class folder, a missing labels file, a label that is not a known class) are
+errors when the dataset is built, not in the middle of an epoch.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import warnings
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision import tv_tensors
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from vggnet.data.transforms import BadImageError, decode_image, displayed_size, open_image
+from vggnet.errors import DataError
+
+__all__ = [
+    "IMG_EXTENSIONS", "BadImageWarning", "ImageDataset", "Batch", "build_dataset", "collate_skip_bad",
+    "check_bad_fraction", "make_loader", "read_labels_file", "read_synsets", "read_voc_xml", "read_loc_solution",
+]
+
+
+class BadImageWarning(UserWarning):
+    """An image was skipped in training because it cannot be decoded; the message names it."""
+
+
+def _is_image(name: str) -> bool:
+    return not name.startswith(".") and name.lower().endswith(IMG_EXTENSIONS)
+
+
+def _list_images(folder: Path, recursive: bool = True) -> list[Path]:
+    if not recursive:
+        return sorted(p for p in folder.iterdir() if p.is_file() and _is_image(p.name))
+    found = []
+    # followlinks like torchvision's make_dataset: class folders are often symlinks
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found += [Path(dirpath) / f for f in sorted(filenames) if _is_image(f)]
+    return found
+
+
+# --------------------------------------------------------------------------- annotation formats
+
+
+def read_synsets(path: str | Path) -> list[str]:
+    """The ILSVRC2012 devkit's synsets in ILSVRC2012_ID order (index 0 = ID 1).
+
+    `path` is the devkit's `meta.mat` (or the devkit folder holding `data/meta.mat`),
+    or a text file with one wnid per line, optionally followed by words
+    (`n01440764 tench, Tinca tinca`). Note that Kaggle's `LOC_synset_mapping.txt`
+    is in sorted-wnid order, not devkit order: use it with `LOC_*` files, not with
+    the devkit's 1-based ground truth.
+    """
+    path = Path(path)
+    if path.is_dir():
+        for cand in (path / "data" / "meta.mat", path / "meta.mat"):
+            if cand.is_file():
+                path = cand
+                break
+        else:
+            raise DataError(f"{path}: no data/meta.mat in this ILSVRC2012 devkit folder")
+    if not path.is_file():
+        raise DataError(f"{path}: synset list not found")
+    if path.suffix == ".mat":
+        try:
+            from scipy.io import loadmat
+
+            synsets = loadmat(str(path), squeeze_me=True)["synsets"]
+            rows = [(int(s[0]), str(s[1]), int(s[4])) for s in synsets]  # ILSVRC2012_ID, WNID, num_children
+        except Exception as exc:
+            raise DataError(f"{path}: not an ILSVRC2012 devkit meta.mat ({type(exc).__name__}: {exc})") from None
+        return [wnid for _, wnid, children in sorted(rows) if children == 0]
+    wnids = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            wnids.append(line.split()[0].rstrip(","))
+    if not wnids:
+        raise DataError(f"{path}: empty synset list")
+    if len(set(wnids)) != len(wnids):
+        raise DataError(f"{path}: the synset list repeats names")
+    return wnids
+
+
+def _voc_box(obj: ET.Element, path: Path) -> tuple[str, list[float]]:
+    name = (obj.findtext("name") or "").strip()
+    bb = obj.find("bndbox")
+    if bb is None:
+        raise DataError(f"{path}: <object> {name!r} has no <bndbox>")
+    try:
+        xmin, ymin, xmax, ymax = (float(bb.findtext(k) or "nan") for k in ("xmin", "ymin", "xmax", "ymax"))
+    except ValueError as exc:
+        raise DataError(f"{path}: <bndbox> of {name!r} is not numeric: {exc}") from None
+    if not (xmin <= xmax and ymin <= ymax):
+        raise DataError(f"{path}: <bndbox> of {name!r} has xmin > xmax or ymin > ymax "
+                        f"({xmin}, {ymin}, {xmax}, {ymax})")
+    # VOC/ILSVRC store 1-based inclusive pixel indices; continuous XYXY covers pixels xmin..xmax
+    return name, [xmin - 1, ymin - 1, xmax, ymax]
+
+
+def read_voc_xml(path: str | Path) -> tuple[np.ndarray, list[str]]:
+    """Boxes of one PASCAL VOC annotation: ((n, 4) float32 XYXY continuous pixels, names)."""
+    path = Path(path)
+    try:
+        root = ET.parse(path).getroot()
+    except (ET.ParseError, OSError) as exc:
+        raise DataError(f"{path}: not a readable PASCAL VOC XML file: {exc}") from None
+    if root.tag != "annotation":
+        raise DataError(f"{path}: expected a PASCAL VOC <annotation>, found <{root.tag}>")
+    parsed = [_voc_box(obj, path) for obj in root.iter("object")]
+    boxes = np.array([b for _, b in parsed], dtype=np.float32).reshape(-1, 4)
+    return boxes, [n for n, _ in parsed]
+
+
+def read_loc_solution(path: str | Path) -> dict[str, tuple[np.ndarray, list[str]]]:
+    """Kaggle's `LOC_{train,val}_solution.csv`: ImageId -> (boxes (n, 4) XYXY, wnids).
+
+    PredictionString holds `wnid xmin ymin xmax ymax` groups in ILSVRC's 1-based
+    pixel indices (converted as VOC boxes are).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: LOC solution file not found")
+    out: dict[str, tuple[np.ndarray, list[str]]] = {}
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None or [h.strip() for h in header[:2]] != ["ImageId", "PredictionString"]:
+            raise DataError(f"{path}: expected Kaggle's header 'ImageId,PredictionString', got {header}")
+        for line, row in enumerate(reader, 2):
+            if not row:
+                continue
+            if len(row) < 2:
+                raise DataError(f"{path}, line {line}: expected 'ImageId,PredictionString', got {row}")
+            parts = row[1].split()
+            if not parts or len(parts) % 5:
+                raise DataError(f"{path}, line {line}: PredictionString must be groups of "
+                                f"'wnid xmin ymin xmax ymax', got {row[1]!r}")
+            names, boxes = [], []
+            for k in range(0, len(parts), 5):
+                try:
+                    xmin, ymin, xmax, ymax = (float(v) for v in parts[k + 1:k + 5])
+                except ValueError:
+                    raise DataError(f"{path}, line {line}: non-numeric box in {row[1]!r}") from None
+                names.append(parts[k])
+                boxes.append([xmin - 1, ymin - 1, xmax, ymax])
+            out[row[0].strip()] = (np.array(boxes, dtype=np.float32).reshape(-1, 4), names)
+    return out
+
+
+_HEADER_WORDS = {"image", "images", "filename", "file", "path", "name", "imageid", "image_id", "id"}
+
+
+def read_labels_file(path: str | Path, synsets: str | Path | Sequence[str] | None = None) -> dict[str, str]:
+    """Image key (file name, stem or relative path) -> class name, from any supported labels file.
+
+    - Kaggle `LOC_*_solution.csv` (header `ImageId,PredictionString`): the first wnid.
+    - CSV `image,label` (header optional).
+    - ILSVRC2012 devkit ground truth: one 1-based ILSVRC2012_ID per line, line k
+      for `ILSVRC2012_val_{k:08d}`; needs `synsets` (devkit order), found
+      automatically as `meta.mat` beside the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: labels file not found")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read the labels file: {exc}") from None
+    lines = [ln.strip() for ln in text.splitlines()]
+    content = [ln for ln in lines if ln]
+    if not content:
+        raise DataError(f"{path}: the labels file is empty")
+    if content[0].replace(" ", "").startswith("ImageId,PredictionString"):
+        return {k: names[0] for k, (_, names) in read_loc_solution(path).items()}
+    if all(re.fullmatch(r"\d+", ln) for ln in content):
+        return _read_devkit_ground_truth(path, lines, synsets)
+    out: dict[str, str] = {}
+    rows = list(csv.reader(text.splitlines()))
+    for line, row in enumerate(rows, 1):
+        if not row or not "".join(row).strip():
+            continue
+        if line == 1 and row[0].strip().lower() in _HEADER_WORDS:
+            continue
+        if len(row) < 2 or not row[0].strip() or not row[1].strip():
+            raise DataError(f"{path}, line {line}: expected 'image,label', got {','.join(row)!r}")
+        key = row[0].strip()
+        if key in out and out[key] != row[1].strip():
+            raise DataError(f"{path}, line {line}: {key!r} is labelled twice ({out[key]!r} and {row[1].strip()!r})")
+        out[key] = row[1].strip()
+    return out
+
+
+def _read_devkit_ground_truth(path: Path, lines: list[str], synsets: Any) -> dict[str, str]:
+    if synsets is None:
+        for cand in (path.parent / "meta.mat", path.parent.parent / "data" / "meta.mat"):
+            if cand.is_file():
+                synsets = cand
+                break
+        else:
+            raise DataError(f"{path}: holds 1-based ILSVRC2012 class indices and needs the devkit's synset "
+                            f"list in ILSVRC2012_ID order (synsets=: meta.mat, or a text file of wnids); "
+                            f"none found beside it")
+    wnids = list(synsets) if isinstance(synsets, (list, tuple)) else read_synsets(synsets)
+    out = {}
+    for k, ln in enumerate(lines, 1):
+        if not ln:
+            continue
+        idx = int(ln)
+        if not 1 <= idx <= len(wnids):
+            raise DataError(f"{path}, line {k}: class index {idx} is outside 1..{len(wnids)} of the synset list")
+        out[f"ILSVRC2012_val_{k:08d}"] = wnids[idx - 1]
+    return out
+
+
+# --------------------------------------------------------------------------- the dataset
+
+
+class ImageDataset(Dataset):
+    """Images with labels (and optionally boxes) from files.
+
+    Items: `(image, label)`, or `(image, label, boxes)` when boxes are loaded
+    (`tv_tensors.BoundingBoxes`, XYXY, transformed with the image); `None` for an
+    undecodable file when `strict=False`. `transform(image)` or
+    `transform(image, boxes)` receives a Pillow image: lazily opened for our
+    presets (so they can decode JPEGs at reduced size), decoded to RGB otherwise.
+    """
+
+    def __init__(self, samples: Sequence[tuple[str, int]], classes: Sequence[str], *,
+                 transform: Callable[..., Any] | None = None, strict: bool = True, root: str | Path = "",
+                 boxes: Sequence[Any] | None = None) -> None:
+        self.samples = [(str(p), int(t)) for p, t in samples]
+        self.targets = [t for _, t in self.samples]
+        self.classes = list(classes)
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        self.transform = transform
+        self.strict = strict
+        self.root = str(root)
+        # per sample: None (no box), a path to a VOC XML (parsed when read) or (boxes, names)
+        self.box_sources = None if boxes is None else list(boxes)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def has_boxes(self) -> bool:
+        return self.box_sources is not None
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(root={self.root!r}, images={len(self)}, classes={len(self.classes)}, "
+                f"boxes={self.has_boxes}, strict={self.strict})")
+
+    def raw_boxes(self, index: int) -> tuple[np.ndarray, list[str]]:
+        """((n, 4) XYXY boxes in the displayed image's pixels, class names) of one image."""
+        if self.box_sources is None:
+            raise DataError(f"{self.root}: this dataset was built without boxes")
+        src = self.box_sources[index]
+        if src is None:
+            return np.zeros((0, 4), np.float32), []
+        if isinstance(src, (str, Path)):
+            return read_voc_xml(src)
+        return src
+
+    def __getitem__(self, index: int) -> Any:
+        path, label = self.samples[index]
+        try:
+            img = open_image(path)
+            boxes = None
+            if self.box_sources is not None:
+                w, h = displayed_size(img)
+                arr, _ = self.raw_boxes(index)
+                boxes = tv_tensors.BoundingBoxes(torch.as_tensor(arr, dtype=torch.float32).reshape(-1, 4),
+                                                 format="XYXY", canvas_size=(h, w))
+            if self.transform is None or not hasattr(self.transform, "decode_side"):
+                # a foreign transform gets what ImageFolder would give it: a decoded RGB image
+                img = decode_image(img)
+            if self.transform is not None:
+                out = self.transform(img) if boxes is None else self.transform(img, boxes)
+                if boxes is not None:
+                    img, boxes = out
+                else:
+                    img = out
+        except BadImageError as exc:
+            if exc.path is None:
+                exc = BadImageError(path, exc.reason)
+            if self.strict:
+                raise exc from None
+            warnings.warn(f"skipping bad image {exc}", BadImageWarning, stacklevel=2)
+            return None
+        return (img, label) if boxes is None else (img, label, boxes)
+
+
+# --------------------------------------------------------------------------- batching
+
+
+class Batch(tuple):
+    """A collated batch: unpacks as `images, labels` (or `images, labels, boxes`),
+    and `.skipped` says how many items of it were bad files and dropped."""
+
+    skipped: int
+
+    def __new__(cls, items: Iterable[Any], skipped: int = 0) -> Batch:
+        self = super().__new__(cls, items)
+        self.skipped = int(skipped)
+        return self
+
+    def __getnewargs__(self) -> tuple[Any, ...]:  # pickling across DataLoader workers keeps .skipped
+        return (tuple(self), self.skipped)
+
+    def pin_memory(self) -> Batch:
+        # DataLoader's pin_memory calls this method when present; keep the count
+        return Batch((x.pin_memory() if isinstance(x, torch.Tensor) else x for x in self), self.skipped)
+
+    def to(self, device: Any, non_blocking: bool = False) -> Batch:
+        return Batch((x.to(device, non_blocking=non_blocking) if isinstance(x, torch.Tensor) else x
+                      for x in self), self.skipped)
+
+
+def collate_skip_bad(batch: Sequence[Any]) -> Batch:
+    """Drop the `None` items of bad files and collate the rest.
+
+    Images and labels are stacked; boxes (the third element, when present) stay a
+    list, one `BoundingBoxes` per image, since their number varies. Returns a
+    `Batch` with `.skipped` set. When every item was bad the `Batch` is empty
+    (falsy, len 0) and still carries the count, so a training loop reads
+    `if not batch: bad += batch.skipped; continue`.
+    """
+    good = [b for b in batch if b is not None]
+    skipped = len(batch) - len(good)
+    if not good:
+        return Batch((), skipped)
+    images = torch.stack([torch.as_tensor(b[0]).as_subclass(torch.Tensor) for b in good])
+    labels = torch.tensor([int(b[1]) for b in good], dtype=torch.long)
+    if len(good[0]) > 2:
+        return Batch((images, labels, [b[2] for b in good]), skipped)
+    return Batch((images, labels), skipped)
+
+
+def check_bad_fraction(bad: int, total: int, max_fraction: float, *, where: str = "the training set") -> None:
+    """Stop training when more than `max_fraction` of the images of an epoch were bad files."""
+    if total > 0 and bad / total > max_fraction:
+        raise DataError(f"{bad} of {total} images ({100 * bad / total:.2f}%) in {where} could not be decoded, "
+                        f"more than the allowed {100 * max_fraction:.2f}% (the warnings above name them)")
+
+
+def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool = False, workers: int = 0,
+                device: str | torch.device = "cpu", sampler: Any = None, drop_last: bool = False,
+                prefetch_factor: int = 2) -> DataLoader:
+    """The DataLoader the paper's pipeline wants: worker processes kept across
+    epochs (no re-forking and re-importing each epoch), pinned memory on GPU, bad
+    files skipped by `collate_skip_bad`."""
+    workers = int(workers)
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else False, sampler=sampler,
+        num_workers=workers, collate_fn=collate_skip_bad, drop_last=drop_last,
+        pin_memory=torch.device(device).type == "cuda", persistent_workers=workers > 0,
+        prefetch_factor=prefetch_factor if workers > 0 else None)
+
+
+# --------------------------------------------------------------------------- build_dataset
+
+_LABEL_FILES = ("LOC_{split}_solution.csv", "ILSVRC2012_validation_ground_truth.txt", "{split}_labels.csv",
+                "{split}.csv", "labels.csv")
+
+
+def _split_dir(root: Path, split: str) -> tuple[Path, Path]:
+    """(split folder, dataset root): `root/split` when it exists, else `root` is the split folder."""
+    if not root.exists():
+        raise DataError(f"{root}: no such directory")
+    if not root.is_dir():
+        raise DataError(f"{root}: not a directory (expected a dataset folder with {split}/ or a folder of images)")
+    if (root / split).is_dir():
+        return root / split, root
+    return root, root.parent
+
+
+def _find_labels_file(split_dir: Path, data_root: Path, split: str) -> Path | None:
+    for folder in (split_dir, data_root):
+        for pattern in _LABEL_FILES:
+            cand = folder / pattern.format(split=split)
+            if cand.is_file():
+                if "ILSVRC2012_validation" in cand.name and split == "train":
+                    continue
+                return cand
+    return None
+
+
+def _class_folders(split_dir: Path, classes: Sequence[str] | None) -> tuple[list[tuple[str, int]], list[str]]:
+    folders = sorted(d.name for d in os.scandir(split_dir) if d.is_dir() and not d.name.startswith("."))
+    if classes is None:
+        classes = folders
+    class_to_idx = {c: i for i, c in enumerate(classes)}
+    unknown = [f for f in folders if f not in class_to_idx]
+    if unknown:
+        raise DataError(f"{split_dir}: class folder(s) {', '.join(unknown[:5])}"
+                        f"{' ...' if len(unknown) > 5 else ''} are not among the {len(classes)} known classes "
+                        f"(e.g. {', '.join(list(classes)[:5])}); the model's classes come from its training set")
+    samples: list[tuple[str, int]] = []
+    for name in folders:
+        files = _list_images(split_dir / name)
+        if not files:
+            raise DataError(f"{split_dir / name}: empty class folder (no files ending in "
+                            f"{', '.join(IMG_EXTENSIONS)}); remove it or add its images")
+        samples += [(str(p), class_to_idx[name]) for p in files]
+    return samples, list(classes)
+
+
+def _flat_with_labels(split_dir: Path, labels_file: Path, classes: Sequence[str] | None,
+                      synsets: Any) -> tuple[list[tuple[str, int]], list[str]]:
+    labels = read_labels_file(labels_file, synsets)
+    files = _list_images(split_dir)
+    by_key: dict[str, Path] = {}
+    for p in files:
+        rel = p.relative_to(split_dir).as_posix()
+        for key in {rel, p.name, p.stem, str(Path(rel).with_suffix("").as_posix())}:
+            by_key.setdefault(key, p)
+    if classes is None:
+        classes = sorted(set(labels.values()))
+    class_to_idx = {c: i for i, c in enumerate(classes)}
+    samples, missing, seen = [], [], set()
+    for key, name in labels.items():
+        if name not in class_to_idx:
+            raise DataError(f"{labels_file}: label {name!r} of {key!r} is not among the {len(classes)} known "
+                            f"classes (e.g. {', '.join(list(classes)[:5])})")
+        p = by_key.get(key) or by_key.get(Path(key).stem)
+        if p is None:
+            missing.append(key)
+            continue
+        seen.add(p)
+        samples.append((str(p), class_to_idx[name]))
+    if missing:
+        raise DataError(f"{labels_file}: {len(missing)} labelled image(s) are not in {split_dir}, "
+                        f"e.g. {', '.join(missing[:3])}")
+    unlabelled = [p for p in files if p not in seen]
+    if unlabelled:
+        raise DataError(f"{split_dir}: {len(unlabelled)} image(s) have no label in {labels_file}, "
+                        f"e.g. {', '.join(p.name for p in unlabelled[:3])}")
+    if not samples:
+        raise DataError(f"{labels_file}: labels no images")
+    samples.sort()
+    return samples, list(classes)
+
+
+def _box_sources(samples: Sequence[tuple[str, int]], split_dir: Path, data_root: Path, split: str,
+                 boxes: Any) -> list[Any]:
+    if boxes is True:
+        candidates = [data_root / "annotations" / split, split_dir.parent / "annotations" / split_dir.name,
+                      data_root / f"LOC_{split}_solution.csv", split_dir / f"LOC_{split}_solution.csv"]
+        source = next((c for c in candidates if c.exists()), None)
+        if source is None:
+            source = split_dir  # XML files beside the images
+    else:
+        source = Path(boxes)
+        if not source.exists():
+            raise DataError(f"{source}: boxes not found (expected a folder of VOC XML files or LOC_*_solution.csv)")
+    out: list[Any] = []
+    if source.is_file():
+        table = read_loc_solution(source)
+        for path, _ in samples:
+            out.append(table.get(Path(path).stem))
+    else:
+        xmls: dict[str, Path] = {}
+        for dirpath, _, filenames in os.walk(source, followlinks=True):
+            for f in filenames:
+                if f.lower().endswith(".xml"):
+                    full = Path(dirpath) / f
+                    xmls.setdefault(full.relative_to(source).with_suffix("").as_posix(), full)
+                    xmls.setdefault(Path(f).stem, full)
+        for path, _ in samples:
+            p = Path(path)
+            rel = p.relative_to(split_dir).with_suffix("").as_posix() if p.is_relative_to(split_dir) else p.stem
+            out.append(xmls.get(rel) or xmls.get(p.stem))
+    if not any(o is not None for o in out):
+        raise DataError(f"{source}: no boxes found for any of the {len(samples)} images of {split_dir}")
+    return out
+
+
+def build_dataset(root: str | os.PathLike, transform: Callable[..., Any] | None = None, split: str = "train",
+                  classes: Sequence[str] | None = None, labels_file: str | os.PathLike | None = None,
+                  strict: bool | None = None, *, boxes: bool | str | os.PathLike | None = None,
+                  synsets: str | os.PathLike | Sequence[str] | None = None) -> ImageDataset:
+    """The dataset of one split of `root` (or of `root` itself if it is the split folder).
+
+    `classes` fixes the class order (e.g. a checkpoint's); by default it is the
+    sorted class folders, or the sorted labels of a flat split. `labels_file`
+    makes the split flat (found automatically when the folder has no class
+    folders: LOC_<split>_solution.csv, ILSVRC2012_validation_ground_truth.txt,
+    <split>_labels.csv, <split>.csv, labels.csv). `strict` defaults to
+    False for "train" and True otherwise. `boxes=True` loads boxes from
+    `ROOT/annotations/<split>/` (VOC XML, mirrored or flat), `LOC_<split>_solution.csv`,
+    or XML files beside the images; `boxes=PATH` names the folder or CSV.
+    """
+    root = Path(root)
+    split_dir, data_root = _split_dir(root, split)
+    if classes is not None:
+        classes = list(classes)
+        if len(set(classes)) != len(classes) or not classes:
+            raise DataError(f"classes: expected distinct class names, got {len(classes)} with repeats or none")
+    if labels_file is not None:
+        labels_path = Path(labels_file)
+        if not labels_path.is_file():
+            raise DataError(f"{labels_path}: labels file not found")
+        samples, classes = _flat_with_labels(split_dir, labels_path, classes, synsets)
+    elif any(d.is_dir() and not d.name.startswith(".") for d in os.scandir(split_dir)):
+        samples, classes = _class_folders(split_dir, classes)
+    else:
+        found = _find_labels_file(split_dir, data_root, split)
+        if found is None:
+            raise DataError(f"{split_dir}: no class folders and no labels file (expected {split_dir}/<class>/*.jpg, "
+                            f"or flat images with a labels file: CSV image,label, the ILSVRC2012 devkit "
+                            f"ground truth or LOC_{split}_solution.csv)")
+        samples, classes = _flat_with_labels(split_dir, found, classes, synsets)
+    if not samples:
+        raise DataError(f"{split_dir}: no images")
+    box_sources = None if boxes in (None, False) else _box_sources(samples, split_dir, data_root, split, boxes)
+    return ImageDataset(samples, classes, transform=transform, strict=(split != "train") if strict is None else strict,
+                        root=split_dir, boxes=box_sources)

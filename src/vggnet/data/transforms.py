@@ -1,0 +1,610 @@
+"""The paper's input pipeline: training (§3.1) and testing (§3.2) preprocessing.
+
+Training (§3.1): isotropically rescale the image so that its smallest side is S,
+S fixed or sampled per image from [Smin, Smax] ("scale jittering"); take a random
+crop_size x crop_size crop; flip it horizontally at random; add AlexNet's PCA
+colour shift; subtract the training set's mean RGB.
+
+Testing (§3.2): rescale the smallest side to Q and keep the whole image (dense
+evaluation), or take a regular grid x grid of crops and their flips (multi-crop).
+
+Every step is a `torchvision.transforms.v2` transform, so bounding boxes
+(`tv_tensors.BoundingBoxes`, Appendix A) travel with the image through the
+rescale, the crop and the flip. Presets are small keyword-only classes that wrap a
+`v2.Compose`, in the manner of torchvision's `references/classification/presets.py`.
+
+Decoding is Pillow's (torchvision 0.29 deprecates its own decoders). A JPEG much
+larger than the scale it will be rescaled to is decoded with `Image.draft()`, which
+lets libjpeg downscale by 1/2, 1/4 or 1/8 in the DCT domain for a fraction of the
+full decoding cost. EXIF orientation is applied and every Pillow mode becomes RGB.
+
+What the network sees is `(rgb01 * pixel_scale - mean) / std` (`Preprocessing`);
+the paper's (Caffe's) convention is pixel_scale=255, mean = training-set mean RGB
+in 0-255 units, std = 1.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import warnings
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile, ImageOps
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+from vggnet.errors import DataError
+
+__all__ = [
+    "CAFFE_MEAN", "TORCHVISION_MEAN", "TORCHVISION_STD", "Preprocessing",
+    "BadImageError", "open_image", "decode_image", "load_image", "to_rgb", "displayed_size",
+    "rescaled_size", "rescale_smallest_side", "parse_scale",
+    "RescaleSmallestSide", "RandomRescaleCrop", "PCALighting", "ToFloat01", "ToNormalizedTensor",
+    "TrainPreset", "DenseEvalPreset", "grid_crops", "MultiCropEvalPreset",
+]
+
+# Mean RGB (0-255) of the ILSVRC-2012 training set as released with the VGG Caffe
+# models (Caffe stores it as BGR 103.939, 116.779, 123.68).
+CAFFE_MEAN = (123.68, 116.779, 103.939)
+# torchvision's ImageNet normalisation, for weights imported from torchvision (pixel_scale=1).
+TORCHVISION_MEAN = (0.485, 0.456, 0.406)
+TORCHVISION_STD = (0.229, 0.224, 0.225)
+
+
+# --------------------------------------------------------------------------- normalisation
+
+
+def _triple(name: str, value: Any) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"preprocessing {name!r}: expected 3 numbers (R, G, B), got {value!r}") from None
+    if len(values) != 3 or not all(math.isfinite(v) for v in values):
+        raise ValueError(f"preprocessing {name!r}: expected 3 finite numbers (R, G, B), got {value!r}")
+    return values  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """The normalisation a model was trained with; saved in every checkpoint.
+
+    The network sees `(rgb01 * pixel_scale - mean) / std`, with `mean` and `std`
+    in units of `pixel_scale` and always in RGB order.
+    """
+
+    pixel_scale: float = 255.0
+    mean: tuple[float, float, float] = CAFFE_MEAN
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+    def __post_init__(self) -> None:
+        scale = float(self.pixel_scale)
+        if not (math.isfinite(scale) and scale > 0):
+            raise ValueError(f"preprocessing 'pixel_scale': expected a positive number, got {self.pixel_scale!r}")
+        std = _triple("std", self.std)
+        if min(std) <= 0:
+            raise ValueError(f"preprocessing 'std': expected positive numbers, got {list(std)}")
+        object.__setattr__(self, "pixel_scale", scale)
+        object.__setattr__(self, "mean", _triple("mean", self.mean))
+        object.__setattr__(self, "std", std)
+
+    @classmethod
+    def caffe(cls, mean: Sequence[float] = CAFFE_MEAN) -> Preprocessing:
+        """The paper's convention: 0-255 pixels minus the training-set mean RGB."""
+        return cls(pixel_scale=255.0, mean=tuple(mean), std=(1.0, 1.0, 1.0))  # type: ignore[arg-type]
+
+    @classmethod
+    def torchvision(cls) -> Preprocessing:
+        """torchvision's ImageNet normalisation, for weights imported from torchvision."""
+        return cls(pixel_scale=1.0, mean=TORCHVISION_MEAN, std=TORCHVISION_STD)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"pixel_scale": self.pixel_scale, "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Preprocessing:
+        if not isinstance(d, Mapping):
+            raise ValueError(f"preprocessing: expected a mapping with pixel_scale, mean, std, got {type(d).__name__}")
+        unknown = set(d) - {"pixel_scale", "mean", "std"}
+        if unknown:
+            raise ValueError(f"preprocessing: unknown keys {sorted(unknown)}; expected pixel_scale, mean, std")
+        missing = {"pixel_scale", "mean", "std"} - set(d)
+        if missing:
+            raise ValueError(f"preprocessing: missing keys {sorted(missing)}")
+        return cls(pixel_scale=d["pixel_scale"], mean=d["mean"], std=d["std"])
+
+    def normalize(self) -> v2.Normalize:
+        """The same map as a `v2.Normalize` on [0, 1] images:
+        (x * s - m) / d == (x - m / s) / (d / s)."""
+        s = self.pixel_scale
+        return v2.Normalize(mean=[m / s for m in self.mean], std=[d / s for d in self.std])
+
+    def __call__(self, x01: torch.Tensor) -> torch.Tensor:
+        """Normalise a float RGB tensor in [0, 1] of shape (..., 3, H, W)."""
+        if x01.ndim < 3 or x01.shape[-3] != 3:
+            raise ValueError(f"expected an RGB tensor of shape (..., 3, H, W), got {tuple(x01.shape)}")
+        mean = torch.tensor(self.mean, dtype=x01.dtype, device=x01.device).view(3, 1, 1)
+        std = torch.tensor(self.std, dtype=x01.dtype, device=x01.device).view(3, 1, 1)
+        return (x01 * self.pixel_scale - mean) / std
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+class BadImageError(DataError):
+    """An image file that cannot be decoded: the message names the file and the reason."""
+
+    def __init__(self, path: str | Path | None, reason: str) -> None:
+        self.path = None if path is None else str(path)
+        self.reason = reason
+        super().__init__(f"{self.path or '<image>'}: {reason}")
+
+
+# What Pillow raises on corrupt input: truncated data (OSError), a broken PNG chunk
+# (SyntaxError), short reads (EOFError, struct.error), bad zlib streams, tiles outside
+# the image (ValueError), and decompression bombs.
+_DECODE_ERRORS = (OSError, SyntaxError, EOFError, ValueError, struct.error, zlib.error,
+                  Image.DecompressionBombError, Image.DecompressionBombWarning, MemoryError)
+
+# EXIF orientations 5-8 rotate by 90 degrees: the displayed image has width and height swapped.
+_SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
+_EXIF_ORIENTATION = 0x0112
+
+
+def _orientation(img: Image.Image) -> int:
+    try:
+        return int(img.getexif().get(_EXIF_ORIENTATION, 1))
+    except Exception:  # a broken EXIF block must not cost the image: ignore the orientation
+        return 1
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Open an image lazily (header only), refusing decompression bombs.
+
+    Pillow only warns between MAX_IMAGE_PIXELS and twice that; we refuse anything
+    over the limit, since such an image would stall a data-loader worker.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(path)
+    except FileNotFoundError:
+        raise BadImageError(path, "no such file") from None
+    except Image.UnidentifiedImageError:
+        size = _file_size(path)
+        reason = "empty file (0 bytes)" if size == 0 else "not an image Pillow can identify"
+        raise BadImageError(path, reason) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise BadImageError(path, f"refused as a decompression bomb: {exc}") from None
+    except _DECODE_ERRORS as exc:
+        what = "truncated file" if "truncated" in str(exc).lower() else "cannot open"
+        raise BadImageError(path, f"{what}: {type(exc).__name__}: {exc}") from None
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and img.width * img.height > limit:
+        img.close()
+        raise BadImageError(path, f"refused as a decompression bomb: {img.width}x{img.height} pixels "
+                                  f"is over PIL.Image.MAX_IMAGE_PIXELS = {limit}")
+    return img
+
+
+def _file_size(path: str | Path) -> int | None:
+    try:
+        return Path(path).stat().st_size
+    except OSError:
+        return None
+
+
+def displayed_size(img: Image.Image) -> tuple[int, int]:
+    """(width, height) of the image once its EXIF orientation is applied; reads no pixels."""
+    w, h = img.size
+    return (h, w) if _orientation(img) in _SWAPPING_ORIENTATIONS else (w, h)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB.
+
+    Transparent pixels are composited over white (as a browser shows them); 16- and
+    32-bit integer greys are scaled to 8 bits rather than clipped (Pillow's own
+    `convert` would clip I;16 at 255 and turn most of the image white); CMYK JPEGs
+    are already un-inverted by Pillow's decoder and convert directly.
+    """
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode.startswith("I;16") or mode == "I":
+        a = np.asarray(img).astype(np.float32)
+        # I;16 is 0-65535; mode I comes from 16-bit PNG/TIFF greys in practice.
+        a = np.clip(np.rint(a / 257.0), 0, 255).astype(np.uint8) if a.max(initial=0) > 255 or mode != "I" \
+            else np.clip(a, 0, 255).astype(np.uint8)
+        return Image.fromarray(a, "L").convert("RGB")
+    if mode == "F":
+        a = np.asarray(img, dtype=np.float32)
+        scale = 255.0 if a.max(initial=0) <= 1.0 else 1.0
+        return Image.fromarray(np.clip(np.rint(a * scale), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        out = Image.new("RGB", rgba.size, (255, 255, 255))
+        out.paste(rgba, mask=rgba.getchannel("A"))
+        return out
+    return img.convert("RGB")
+
+
+def decode_image(img: Image.Image, *, min_side: int | None = None) -> Image.Image:
+    """Decode a lazily opened image to RGB with its EXIF orientation applied.
+
+    With `min_side`, a JPEG whose smallest side is at least twice `min_side` is
+    decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling via `Image.draft`),
+    never below `min_side`, so the later rescale loses nothing.
+    Raises `BadImageError` (naming the file) for anything Pillow cannot decode.
+    """
+    path = getattr(img, "filename", None) or None
+    source = img
+    try:
+        if min_side is not None and img.format == "JPEG" and _pending(img):
+            w, h = img.size
+            short = min(w, h)
+            if short >= 2 * min_side:
+                img.draft(None, (math.ceil(w * min_side / short), math.ceil(h * min_side / short)))
+        img.load()
+        if _orientation(img) != 1:
+            img = ImageOps.exif_transpose(img)
+        img = to_rgb(img)
+    except _DECODE_ERRORS as exc:
+        if path:
+            source.close()
+        if isinstance(exc, OSError) and "truncated" in str(exc):
+            reason = f"truncated file: {exc}"
+        else:
+            reason = f"cannot decode: {type(exc).__name__}: {exc}"
+        raise BadImageError(path, reason) from None
+    if img is not source and path:
+        # Pillow keeps the file of a multi-frame image open after load(); the
+        # converted copy no longer needs it, so workers do not leak descriptors.
+        source.close()
+    return img
+
+
+def load_image(path: str | Path, *, min_side: int | None = None) -> Image.Image:
+    """`decode_image(open_image(path))`: an RGB Pillow image, or `BadImageError` naming the file."""
+    return decode_image(open_image(path), min_side=min_side)
+
+
+def _pending(img: Image.Image) -> bool:
+    """True for an image opened from a file whose pixels are not decoded yet."""
+    return isinstance(img, ImageFile.ImageFile) and bool(img.tile)
+
+
+def _ensure_decoded(image: Any, min_side: int | None) -> Any:
+    if isinstance(image, Image.Image):
+        if _pending(image) or image.mode != "RGB":
+            return decode_image(image, min_side=min_side)
+        return image
+    if isinstance(image, (str, Path)):
+        return load_image(image, min_side=min_side)
+    return image
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def parse_scale(scale: int | Sequence[int] | str) -> tuple[int, int]:
+    """S as (Smin, Smax): an int (fixed S), a pair, or the CLI's "256" / "256:512"."""
+    original = scale
+    if isinstance(scale, str):
+        parts = scale.split(":")
+        try:
+            scale = tuple(int(p) for p in parts)  # type: ignore[assignment]
+        except ValueError:
+            raise ValueError(f"scale: expected S or Smin:Smax (integers), got {original!r}") from None
+    if isinstance(scale, (int, np.integer)) and not isinstance(scale, bool):
+        lo = hi = int(scale)
+    else:
+        try:
+            values = [int(v) for v in scale]  # type: ignore[union-attr]
+        except (TypeError, ValueError):
+            raise ValueError(f"scale: expected S or (Smin, Smax), got {original!r}") from None
+        if len(values) == 1:
+            values = values * 2
+        if len(values) != 2:
+            raise ValueError(f"scale: expected S or (Smin, Smax), got {original!r}")
+        lo, hi = values
+    if lo < 1 or hi < lo:
+        raise ValueError(f"scale: expected 1 <= Smin <= Smax, got {original!r}")
+    return lo, hi
+
+
+def rescaled_size(height: int, width: int, scale: int) -> tuple[int, int]:
+    """(height, width) after the isotropic rescale that makes the smallest side `scale`."""
+    if height <= width:
+        return scale, max(scale, int(round(width * scale / height)))
+    return max(scale, int(round(height * scale / width))), scale
+
+
+def _size_hw(inpt: Any) -> tuple[int, int]:
+    if isinstance(inpt, Image.Image):
+        return inpt.height, inpt.width
+    if isinstance(inpt, tv_tensors.BoundingBoxes):
+        return tuple(inpt.canvas_size)  # type: ignore[return-value]
+    return int(inpt.shape[-2]), int(inpt.shape[-1])
+
+
+def rescale_smallest_side(img: Any, S: int) -> Any:
+    """Isotropic rescale so the smallest side is exactly S (bilinear, antialiased).
+
+    Accepts a Pillow image, an image tensor (..., H, W) or `tv_tensors.BoundingBoxes`
+    (rescaled from their canvas); returns the same type.
+    """
+    h, w = _size_hw(img)
+    return F.resize(img, list(rescaled_size(h, w, int(S))), antialias=True)
+
+
+def _as_uint8_tensor(inpt: Any) -> Any:
+    # Pillow -> (3, H, W) uint8 tensor viewing the (H, W, 3) pixels (channels-last
+    # strides). torch's antialiased bilinear resize has a vectorised path for exactly
+    # this layout, about 4x faster than Pillow's resize of the same image.
+    if isinstance(inpt, Image.Image):
+        return tv_tensors.Image(_uint8_chw(inpt))
+    return inpt
+
+
+class RescaleSmallestSide(v2.Transform):
+    """Isotropically rescale so the smallest side is S; S fixed or uniform on the integers [Smin, Smax]."""
+
+    def __init__(self, scale: int | Sequence[int]) -> None:
+        super().__init__()
+        self.scale = parse_scale(scale)
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        lo, hi = self.scale
+        s = lo if lo == hi else int(torch.randint(lo, hi + 1, ()).item())
+        h, w = v2.query_size(flat_inputs)
+        return {"size": list(rescaled_size(h, w, s))}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        """Pillow images come out as uint8 tensors (3, H, W); tensors and boxes keep their type."""
+        return F.resize(_as_uint8_tensor(inpt), params["size"], antialias=True)
+
+
+class RandomRescaleCrop(v2.Transform):
+    """§3.1: rescale the smallest side to S (sampled per image from [Smin, Smax]),
+    then take a random crop_size x crop_size crop.
+
+    The same as `RescaleSmallestSide` followed by `RandomCrop`, with the crop drawn
+    from the rescaled size. Pillow images come out as uint8 tensors (3, crop, crop).
+    Boxes are rescaled and cropped exactly as the pixels, then clamped to the crop
+    (a box outside the crop becomes degenerate, zero width or height, and is kept,
+    so boxes stay aligned with their labels).
+    """
+
+    def __init__(self, scale: int | Sequence[int], crop_size: int) -> None:
+        super().__init__()
+        self.scale = parse_scale(scale)
+        self.crop_size = int(crop_size)
+        if self.scale[0] < self.crop_size:
+            raise ValueError(f"scale: Smin must be >= crop_size so that the crop fits; "
+                             f"got scale={self.scale} and crop_size={self.crop_size}")
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        lo, hi = self.scale
+        s = lo if lo == hi else int(torch.randint(lo, hi + 1, ()).item())
+        h, w = v2.query_size(flat_inputs)
+        sh, sw = rescaled_size(h, w, s)
+        c = self.crop_size
+        top = int(torch.randint(0, sh - c + 1, ()).item())
+        left = int(torch.randint(0, sw - c + 1, ()).item())
+        return {"S": s, "scaled": (sh, sw), "top": top, "left": left}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        c, top, left, scaled = self.crop_size, params["top"], params["left"], params["scaled"]
+        if isinstance(inpt, tv_tensors.BoundingBoxes):
+            boxes = F.resize(inpt, list(scaled))
+            boxes = F.crop(boxes, top, left, c, c)
+            return F.clamp_bounding_boxes(boxes)
+        out = F.resize(_as_uint8_tensor(inpt), list(scaled), antialias=True)
+        return F.crop(out, top, left, c, c)
+
+
+class ToFloat01(v2.Transform):
+    """Pillow image or uint8 tensor -> float32 (3, H, W) in [0, 1]; boxes pass through."""
+
+    _transformed_types = (Image.Image, torch.Tensor)
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if isinstance(inpt, tv_tensors.BoundingBoxes):
+            return inpt
+        x = _uint8_chw(inpt)
+        if x.dtype == torch.uint8:
+            x = x.to(torch.float32, memory_format=torch.contiguous_format).div_(255.0)
+        return tv_tensors.Image(x)
+
+
+def _uint8_chw(inpt: Any) -> torch.Tensor:
+    if isinstance(inpt, Image.Image):
+        # (H, W, 3) array viewed as (3, H, W): no copy until the float conversion
+        return torch.from_numpy(np.array(inpt, dtype=np.uint8)).permute(2, 0, 1)
+    return inpt.as_subclass(torch.Tensor)
+
+
+class PCALighting(v2.Transform):
+    """AlexNet's colour augmentation (Krizhevsky et al. 2012, §4.1), used by the paper (§3.1).
+
+    Adds `sum_i alpha_i * eigval_i * eigvec_i` to every pixel, alpha_i ~ N(0, std)
+    drawn once per image. `eigval` and `eigvec` (row i = eigenvector i) come from
+    `data.stats.compute_stats` in 0-255 units; the shift is converted to the [0, 1]
+    image it is applied to here, so the pixel scale of the model does not matter.
+    """
+
+    def __init__(self, eigval: Sequence[float], eigvec: Sequence[Sequence[float]], std: float = 0.1) -> None:
+        super().__init__()
+        self.eigval = torch.as_tensor(eigval, dtype=torch.float32).reshape(3)
+        self.eigvec = torch.as_tensor(eigvec, dtype=torch.float32).reshape(3, 3)
+        self.std = float(std)
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        alpha = torch.randn(3) * self.std
+        # (3,) RGB shift in 0-255 units: eigvec.T @ (alpha * eigval) = sum_i alpha_i lambda_i p_i
+        return {"shift": (self.eigvec.T @ (alpha * self.eigval)) / 255.0}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if isinstance(inpt, tv_tensors.BoundingBoxes) or not isinstance(inpt, torch.Tensor):
+            return inpt
+        out = inpt.as_subclass(torch.Tensor) + params["shift"].to(inpt.dtype).view(3, 1, 1)
+        return tv_tensors.wrap(out, like=inpt) if isinstance(inpt, tv_tensors.Image) else out
+
+
+def _pca_arrays(pca: Any) -> tuple[Any, Any] | None:
+    if pca is None:
+        return None
+    if isinstance(pca, Mapping):
+        try:
+            return pca["eigval"], pca["eigvec"]
+        except KeyError as exc:
+            raise ValueError(f"pca: expected a mapping with 'eigval' and 'eigvec' (see vgg stats), missing {exc}") from None
+    eigval, eigvec = pca
+    return eigval, eigvec
+
+
+class ToNormalizedTensor(v2.Transform):
+    """`ToFloat01`, `PCALighting` and `Preprocessing` in one arithmetic pass.
+
+    The colour shift is constant over the image, so it folds into the mean:
+    out = (x255 * s/255 + shift * s/255 - mean) / std = x255 * a + b per channel,
+    computed while converting uint8 to float. This is what makes the §3.1 pipeline
+    with lighting cost less than torchvision's ToTensor + Normalize.
+    """
+
+    _transformed_types = (Image.Image, torch.Tensor)
+
+    def __init__(self, preprocessing: Preprocessing, pca: Mapping[str, Any] | Sequence[Any] | None = None,
+                 pca_std: float = 0.1) -> None:
+        super().__init__()
+        self.preprocessing = preprocessing
+        arrays = _pca_arrays(pca)
+        self.lighting = PCALighting(*arrays, std=pca_std) if arrays is not None and pca_std > 0 else None
+        s = preprocessing.pixel_scale
+        std = torch.tensor(preprocessing.std, dtype=torch.float32)
+        self._a = (s / 255.0 / std).view(3, 1, 1)  # per channel, applied to 0-255 values
+        self._mean = torch.tensor(preprocessing.mean, dtype=torch.float32)
+        self._std = std
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        shift01 = self.lighting.make_params(flat_inputs)["shift"] if self.lighting is not None else torch.zeros(3)
+        s = self.preprocessing.pixel_scale
+        return {"b": ((shift01 * s - self._mean) / self._std).view(3, 1, 1)}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if isinstance(inpt, tv_tensors.BoundingBoxes):
+            return inpt
+        x = _uint8_chw(inpt)
+        if x.dtype == torch.uint8:
+            out = x.to(torch.float32, memory_format=torch.contiguous_format).mul_(self._a)
+        else:  # a float image in [0, 1]
+            out = x.to(torch.float32) * (self._a * 255.0)
+        return tv_tensors.Image(out.add_(params["b"]))
+
+
+# --------------------------------------------------------------------------- presets
+
+
+class _Preset:
+    transforms: v2.Compose
+    decode_side: int | None
+
+    def __call__(self, image: Any, boxes: tv_tensors.BoundingBoxes | None = None) -> Any:
+        """image: a (lazily opened) Pillow image, a path, or a uint8/float tensor.
+        Returns the tensor, or `(tensor, boxes)` when boxes are given."""
+        image = _ensure_decoded(image, self.decode_side)
+        if boxes is None:
+            return self.transforms(image).as_subclass(torch.Tensor)
+        if not boxes.is_floating_point():
+            boxes = boxes.to(torch.float32)  # integer boxes would be truncated at every rescale
+        hw = _size_hw(image)
+        if tuple(boxes.canvas_size) != hw:
+            # boxes are annotated on the full-size image; JPEG draft decoding made it smaller
+            boxes = F.resize(boxes, list(hw))
+        out, boxes = self.transforms(image, boxes)
+        return out.as_subclass(torch.Tensor), boxes
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.transforms})"
+
+
+class TrainPreset(_Preset):
+    """§3.1 training input: rescale to S (fixed or jittered), random crop, random flip,
+    PCA lighting (when `pca` statistics are given), normalisation.
+
+    `scale` is S (int) or (Smin, Smax); `pca` is `{"eigval", "eigvec"}` from
+    `compute_stats` (or a pair); `pca_std` is the standard deviation of alpha.
+    """
+
+    def __init__(self, *, crop_size: int, scale: int | Sequence[int], preprocessing: Preprocessing,
+                 pca: Mapping[str, Any] | Sequence[Any] | None = None, pca_std: float = 0.1,
+                 hflip: bool = True) -> None:
+        self.scale = parse_scale(scale)
+        self.crop_size = int(crop_size)
+        self.preprocessing = preprocessing
+        # decode JPEGs no smaller than the largest S we might sample
+        self.decode_side = self.scale[1]
+        steps: list[v2.Transform] = [RandomRescaleCrop(self.scale, self.crop_size)]
+        if hflip:
+            steps.append(v2.RandomHorizontalFlip(0.5))
+        steps.append(ToNormalizedTensor(preprocessing, pca, pca_std))  # = ToFloat01, PCALighting, normalise
+        self.transforms = v2.Compose(steps)
+
+
+class DenseEvalPreset(_Preset):
+    """§3.2 dense evaluation input: rescale the smallest side to Q, no crop; one
+    (3, H, W) tensor of the whole image."""
+
+    def __init__(self, *, scale: int, preprocessing: Preprocessing) -> None:
+        lo, hi = parse_scale(scale)
+        if lo != hi:
+            raise ValueError(f"scale: a test scale Q is one integer, got {scale!r}")
+        self.scale = lo
+        self.preprocessing = preprocessing
+        self.decode_side = lo
+        self.transforms = v2.Compose([RescaleSmallestSide(lo), ToNormalizedTensor(preprocessing)])
+
+
+def _grid_offsets(length: int, crop: int, grid: int) -> list[int]:
+    if grid == 1:
+        return [(length - crop) // 2]
+    return [int(round(i * (length - crop) / (grid - 1))) for i in range(grid)]
+
+
+def grid_crops(image: torch.Tensor, crop_size: int, grid: int = 5) -> torch.Tensor:
+    """The grid x grid regular grid of crops covering the image (§3.2 multi-crop),
+    corners included: (grid*grid, C, crop, crop), row-major (top-left first)."""
+    h, w = int(image.shape[-2]), int(image.shape[-1])
+    if h < crop_size or w < crop_size:
+        raise ValueError(f"grid_crops: the image ({h}x{w}) is smaller than crop_size={crop_size}; "
+                         f"rescale it to a smallest side >= crop_size first")
+    tops, lefts = _grid_offsets(h, crop_size, grid), _grid_offsets(w, crop_size, grid)
+    return torch.stack([image[..., t:t + crop_size, l:l + crop_size] for t in tops for l in lefts])
+
+
+class MultiCropEvalPreset(_Preset):
+    """§3.2 multi-crop input at one scale Q: the grid x grid crops and, with `flip`,
+    their mirror images: (2*grid*grid, 3, crop, crop), unflipped crops first."""
+
+    def __init__(self, *, scale: int, crop_size: int, preprocessing: Preprocessing, grid: int = 5,
+                 flip: bool = True) -> None:
+        self.dense = DenseEvalPreset(scale=scale, preprocessing=preprocessing)
+        if self.dense.scale < crop_size:
+            raise ValueError(f"scale: Q={self.dense.scale} must be >= crop_size={crop_size} for multi-crop")
+        self.scale, self.crop_size, self.grid, self.flip = self.dense.scale, int(crop_size), int(grid), flip
+        self.preprocessing = preprocessing
+        self.decode_side = self.dense.scale
+        self.transforms = self.dense.transforms
+
+    def __call__(self, image: Any, boxes: tv_tensors.BoundingBoxes | None = None) -> Any:
+        if boxes is not None:
+            raise ValueError("MultiCropEvalPreset does not transform boxes; use DenseEvalPreset")
+        crops = grid_crops(self.dense(image), self.crop_size, self.grid)
+        return torch.cat([crops, crops.flip(-1)]) if self.flip else crops

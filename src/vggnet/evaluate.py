@@ -1,0 +1,1047 @@
+"""Testing (§3.2 of the paper) and the evaluation experiments of §4.1-4.4.
+
+Dense evaluation: rescale the image so its smallest side is Q, apply the net
+fully convolutionally to the whole uncropped image (`VGG.dense`: FC1 becomes a
+7x7 conv, FC2/FC3 1x1 convs), average the class-score map spatially, take the
+softmax, and average it with the softmax of the horizontally flipped image.
+Multi-crop evaluation: a 5x5 regular grid of crop_size crops and their flips
+(50 per scale), softmax averaged. Multi-scale: posteriors averaged over several
+Q. "both" averages the dense and the multi-crop posteriors (Table 5); several
+nets are fused by averaging their posteriors (§4.4, Table 7), each net fed the
+preprocessing it was trained with.
+
+Single process:
+    vgg eval --checkpoint run/best.pt --data DIR --method both --test-scales 224,256,288
+    vgg predict run/best.pt cat.jpg dog.png
+Several processes (each evaluates the images rank, rank+W, ... and the
+posteriors are gathered, so the numbers equal the single-process ones):
+    torchrun --nproc_per_node=8 -m vggnet.cli eval --checkpoint run/best.pt --data DIR
+
+Batching: in dense evaluation images of different sizes cannot share a tensor
+and must not be resized to a common size (that would change the method), so
+decoded images are held in buckets keyed by their rescaled size and a bucket
+runs when it is full (or when too many images are pending).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from vggnet.errors import CheckpointError, DataError, UserError
+from vggnet.models import VGG
+
+__all__ = [
+    "METHODS",
+    "dense_posterior",
+    "multi_crop_posterior",
+    "topk_correct",
+    "topk_errors",
+    "per_class_accuracy",
+    "compute_metrics",
+    "default_test_scales",
+    "EvalResult",
+    "evaluate",
+    "validate",
+    "load_posteriors",
+    "predict",
+    "add_eval_arguments",
+    "run_eval",
+    "add_predict_arguments",
+    "run_predict",
+]
+
+# What `--method` accepts: "both" = the average of the dense and multi-crop posteriors.
+METHODS = ("dense", "multi-crop", "both")
+_METHOD_LABEL = {"dense": "dense", "multi-crop": "multi-crop", "both": "dense & multi-crop"}
+POSTERIORS_FORMAT = "vggnet.posteriors"
+
+
+# --------------------------------------------------------------------------- posteriors
+
+
+@torch.no_grad()
+def dense_posterior(model: VGG, images: torch.Tensor, *, flip: bool = True) -> torch.Tensor:
+    """Class posteriors `(N, classes)` for a batch of same-size preprocessed images `(N, 3, H, W)`.
+
+    The class-score map is averaged spatially before the softmax (the paper's
+    sum-pooling); with `flip`, the image and its mirror image go through the net in
+    one batch and their softmax outputs are averaged.
+    """
+    n = images.shape[0]
+    x = torch.cat([images, images.flip(-1)]) if flip else images
+    scores = model.dense(x)                      # (N or 2N, classes, h', w') class-score map
+    scores = scores.float().mean(dim=(2, 3))     # (N or 2N, classes) spatial average
+    post = scores.softmax(dim=1)
+    if flip:
+        post = (post[:n] + post[n:]) / 2
+    return post
+
+
+@torch.no_grad()
+def multi_crop_posterior(model: VGG, crops: torch.Tensor, *, batch_size: int | None = None) -> torch.Tensor:
+    """Softmax averaged over the crops of one image: `(K, 3, c, c)` -> `(classes,)`.
+
+    Also takes the crops of several images at once, `(N, K, 3, c, c)` -> `(N, classes)`.
+    `batch_size` bounds the crops per forward pass (default: all at once).
+    """
+    single = crops.dim() == 4
+    if single:
+        crops = crops.unsqueeze(0)
+    n, k = crops.shape[:2]
+    flat = crops.reshape(n * k, *crops.shape[2:])
+    step = batch_size or flat.shape[0]
+    post = torch.cat([model(flat[i:i + step]).float().softmax(dim=1) for i in range(0, flat.shape[0], step)])
+    post = post.view(n, k, -1).mean(dim=1)     # (N, classes) averaged over the K crops
+    return post[0] if single else post
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def topk_correct(posteriors: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)) -> dict[int, torch.Tensor]:
+    """For each k, a bool `(N,)`: is the label among the k highest posteriors.
+
+    With fewer than k classes every image counts as correct at k (k is clipped).
+    """
+    if posteriors.dim() != 2 or labels.shape != posteriors.shape[:1]:
+        raise ValueError(f"expected posteriors (N, classes) and labels (N,), got {tuple(posteriors.shape)} "
+                         f"and {tuple(labels.shape)}")
+    classes = posteriors.shape[1]
+    kmax = min(max(ks), classes)
+    top = posteriors.topk(kmax, dim=1).indices          # (N, kmax), best first
+    hit = top == labels.to(top.device).view(-1, 1)      # (N, kmax)
+    return {k: hit[:, :min(k, classes)].any(dim=1) for k in ks}
+
+
+def topk_errors(posteriors: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
+    """Top-k error in percent for each k: `{"top1_error": .., "top5_error": ..}`."""
+    n = int(labels.numel())
+    if n == 0:
+        raise ValueError("topk_errors: no images")
+    return {f"top{k}_error": 100.0 * (n - int(c.sum())) / n for k, c in topk_correct(posteriors, labels, ks).items()}
+
+
+def per_class_accuracy(posteriors: torch.Tensor, labels: torch.Tensor) -> list[float | None]:
+    """Top-1 accuracy in percent of each class (None for a class with no images)."""
+    classes = posteriors.shape[1]
+    correct = topk_correct(posteriors, labels, (1,))[1]
+    labels = labels.to(correct.device)
+    images = torch.bincount(labels, minlength=classes)
+    hits = torch.bincount(labels[correct], minlength=classes)
+    return [100.0 * int(h) / int(m) if int(m) else None for h, m in zip(hits, images)]
+
+
+def compute_metrics(posteriors: torch.Tensor, labels: torch.Tensor, *, per_class: bool = False,
+                    classes: Sequence[str] | None = None) -> dict[str, Any]:
+    """Top-1/top-5 error and accuracy (percent) and the number of images; with
+    `per_class`, per-class top-1 accuracy (by class name) and their mean."""
+    errors = topk_errors(posteriors, labels)
+    out: dict[str, Any] = {
+        "top1_error": errors["top1_error"], "top5_error": errors["top5_error"],
+        "top1_accuracy": 100.0 - errors["top1_error"], "top5_accuracy": 100.0 - errors["top5_error"],
+        "images": int(labels.numel()),
+    }
+    if per_class:
+        accs = per_class_accuracy(posteriors, labels)
+        names = list(classes) if classes is not None else [str(i) for i in range(len(accs))]
+        out["per_class_accuracy"] = dict(zip(names, accs))
+        present = [a for a in accs if a is not None]
+        out["mean_class_accuracy"] = sum(present) / len(present)
+    return out
+
+
+# --------------------------------------------------------------------------- test scales
+
+
+def default_test_scales(train_scale: int | Sequence[int] | None, crop_size: int = 224) -> list[int]:
+    """The paper's test scales Q for a net trained at `train_scale` (§4.2).
+
+    Fixed S: {S-32, S, S+32}; jittered [Smin, Smax]: {Smin, (Smin+Smax)/2, Smax}.
+    Unknown S (a checkpoint that does not record it) is taken as crop_size * 8/7
+    (256 for 224 crops, the common convention). Scales below crop_size, which the
+    net cannot be applied to, are raised to crop_size.
+    """
+    from vggnet.data.transforms import parse_scale
+
+    if train_scale is None:
+        lo = hi = int(round(crop_size * 256 / 224))
+    else:
+        lo, hi = parse_scale(train_scale)
+    qs = [lo - 32, lo, lo + 32] if lo == hi else [lo, (lo + hi) // 2, hi]
+    return sorted({max(q, crop_size) for q in qs})
+
+
+def _parse_scales(value: str | int | Sequence[int]) -> list[int]:
+    """`--test-scales 256,384,512` (or a YAML list) -> [256, 384, 512]."""
+    if isinstance(value, str):
+        parts = [p for p in value.replace(" ", "").split(",") if p]
+    elif isinstance(value, int):
+        parts = [value]
+    else:
+        parts = list(value)
+    try:
+        scales = [int(p) for p in parts]
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 256,384,512, got {value!r}")
+    if not scales or min(scales) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers such as 256,384,512, got {value!r}")
+    return sorted(set(scales))
+
+
+def _train_scale(ckpt: Mapping[str, Any]) -> tuple[int, int] | None:
+    from vggnet.data.transforms import parse_scale
+
+    scale = (ckpt.get("meta") or {}).get("scale")
+    if scale is None:
+        return None
+    try:
+        return parse_scale(scale)
+    except ValueError:
+        return None
+
+
+def _scale_value(scale: tuple[int, int] | None) -> int | list[int] | None:
+    """S as training records it: an int for fixed S, [Smin, Smax] for jittered S."""
+    if scale is None:
+        return None
+    lo, hi = scale
+    return lo if lo == hi else [lo, hi]
+
+
+def _format_scale(scale: int | Sequence[int] | None) -> str:
+    if scale is None:
+        return "?"
+    if isinstance(scale, int):
+        return str(scale)
+    lo, hi = scale
+    return str(lo) if lo == hi else f"[{lo};{hi}]"  # the paper's notation for jittered S
+
+
+# --------------------------------------------------------------------------- distributed
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _comm_device() -> torch.device:
+    # NCCL moves only CUDA tensors; gloo moves CPU tensors.
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _gather_shards(local: torch.Tensor, total: int) -> torch.Tensor:
+    """Reassemble `(total, ...)` on every rank from the rows each rank computed.
+
+    Rank r holds the rows of global indices r, r+W, r+2W, ... (no padded
+    duplicates). Shards differ in length by at most one; they are padded to equal
+    length only for the all_gather and the padding is dropped again.
+    """
+    rank, world = _rank_world()
+    if world == 1:
+        return local
+    dev = _comm_device()
+    longest = math.ceil(total / world)
+    padded = torch.zeros((longest, *local.shape[1:]), dtype=local.dtype, device=dev)
+    padded[:local.shape[0]] = local.to(dev)
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    out = torch.empty((total, *local.shape[1:]), dtype=local.dtype)
+    for r, part in enumerate(parts):
+        out[r::world] = part[:len(range(r, total, world))].cpu()
+    return out
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _identity_preprocessing():
+    # The loader yields rescaled RGB in [0, 1]; each net's own normalisation is
+    # applied afterwards, so one decode serves every net of a fusion.
+    from vggnet.data.transforms import Preprocessing
+
+    return Preprocessing(pixel_scale=1.0, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+
+
+def _with_transform(dataset: Any, transform: Callable) -> Any:
+    """A shallow copy of `dataset` whose items go through `transform` (the caller's dataset is untouched)."""
+    if isinstance(dataset, Subset):
+        return Subset(_with_transform(dataset.dataset, transform), dataset.indices)
+    if not hasattr(dataset, "transform"):
+        raise TypeError(f"expected a vggnet.data dataset with a .transform attribute, got {type(dataset).__name__}")
+    out = copy.copy(dataset)
+    out.transform = transform
+    return out
+
+
+def _sample_paths(dataset: Any) -> list[str]:
+    if isinstance(dataset, Subset):
+        paths = _sample_paths(dataset.dataset)
+        return [paths[i] for i in dataset.indices]
+    samples = getattr(dataset, "samples", None)
+    if samples is None:
+        return [str(i) for i in range(len(dataset))]
+    return [str(s[0]) for s in samples]
+
+
+class _Indexed(Dataset):
+    """Items as `(index, image, label, error)`: a file that cannot be read comes back
+    as its error message instead of raising inside a worker (whose traceback would
+    bury the file name)."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, int, str | None]:
+        try:
+            item = self.dataset[i]
+        except DataError as exc:
+            return i, None, -1, str(exc)
+        if item is None:  # a non-strict dataset's bad file (it has warned, naming it)
+            return i, None, -1, ""
+        return i, item[0], int(item[1]), None
+
+
+@dataclass
+class _Net:
+    """One network of an evaluation with everything needed to feed it correctly."""
+
+    model: VGG
+    preprocessing: Any                      # vggnet.data.transforms.Preprocessing
+    classes: list[str]
+    name: str
+    checkpoint: str | None = None
+    train_scale: tuple[int, int] | None = None
+    test_scales: list[int] = field(default_factory=list)
+    from_checkpoint: bool = False           # classes (and their order) come from a checkpoint
+
+    def __post_init__(self) -> None:
+        self.normalize = self.preprocessing.normalize()  # v2.Normalize, the same map the presets use
+
+    @property
+    def crop_size(self) -> int:
+        return self.model.crop_size
+
+    def info(self) -> dict[str, Any]:
+        return {"name": self.name, "checkpoint": self.checkpoint,
+                "train_scale": _scale_value(self.train_scale),
+                "test_scales": list(self.test_scales), "crop_size": self.crop_size,
+                "classes": len(self.classes)}
+
+
+def _amp_context(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
+    if amp == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    if amp not in ("off", None):
+        raise ValueError(f"amp must be 'bf16' or 'off', got {amp!r}")
+    return contextlib.nullcontext()
+
+
+def _run_pass(
+    nets: Sequence[_Net],
+    dataset: Any,
+    indices: Sequence[int],
+    *,
+    methods: Sequence[str],
+    flip: bool,
+    grid: int,
+    batch_size: int,
+    workers: int,
+    device: torch.device,
+    amp: str,
+    channels_last: bool,
+    progress: bool = False,
+    desc: str = "",
+    skip_bad: bool = False,
+) -> tuple[dict[tuple[int, str], torch.Tensor], torch.Tensor]:
+    """One pass over `dataset[indices]` (items: rescaled RGB in [0, 1]) for every net.
+
+    Returns the local posteriors `{(net, method): (len(indices), classes)}` in the
+    order of `indices`, and the labels `(len(indices),)`. With `skip_bad`, items a
+    non-strict dataset could not read are left out (label -1); otherwise they are
+    a `DataError`.
+    """
+    from vggnet.data.transforms import grid_crops
+
+    n = len(indices)
+    position = {int(i): j for j, i in enumerate(indices)}
+    out = {(k, m): torch.zeros(n, nets[k].model.num_classes) for k in range(len(nets)) for m in methods}
+    labels = torch.full((n,), -1, dtype=torch.long)
+    loader = DataLoader(Subset(_Indexed(dataset), list(indices)), batch_size=None, shuffle=False,
+                        num_workers=workers, pin_memory=device.type == "cuda")
+    cl = torch.channels_last if channels_last else torch.contiguous_format
+
+    def prepare(net: _Net, x01: torch.Tensor) -> torch.Tensor:
+        return net.normalize(x01)
+
+    buckets: dict[tuple[int, int], list[tuple[int, torch.Tensor]]] = {}
+    pending = 0
+
+    def run_bucket(size: tuple[int, int]) -> None:
+        nonlocal pending
+        items = buckets.pop(size)
+        pending -= len(items)
+        rows = torch.tensor([p for p, _ in items])
+        x01 = torch.stack([x for _, x in items]).to(device, non_blocking=True)  # (B, 3, H, W), one size
+        for k, net in enumerate(nets):
+            with _amp_context(device, amp):
+                x = prepare(net, x01).contiguous(memory_format=cl)
+                out[(k, "dense")][rows] = dense_posterior(net.model, x, flip=flip).cpu()
+
+    try:
+        from tqdm import tqdm
+        iterator: Iterable = tqdm(loader, total=n, desc=desc, disable=not progress, leave=False, file=sys.stderr)
+    except ImportError:  # tqdm is a dependency, but a progress bar is not worth failing over
+        iterator = loader
+    with torch.inference_mode():
+        for index, x01, label, error in iterator:
+            if error is not None:
+                if error == "" and skip_bad:
+                    continue
+                raise DataError(f"{error or f'image {int(index)} of the dataset could not be read'} "
+                                f"(evaluation needs every image: fix or remove the file)")
+            pos = position[int(index)]
+            labels[pos] = label
+            if "multi-crop" in methods:
+                x_dev = x01.to(device, non_blocking=True)
+                for k, net in enumerate(nets):
+                    crops = grid_crops(prepare(net, x_dev), net.crop_size, grid)   # (grid^2, 3, c, c)
+                    if flip:
+                        crops = torch.cat([crops, crops.flip(-1)])                 # (2 grid^2, 3, c, c)
+                    with _amp_context(device, amp):
+                        out[(k, "multi-crop")][pos] = multi_crop_posterior(
+                            net.model, crops.contiguous(memory_format=cl), batch_size=batch_size).cpu()
+            if "dense" in methods:
+                size = (int(x01.shape[-2]), int(x01.shape[-1]))
+                buckets.setdefault(size, []).append((pos, x01))
+                pending += 1
+                if len(buckets[size]) >= batch_size:
+                    run_bucket(size)
+                # Many distinct sizes (ImageNet) would hold many part-filled buckets:
+                # bound the memory by running the fullest ones early.
+                while pending > 2 * batch_size:
+                    run_bucket(max(buckets, key=lambda s: len(buckets[s])))
+        for size in list(buckets):
+            run_bucket(size)
+    return out, labels
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class EvalResult:
+    """Posteriors and metrics of one evaluation.
+
+    `posteriors[(net, method, Q)]` is `(images, classes)` for net index `net`,
+    method "dense" or "multi-crop" and test scale Q. Everything else (multi-scale,
+    "both", fusion, the table) is computed from them, so a saved result can be
+    re-fused without running any net (`save_posteriors` / `load_posteriors`).
+    """
+
+    classes: list[str]
+    labels: torch.Tensor
+    paths: list[str]
+    nets: list[dict[str, Any]]
+    methods: list[str]
+    method: str
+    flip: bool
+    posteriors: dict[tuple[int, str, int], torch.Tensor]
+    data: str | None = None
+
+    def __post_init__(self) -> None:
+        self._summarise()
+
+    # -- combination
+
+    def net_posterior(self, net: int, method: str) -> torch.Tensor:
+        """Multi-scale posterior of one net (average over its test scales); "both" averages the methods."""
+        if method == "both":
+            return (self.net_posterior(net, "dense") + self.net_posterior(net, "multi-crop")) / 2
+        scales = self.nets[net]["test_scales"]
+        return torch.stack([self.posteriors[(net, method, q)] for q in scales]).mean(dim=0)
+
+    def fused_posterior(self, method: str) -> torch.Tensor:
+        """ConvNet fusion (§4.4): the average of the nets' posteriors."""
+        return torch.stack([self.net_posterior(k, method) for k in range(len(self.nets))]).mean(dim=0)
+
+    def final_posterior(self) -> torch.Tensor:
+        """The posterior the overall result is computed from: requested method, all scales, all nets."""
+        return self.fused_posterior(self.method)
+
+    def _final_methods(self) -> list[str]:
+        return self.methods + (["both"] if len(self.methods) == 2 else [])
+
+    def _summarise(self) -> None:
+        def pair(p: torch.Tensor) -> dict[str, float]:
+            return topk_errors(p, self.labels)
+
+        self.rows: list[dict[str, Any]] = []
+        self.results: list[dict[str, dict[str, dict[str, float]]]] = []
+        for k, net in enumerate(self.nets):
+            res: dict[str, dict[str, dict[str, float]]] = {}
+            s_text = _format_scale(net["train_scale"])
+            all_q = ",".join(map(str, net["test_scales"]))
+            for m in self.methods:
+                res[m] = {}
+                for q in net["test_scales"]:
+                    res[m][str(q)] = pair(self.posteriors[(k, m, q)])
+                    self.rows.append({"net": net["name"], "train_scale": s_text, "test_scale": str(q),
+                                      "method": _METHOD_LABEL[m], **res[m][str(q)]})
+                res[m]["all"] = pair(self.net_posterior(k, m))
+                if len(net["test_scales"]) > 1:
+                    self.rows.append({"net": net["name"], "train_scale": s_text, "test_scale": all_q,
+                                      "method": _METHOD_LABEL[m], **res[m]["all"]})
+            if "both" in self._final_methods():
+                res["both"] = {"all": pair(self.net_posterior(k, "both"))}
+                self.rows.append({"net": net["name"], "train_scale": s_text, "test_scale": all_q,
+                                  "method": _METHOD_LABEL["both"], **res["both"]["all"]})
+            self.results.append(res)
+        self.fusion: dict[str, dict[str, float]] | None = None
+        if len(self.nets) > 1:
+            self.fusion = {}
+            name = "fusion " + " + ".join(n["name"] for n in self.nets)
+            s_text = " / ".join(_format_scale(n["train_scale"]) for n in self.nets)
+            q_text = " / ".join(",".join(map(str, n["test_scales"])) for n in self.nets)
+            for m in self._final_methods():
+                self.fusion[m] = pair(self.fused_posterior(m))
+                self.rows.append({"net": name, "train_scale": s_text, "test_scale": q_text,
+                                  "method": _METHOD_LABEL[m], **self.fusion[m]})
+        self.overall = {"method": self.method, "nets": len(self.nets),
+                        **compute_metrics(self.final_posterior(), self.labels, per_class=True, classes=self.classes)}
+
+    # -- reports
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON report: top-1/top-5 error (percent) per net, method and scale
+        ("all" = averaged over the net's scales), the fusion, and the overall result."""
+        return {
+            "data": self.data,
+            "images": int(self.labels.numel()),
+            "classes": list(self.classes),
+            "method": self.method,
+            "flip": self.flip,
+            "nets": [{**net, "results": res} for net, res in zip(self.nets, self.results)],
+            "fusion": self.fusion,
+            "overall": self.overall,
+            "rows": self.rows,
+        }
+
+    def table(self) -> str:
+        """The paper-style table (Markdown): net / train S / test Q / method / top-1 / top-5 error."""
+        head = ["net", "train S", "test Q", "method", "top-1 err (%)", "top-5 err (%)"]
+        body = [[r["net"], r["train_scale"], r["test_scale"], r["method"],
+                 f"{r['top1_error']:.2f}", f"{r['top5_error']:.2f}"] for r in self.rows]
+        widths = [max(len(row[i]) for row in [head] + body) for i in range(len(head))]
+        lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(head, widths)) + " |",
+                 "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+        lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in body]
+        return "\n".join(lines)
+
+    def to_markdown(self, *, per_class: bool = True) -> str:
+        o = self.overall
+        lines = ["# Evaluation (§3.2)", ""]
+        if self.data:
+            lines.append(f"- data: `{self.data}`")
+        lines += [f"- images: {o['images']}, classes: {len(self.classes)}",
+                  f"- method: {self.method}; flip: {'on' if self.flip else 'off'}",
+                  f"- nets: " + "; ".join(f"{n['name']} ({n['checkpoint'] or 'in memory'})" for n in self.nets),
+                  "", self.table(), "",
+                  f"Overall ({_METHOD_LABEL[self.method]}, {'fusion of ' if len(self.nets) > 1 else ''}"
+                  f"{len(self.nets)} net{'s' if len(self.nets) > 1 else ''}): top-1 error {o['top1_error']:.2f}%, "
+                  f"top-5 error {o['top5_error']:.2f}% (top-1 accuracy {o['top1_accuracy']:.2f}%, "
+                  f"mean class accuracy {o['mean_class_accuracy']:.2f}%)."]
+        if per_class:
+            lines += ["", "## Per-class top-1 accuracy", "", "| class | images | top-1 acc (%) |", "|---|---|---|"]
+            counts = torch.bincount(self.labels, minlength=len(self.classes)).tolist()
+            for name, count in zip(self.classes, counts):
+                acc = o["per_class_accuracy"][name]
+                lines.append(f"| {name} | {count} | {'-' if acc is None else f'{acc:.2f}'} |")
+        return "\n".join(lines) + "\n"
+
+    def save_posteriors(self, path: str | os.PathLike) -> Path:
+        """Write the per-image posteriors (plain tensors, `torch.load(weights_only=True)`-safe), atomically."""
+        from vggnet.weights import atomic_write
+
+        blob = {
+            "format": POSTERIORS_FORMAT, "version": 1,
+            "classes": list(self.classes), "labels": self.labels.clone(), "paths": list(self.paths),
+            "nets": [dict(n) for n in self.nets], "methods": list(self.methods), "method": self.method,
+            "flip": self.flip, "data": self.data,
+            "posteriors": {f"{k}/{m}/{q}": p.clone() for (k, m, q), p in self.posteriors.items()},
+        }
+        return atomic_write(path, lambda f: torch.save(blob, f))
+
+
+def load_posteriors(paths: Sequence[str | os.PathLike], *, method: str | None = None) -> EvalResult:
+    """Read one or more `save_posteriors` files and fuse their nets (no net is run).
+
+    Every file must hold the same images in the same order with the same labels.
+    """
+    if not paths:
+        raise UserError("--posteriors: give at least one file")
+    merged: EvalResult | None = None
+    nets: list[dict[str, Any]] = []
+    posts: dict[tuple[int, str, int], torch.Tensor] = {}
+    methods: list[str] | None = None
+    first: dict[str, Any] = {}
+    for path in paths:
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise UserError(f"--posteriors {path}: no such file") from None
+        except Exception as exc:  # damaged or foreign files raise many types
+            raise UserError(f"--posteriors {path}: cannot be read ({type(exc).__name__}: {exc})") from None
+        if not isinstance(blob, dict) or blob.get("format") != POSTERIORS_FORMAT:
+            raise UserError(f"--posteriors {path}: not a posteriors file written by `vgg eval --save-posteriors`")
+        if not first:
+            first = blob
+        elif (blob["classes"] != first["classes"] or blob["paths"] != first["paths"]
+              or not torch.equal(blob["labels"], first["labels"])):
+            raise UserError(f"--posteriors {path}: different images, labels or classes from {paths[0]}; "
+                            f"fusion needs the same evaluation set")
+        offset = len(nets)
+        nets += [dict(n) for n in blob["nets"]]
+        methods = [m for m in (methods if methods is not None else blob["methods"]) if m in blob["methods"]]
+        for key, p in blob["posteriors"].items():
+            k, m, q = key.split("/")
+            posts[(int(k) + offset, m, int(q))] = p.float()
+    assert methods is not None
+    if not methods:
+        raise UserError("--posteriors: the files have no method in common (dense / multi-crop)")
+    method = method or first["method"]
+    available = methods + (["both"] if len(methods) == 2 else [])
+    if method not in available:
+        raise UserError(f"--method {method}: the posteriors files hold only {', '.join(methods)}")
+    merged = EvalResult(classes=list(first["classes"]), labels=first["labels"], paths=list(first["paths"]),
+                        nets=nets, methods=methods, method=method, flip=bool(first["flip"]), posteriors=posts,
+                        data=first.get("data"))
+    return merged
+
+
+# --------------------------------------------------------------------------- evaluate / validate
+
+
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None or device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"--device: expected auto, cpu, cuda or cuda:N, got {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    return dev
+
+
+def _load_nets(items: Sequence[Any], *, preprocessing: Any, device: torch.device, channels_last: bool) -> list[_Net]:
+    from vggnet.data.transforms import Preprocessing
+    from vggnet.weights import model_from_checkpoint, unwrap
+
+    nets: list[_Net] = []
+    for item in items:
+        if isinstance(item, nn.Module):
+            model = unwrap(item)
+            if preprocessing is None:
+                raise ValueError("evaluate: a bare model needs preprocessing=...; or pass a checkpoint, "
+                                 "which records its own")
+            pre = preprocessing if isinstance(preprocessing, Preprocessing) else Preprocessing.from_dict(preprocessing)
+            nets.append(_Net(model=model, preprocessing=pre, classes=[str(i) for i in range(model.num_classes)],
+                             name=model.name))
+            continue
+        model, ckpt = model_from_checkpoint(item)
+        try:
+            pre = Preprocessing.from_dict(ckpt["preprocessing"])
+        except ValueError as exc:
+            raise CheckpointError(f"{item if not isinstance(item, Mapping) else 'checkpoint'}: "
+                                  f"bad preprocessing entry: {exc}") from None
+        nets.append(_Net(model=model, preprocessing=pre, classes=list(ckpt["classes"]), name=model.name,
+                         checkpoint=None if isinstance(item, Mapping) else str(item), train_scale=_train_scale(ckpt),
+                         from_checkpoint=True))
+    for net in nets:
+        net.model.eval().to(device)
+        if channels_last:
+            net.model.to(memory_format=torch.channels_last)
+    # Two nets of the same configuration (two D's) are told apart by position.
+    names = [n.name for n in nets]
+    for k, net in enumerate(nets):
+        if names.count(net.name) > 1:
+            net.name = f"{net.name}#{k + 1}"
+    return nets
+
+
+def evaluate(
+    checkpoints_or_models: Any,
+    data: Any,
+    *,
+    scales: Sequence[int] | None = None,
+    method: str = "dense",
+    flip: bool = True,
+    grid: int = 5,
+    batch_size: int = 32,
+    workers: int = 0,
+    device: str | torch.device | None = None,
+    amp: str = "off",
+    channels_last: bool = False,
+    preprocessing: Any = None,
+    labels_file: str | os.PathLike | None = None,
+    progress: bool = False,
+) -> EvalResult:
+    """Evaluate one net or fuse several (§3.2, §4.2-4.4) on a labelled image set.
+
+    `checkpoints_or_models`: a checkpoint path or dict, a `VGG` (then give
+    `preprocessing`), or a list of them (fusion). `data`: an image folder (the
+    split directory or a root holding `val/`) or a `vggnet.data` dataset.
+    `scales`: test scales Q for every net; default: the paper's three scales
+    derived from each checkpoint's training scale. `method`: "dense",
+    "multi-crop" or "both". `batch_size` counts images per dense forward pass
+    (doubled by flipping) and crops per multi-crop forward pass.
+
+    Under torch.distributed each rank evaluates images rank, rank+W, ... and the
+    posteriors are gathered: every rank returns the single-process result.
+    """
+    from vggnet.data.transforms import DenseEvalPreset
+
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    if batch_size < 1 or workers < 0 or grid < 1:
+        raise ValueError(f"need batch_size >= 1, workers >= 0, grid >= 1; got {batch_size}, {workers}, {grid}")
+    items = list(checkpoints_or_models) if isinstance(checkpoints_or_models, (list, tuple)) else [checkpoints_or_models]
+    if not items:
+        raise ValueError("evaluate: no checkpoints or models given")
+    dev = _resolve_device(device)
+    nets = _load_nets(items, preprocessing=preprocessing, device=dev, channels_last=channels_last)
+    classes = nets[0].classes
+    for net in nets[1:]:
+        if net.classes != classes and net.from_checkpoint and nets[0].from_checkpoint:
+            raise UserError(f"cannot fuse {nets[0].checkpoint or nets[0].name} and {net.checkpoint or net.name}: "
+                            f"their class lists differ")
+        if len(net.classes) != len(classes):
+            raise UserError(f"cannot fuse nets with {len(classes)} and {len(net.classes)} classes")
+    for net in nets:
+        net.test_scales = sorted(set(scales)) if scales else default_test_scales(net.train_scale, net.crop_size)
+        small = [q for q in net.test_scales if q < net.crop_size]
+        if small:
+            raise UserError(f"--test-scales: Q={small[0]} is smaller than the crop size {net.crop_size} of "
+                            f"net {net.name}; every test scale must be >= crop_size")
+
+    methods = ["dense", "multi-crop"] if method == "both" else [method]
+    rank, world = _rank_world()
+    posteriors: dict[tuple[int, str, int], torch.Tensor] = {}
+    labels = paths = None
+    data_text = None if not isinstance(data, (str, os.PathLike)) else str(data)
+    # One pass per test scale: every net that uses Q is fed from the same decoded images.
+    for q in sorted({q for net in nets for q in net.test_scales}):
+        transform = DenseEvalPreset(scale=q, preprocessing=_identity_preprocessing())
+        dataset = _dataset_for(data, transform, classes=classes if nets[0].from_checkpoint else None,
+                               labels_file=labels_file)
+        if len(dataset) == 0:
+            raise DataError(f"{data_text or 'the dataset'}: no images to evaluate")
+        _check_classes(dataset, len(classes), data_text)
+        users = [k for k, net in enumerate(nets) if q in net.test_scales]
+        local, local_labels = _run_pass([nets[k] for k in users], dataset, range(rank, len(dataset), world),
+                                        methods=methods, flip=flip, grid=grid, batch_size=batch_size,
+                                        workers=workers, device=dev, amp=amp, channels_last=channels_last,
+                                        progress=progress and rank == 0, desc=f"Q={q}")
+        for (j, m), p in local.items():
+            posteriors[(users[j], m, q)] = _gather_shards(p, len(dataset))
+        if labels is None:
+            labels = _gather_shards(local_labels, len(dataset))
+            paths = _sample_paths(dataset)
+    assert labels is not None and paths is not None
+    return EvalResult(classes=list(classes), labels=labels, paths=paths, nets=[n.info() for n in nets],
+                      methods=methods, method=method, flip=flip, posteriors=posteriors, data=data_text)
+
+
+def _check_classes(dataset: Any, num_classes: int, where: str | None) -> None:
+    names = getattr(dataset.dataset if isinstance(dataset, Subset) else dataset, "classes", None)
+    if names is not None and len(names) > num_classes:
+        raise DataError(f"{where or 'the dataset'} has {len(names)} classes but the net predicts {num_classes}; "
+                        f"evaluate on data labelled with the checkpoint's classes")
+
+
+def _dataset_for(data: Any, transform: Callable, *, classes: list[str] | None, labels_file: Any) -> Any:
+    if isinstance(data, (str, os.PathLike)):
+        from vggnet.data.datasets import build_dataset
+
+        return build_dataset(data, transform, split="val", classes=classes, labels_file=labels_file, strict=True)
+    return _with_transform(data, transform)
+
+
+def validate(
+    model: nn.Module,
+    dataset: Any,
+    *,
+    preprocessing: Any,
+    scale: int,
+    device: str | torch.device | None = None,
+    batch_size: int = 32,
+    workers: int = 0,
+    flip: bool = False,
+    amp: str = "off",
+) -> dict[str, float | int]:
+    """One-scale dense validation, as the training loop runs it every epoch.
+
+    Returns `{"top1_error", "top5_error" (percent), "loss" (mean NLL of the
+    posterior), "images"}`. `dataset` is a `vggnet.data` dataset (its transform
+    is replaced by the dense test transform at Q = `scale` in a copy). The flip
+    is off by default (half the cost); `flip=True` gives the numbers of
+    `vgg eval --method dense --test-scales Q`. Under torch.distributed the images
+    are sharded rank::world without duplicates and the sums all-reduced, so
+    every rank returns the single-process numbers. The model's train/eval mode
+    is restored on return. Files a non-strict dataset cannot read are left out
+    of the counts; a strict one raises `DataError` naming the file.
+    """
+    from vggnet.data.transforms import DenseEvalPreset, Preprocessing
+    from vggnet.weights import unwrap
+
+    net_model = unwrap(model)
+    if scale < net_model.crop_size:
+        raise ValueError(f"validate: scale Q={scale} must be >= crop_size={net_model.crop_size}")
+    pre = preprocessing if isinstance(preprocessing, Preprocessing) else Preprocessing.from_dict(preprocessing)
+    dev = torch.device(device) if device is not None else next(net_model.parameters()).device
+    ds = _with_transform(dataset, DenseEvalPreset(scale=scale, preprocessing=_identity_preprocessing()))
+    rank, world = _rank_world()
+    net = _Net(model=net_model, preprocessing=pre, classes=[], name=net_model.name)
+    was_training = net_model.training
+    net_model.eval()
+    try:
+        local, labels = _run_pass([net], ds, range(rank, len(ds), world), methods=["dense"], flip=flip, grid=1,
+                                  batch_size=batch_size, workers=workers, device=dev, amp=amp, channels_last=False,
+                                  skip_bad=True)
+    finally:
+        net_model.train(was_training)
+    kept = labels >= 0  # a non-strict dataset's unreadable files are not counted
+    post, labels = local[(0, "dense")][kept], labels[kept]
+    n_local = int(labels.numel())
+    if n_local:
+        correct = topk_correct(post, labels, (1, 5))
+        # -log p(label); the floor keeps an underflowed posterior finite
+        nll = -post.gather(1, labels.view(-1, 1)).double().clamp_min(torch.finfo(torch.float32).tiny).log()
+        sums = [float(n_local), float(correct[1].sum()), float(correct[5].sum()), float(nll.sum())]
+    else:
+        sums = [0.0, 0.0, 0.0, 0.0]
+    from vggnet.distributed import all_reduce_sum
+
+    n, c1, c5, loss = all_reduce_sum(sums)  # float64: counts stay exact
+    if n == 0:
+        raise DataError("validate: the validation set has no images")
+    return {"top1_error": 100.0 * (n - c1) / n, "top5_error": 100.0 * (n - c5) / n, "loss": loss / n,
+            "images": int(n)}
+
+
+# --------------------------------------------------------------------------- predict
+
+
+def predict(
+    checkpoint: Any,
+    images: Sequence[str | os.PathLike],
+    *,
+    scales: Sequence[int] | None = None,
+    method: str = "dense",
+    flip: bool = True,
+    grid: int = 5,
+    topk: int = 5,
+    device: str | torch.device | None = None,
+    amp: str = "off",
+    batch_size: int = 64,
+) -> list[dict[str, Any]]:
+    """Top-k classes of each image file: `[{"image", "top": [{"class", "index", "probability"}]}]`.
+
+    Dense multi-scale evaluation by default. A file that cannot be read gives
+    `{"image", "error"}` and the others are still predicted.
+    """
+    from vggnet.data.transforms import DenseEvalPreset, MultiCropEvalPreset, Preprocessing, load_image
+    from vggnet.weights import model_from_checkpoint
+
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    dev = _resolve_device(device)
+    model, ckpt = model_from_checkpoint(checkpoint)
+    model.eval().to(dev)
+    pre = Preprocessing.from_dict(ckpt["preprocessing"])
+    classes = list(ckpt["classes"])
+    qs = sorted(set(scales)) if scales else default_test_scales(_train_scale(ckpt), model.crop_size)
+    if qs[0] < model.crop_size:
+        raise UserError(f"--test-scales: Q={qs[0]} is smaller than the crop size {model.crop_size}")
+    dense = [DenseEvalPreset(scale=q, preprocessing=pre) for q in qs]
+    crops = [MultiCropEvalPreset(scale=q, crop_size=model.crop_size, preprocessing=pre, grid=grid, flip=flip)
+             for q in qs]
+    k = min(topk, len(classes))
+    out: list[dict[str, Any]] = []
+    for path in images:
+        try:
+            img = load_image(path, min_side=qs[-1])  # decoded once (at reduced size if large), rescaled to every Q
+        except DataError as exc:
+            out.append({"image": str(path), "error": str(exc)})
+            continue
+        parts = []
+        with torch.inference_mode(), _amp_context(dev, amp):
+            if method in ("dense", "both"):
+                parts.append(torch.stack([dense_posterior(model, t(img).unsqueeze(0).to(dev), flip=flip)[0]
+                                          for t in dense]).mean(0))
+            if method in ("multi-crop", "both"):
+                parts.append(torch.stack([multi_crop_posterior(model, t(img).to(dev), batch_size=batch_size)
+                                          for t in crops]).mean(0))
+        post = torch.stack(parts).mean(0).cpu()
+        values, indices = post.topk(k)
+        out.append({"image": str(path), "top": [{"class": classes[i], "index": int(i), "probability": float(v)}
+                                                for v, i in zip(values.tolist(), indices.tolist())]})
+    return out
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--test-scales", type=_parse_scales, default=None, metavar="Q,Q,...",
+                        help="test scales Q, e.g. 256,384,512 (default: from the checkpoint's training scale S: "
+                             "{S-32, S, S+32}, or {Smin, (Smin+Smax)/2, Smax} for jittered S)")
+    parser.add_argument("--method", choices=METHODS, default="dense",
+                        help="dense (whole image), multi-crop (5x5 grid x 2 flips per scale) or both "
+                             "(their posteriors averaged) (default: %(default)s)")
+    parser.add_argument("--no-flip", dest="flip", action="store_false",
+                        help="do not average with the horizontally flipped image / crops")
+    parser.add_argument("--grid", type=int, default=5, help="multi-crop grid size per side (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: cuda if available; "
+                                                         "under torchrun each process takes GPU LOCAL_RANK)")
+    parser.add_argument("--amp", choices=["bf16", "off"], default="off",
+                        help="autocast to bfloat16 (default: %(default)s)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", action="append", default=None, metavar="CKPT",
+                        help="checkpoint to evaluate; repeat it to fuse several nets (§4.4)")
+    parser.add_argument("--posteriors", nargs="+", default=None, metavar="FILE",
+                        help="recompute results and fusions from --save-posteriors files instead of running nets")
+    parser.add_argument("--data", metavar="DIR", help="dataset root (DIR/val is used) or the validation folder")
+    parser.add_argument("--val-dir", metavar="DIR", help="validation folder (overrides --data)")
+    parser.add_argument("--labels-file", metavar="FILE",
+                        help="labels for a flat validation folder (CSV image,label; ILSVRC devkit; LOC_val_solution)")
+    _add_common(parser)
+    parser.add_argument("--batch-size", type=int, default=32,
+                        help="images per dense forward pass / crops per multi-crop pass (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=4, help="data-loading processes (default: %(default)s)")
+    parser.add_argument("--channels-last", action="store_true", help="channels-last memory format")
+    parser.add_argument("--output", metavar="FILE", help="also write the report: FILE.md (Markdown) or FILE.json")
+    parser.add_argument("--save-posteriors", metavar="FILE",
+                        help="write the per-image posteriors (.pt) so fusions can be recomputed with --posteriors")
+    parser.add_argument("--per-class", action="store_true", help="print per-class accuracy too")
+    parser.add_argument("--config-file", metavar="YAML", help="settings from a YAML file (flags override)")
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    scales = _parse_scales(args.test_scales) if args.test_scales is not None else None
+    if args.output and Path(args.output).suffix.lower() not in (".md", ".json"):
+        raise UserError(f"--output {args.output}: expected a .md or .json file name")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.workers < 0:
+        raise UserError(f"--workers must be >= 0, got {args.workers}")
+    if args.grid < 1:
+        raise UserError(f"--grid must be >= 1, got {args.grid}")
+    if args.posteriors:
+        if args.checkpoint:
+            raise UserError("give either --checkpoint (run the nets) or --posteriors (reuse saved posteriors), not both")
+        result = load_posteriors(args.posteriors, method=args.method)
+    else:
+        if not args.checkpoint:
+            raise UserError("--checkpoint is required (repeat it to fuse nets), or --posteriors FILE")
+        data = args.val_dir or args.data
+        if not data:
+            raise UserError("--data DIR (or --val-dir DIR) is required")
+        if not Path(data).exists():
+            raise UserError(f"--{'val-dir' if args.val_dir else 'data'} {data}: no such directory")
+        from vggnet.distributed import cleanup, setup
+
+        joined = not (dist.is_available() and dist.is_initialized())
+        info = setup(args.device)  # under torchrun: joins the process group, one GPU per process
+        joined = joined and info.distributed
+        try:
+            result = evaluate(args.checkpoint, data, scales=scales, method=args.method, flip=args.flip,
+                              grid=args.grid, batch_size=args.batch_size, workers=args.workers, device=info.device,
+                              amp=args.amp, channels_last=args.channels_last, labels_file=args.labels_file,
+                              progress=sys.stderr.isatty())
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        finally:
+            if joined:
+                cleanup()
+        if not info.is_main:
+            return 0
+    report = result.to_dict()
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(result.table())
+        o = result.overall
+        print(f"\noverall ({_METHOD_LABEL[result.method]}): top-1 error {o['top1_error']:.2f}%, "
+              f"top-5 error {o['top5_error']:.2f}% on {o['images']} images")
+        if args.per_class:
+            for name, acc in o["per_class_accuracy"].items():
+                print(f"  {name:<24} {'-' if acc is None else f'{acc:6.2f}%'}")
+    if args.output:
+        from vggnet.weights import atomic_write
+
+        text = (json.dumps(report, indent=2) + "\n") if args.output.lower().endswith(".json") else result.to_markdown()
+        atomic_write(args.output, lambda f: f.write(text.encode("utf-8")))
+    if args.save_posteriors:
+        result.save_posteriors(args.save_posteriors)
+    return 0
+
+
+def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", metavar="CKPT", help="vggnet checkpoint (.pt)")
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format Pillow reads)")
+    _add_common(parser)
+    parser.add_argument("--topk", type=int, default=5, help="classes to show per image (default: %(default)s)")
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    scales = _parse_scales(args.test_scales) if args.test_scales is not None else None
+    if args.topk < 1:
+        raise UserError(f"--topk must be >= 1, got {args.topk}")
+    try:
+        results = predict(args.checkpoint, args.images, scales=scales, method=args.method, flip=args.flip,
+                          grid=args.grid, topk=args.topk, device=args.device, amp=args.amp)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    failed = [r for r in results if "error" in r]
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            if "error" in r:
+                continue
+            print(r["image"])
+            for i, t in enumerate(r["top"], 1):
+                print(f"  {i}. {t['class']:<24} {t['probability']:.4f}")
+    for r in failed:
+        print(f"vgg predict: error: {r['error']}", file=sys.stderr)
+    if failed:
+        print(f"vgg predict: {len(failed)} of {len(results)} images could not be read", file=sys.stderr)
+        return 1
+    return 0

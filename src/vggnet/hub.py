@@ -1,0 +1,102 @@
+"""`create_model`: a VGG net, optionally with pretrained weights, ready to fine-tune.
+
+The entry point for users who bring weights — a vggnet checkpoint, a safetensors
+export or a torchvision `.pth` — and a task of their own: the last FC layer is
+replaced when the class count differs (the new one initialised as in the paper,
+N(0, 0.01^2) weights and zero biases, §3.1), and the conv stack can be frozen to
+train the classifier only (the "fine-tune only the FC layers" variant of
+Appendix A). `hubconf.py` at the repository root exposes the same through
+`torch.hub.load(..., source="local")`.
+
+    >>> model = create_model("vgg16", pretrained="vgg16.pt", num_classes=20, freeze_features=True)
+    >>> model.pretrained_cfg["preprocessing"]  # what the inputs must look like
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from torch import nn
+
+from vggnet.errors import UserError
+from vggnet.models import VGG, resolve_name, vgg
+from vggnet.weights import load_weights, model_from_checkpoint
+
+__all__ = ["create_model", "replace_classifier_head", "freeze_conv_layers"]
+
+
+def create_model(
+    name: str,
+    pretrained: str | os.PathLike | None = None,
+    num_classes: int | None = None,
+    freeze_features: bool = False,
+    **build: Any,
+) -> VGG:
+    """Configuration `name` of Table 1, from scratch or from the weights in `pretrained`.
+
+    `build` holds `vgg()`'s keyword arguments (`width`, `crop_size`, `fc_width`,
+    `dropout`, `batch_norm`). With `pretrained`, the architecture is the one the
+    weights were trained with: a build argument that contradicts them is an error
+    (except `dropout`, which has no weights), and `name` must be their
+    configuration. When `num_classes` differs from the weights' class count, the
+    last FC layer is replaced by a new one, N(0, 0.01^2) weights, zero biases.
+    `freeze_features` stops gradients to the conv stack (BatchNorm statistics, if
+    any, still update in train mode: call `model.features.eval()` to fix them).
+
+    A pretrained model carries `model.pretrained_cfg`: the source file, the
+    preprocessing its inputs need and its class names (`None` for a new head).
+    """
+    try:
+        letter = resolve_name(name)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if pretrained is None:
+        try:
+            model = vgg(letter, 1000 if num_classes is None else num_classes, **build)
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"create_model({name!r}): {exc}") from None
+    else:
+        shape_args = {k: v for k, v in build.items() if k != "dropout"}
+        ckpt = load_weights(pretrained, name=letter, **shape_args)
+        have = ckpt["build"]
+        if have["name"] != letter:
+            raise UserError(f"pretrained={pretrained} holds configuration {have['name']}, not {letter} "
+                            f"(asked for {name!r})")
+        for key, value in shape_args.items():
+            if key not in have:
+                raise UserError(f"create_model: unknown build argument {key!r}")
+            if value != have[key]:
+                raise UserError(f"create_model: {key}={value!r} contradicts pretrained={pretrained}, which was "
+                                f"built with {key}={have[key]!r}; leave it out")
+        if "dropout" in build:
+            ckpt = {**ckpt, "build": {**have, "dropout": build["dropout"]}}
+        model, ckpt = model_from_checkpoint(ckpt)
+        classes: list[str] | None = list(ckpt["classes"])
+        if num_classes is not None and num_classes != model.num_classes:
+            replace_classifier_head(model, num_classes)
+            classes = None
+        model.pretrained_cfg = {"file": str(pretrained), "preprocessing": dict(ckpt["preprocessing"]),
+                                "classes": classes, "meta": dict(ckpt.get("meta", {}))}
+    if freeze_features:
+        freeze_conv_layers(model)
+    return model
+
+
+def replace_classifier_head(model: VGG, num_classes: int) -> nn.Linear:
+    """Put a new last FC layer (FC-`num_classes`) on `model`, N(0, 0.01^2) weights and zero biases (§3.1)."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise UserError(f"num_classes must be an integer >= 1, got {num_classes!r}")
+    old = model.classifier[-1]
+    head = nn.Linear(old.in_features, num_classes, device=old.weight.device, dtype=old.weight.dtype)
+    nn.init.normal_(head.weight, 0.0, 0.01)
+    nn.init.zeros_(head.bias)
+    model.classifier[-1] = head
+    model.build_args["num_classes"] = num_classes  # so that checkpoints rebuild the new net
+    return head
+
+
+def freeze_conv_layers(model: VGG) -> None:
+    """Stop gradients to the conv stack: only the FC layers train."""
+    for p in model.features.parameters():
+        p.requires_grad_(False)
