@@ -3,8 +3,9 @@
 Three ways to classify an image with net D:
   * torchvision-style single centre crop: resize to 256, centre crop 224, one
     forward pass (`torchvision.models.vgg16`, full width, and ours at --width);
-  * dense evaluation at three scales Q (default 256,384,512), each with its flip:
-    `vggnet.evaluate.dense_posterior` on the whole rescaled image;
+  * dense evaluation at three scales Q (default 256,384,512), each with its flip
+    (and, for reference, without): `vggnet.evaluate.dense_posterior` on the
+    whole rescaled image;
   * multi-crop: 5x5 grid x 2 flips x 3 scales = 150 crops of 224.
 
 Prints images/s, the cost ratio against the single crop, and the ratio of
@@ -123,10 +124,12 @@ def main() -> None:
                 return [model(centre_x[i:i + bs]).float().softmax(1) for i in range(0, n, bs)]
         return run
 
-    @torch.inference_mode()
-    def dense_fn():
-        with amp():
-            return [dense_posterior(ours, g[i:i + bs]) for g in dense_x for i in range(0, len(g), bs)]
+    def dense(flip: bool):
+        @torch.inference_mode()
+        def run():
+            with amp():
+                return [dense_posterior(ours, g[i:i + bs], flip=flip) for g in dense_x for i in range(0, len(g), bs)]
+        return run
 
     @torch.inference_mode()
     def multi_fn():
@@ -136,7 +139,8 @@ def main() -> None:
     results = {
         "torchvision vgg16, centre crop (width 1)": timed(single(tv), device, args.repeats) / n,
         "ours, centre crop": timed(single(ours), device, args.repeats) / n,
-        f"ours, dense, Q={args.scales}, flip": timed(dense_fn, device, args.repeats) / n,
+        f"ours, dense, Q={args.scales}, flip": timed(dense(True), device, args.repeats) / n,
+        f"ours, dense, Q={args.scales}, no flip": timed(dense(False), device, args.repeats) / n,
         f"ours, multi-crop, {len(scales)}x50 crops": timed(multi_fn, device, args.repeats) / n,
     }
     # Multiply-accumulates per image, counted from the layers (500x375 image).
@@ -145,6 +149,7 @@ def main() -> None:
     macs = {
         "ours, centre crop": count_macs(ours),
         f"ours, dense, Q={args.scales}, flip": 2 * sum(count_macs(ours, rescaled(q)) for q in scales),
+        f"ours, dense, Q={args.scales}, no flip": sum(count_macs(ours, rescaled(q)) for q in scales),
         f"ours, multi-crop, {len(scales)}x50 crops": 50 * len(scales) * count_macs(ours),
     }
     unit = results["ours, centre crop"]
@@ -153,7 +158,7 @@ def main() -> None:
         rows.append({"method": name, "images_per_s": 1.0 / sec, "ms_per_image": 1e3 * sec,
                      "time_vs_our_centre_crop": sec / unit,
                      "macs_vs_our_centre_crop": macs[name] / macs["ours, centre crop"] if name in macs else None})
-    dense_key, multi_key = list(results)[2], list(results)[3]
+    dense_key, multi_key = list(results)[2], list(results)[4]
     summary = {"multi_crop_over_dense_time": results[multi_key] / results[dense_key],
                "multi_crop_over_dense_macs": macs[multi_key] / macs[dense_key]}
     setup = {"device": str(device), "threads": torch.get_num_threads(), "width": args.width,

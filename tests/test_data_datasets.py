@@ -72,6 +72,9 @@ def test_empty_class_folder_is_an_error_at_startup(tmp_path):
 def test_missing_root_and_no_labels(tmp_path):
     with pytest.raises(DataError, match="no such directory"):
         build_dataset(tmp_path / "absent")
+    _folders(tmp_path / "only" / "train", {"a": 1})
+    with pytest.raises(DataError, match=r"only: no val/ folder \(found train/\)"):
+        build_dataset(tmp_path / "only", split="val")
     _jpg(tmp_path / "val" / "x.jpg")
     with pytest.raises(DataError, match="no class folders and no labels file"):
         build_dataset(tmp_path, split="val")

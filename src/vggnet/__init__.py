@@ -6,6 +6,7 @@
 """
 
 from vggnet.errors import CheckpointError, DataError, UserError
+from vggnet.hub import create_model
 from vggnet.init import init_from_a, init_weights
 from vggnet.models import ALIASES, CONFIGS, NAMES, VGG, count_macs, count_parameters, resolve_name, vgg
 
@@ -13,5 +14,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ALIASES", "CONFIGS", "NAMES", "VGG", "vgg", "resolve_name", "count_parameters", "count_macs",
-    "init_weights", "init_from_a", "UserError", "DataError", "CheckpointError", "__version__",
+    "init_weights", "init_from_a", "create_model", "UserError", "DataError", "CheckpointError", "__version__",
 ]

@@ -132,4 +132,4 @@ def blob_array(blob) -> np.ndarray:
         values = np.asarray(blob.data if len(blob.data) else blob.double_data, dtype=np.float64)
     if values.size != count:
         raise ValueError(f"blob of shape {shape} holds {values.size} values, expected {count}")
-    return values.astype(np.float32, copy=False).reshape(shape)
+    return values.astype(np.float32).reshape(shape)  # a writable copy (torch.from_numpy needs one)

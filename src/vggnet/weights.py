@@ -150,6 +150,10 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp makes the file private (0600); give it the mode open() would (0666 less the umask).
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -175,20 +179,26 @@ def save_checkpoint(path: str | os.PathLike, ckpt: Mapping[str, Any]) -> Path:
     return atomic_write(path, lambda f: torch.save(dict(ckpt), f))
 
 
-def _torch_load(path: Path, map_location: str | torch.device = "cpu") -> Any:
+def _torch_load(path: Path, map_location: str | torch.device = "cpu", what: str = "checkpoint") -> Any:
     """`torch.load(weights_only=True)` with a `CheckpointError` naming the file for anything unreadable."""
     if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"{what} {path} does not exist")
     if path.is_dir():
-        raise CheckpointError(f"checkpoint {path} is a directory; give the .pt file")
+        raise CheckpointError(f"{what} {path} is a directory; give the file")
     if path.stat().st_size == 0:
-        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): it was not written completely")
+        raise CheckpointError(f"{what} {path} is empty (0 bytes): it was not written completely")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for damaged files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        first = lines[0] if lines else type(exc).__name__
+        if first.startswith("Weights only load failed"):
+            # torch's advice to retry with weights_only=False is wrong for damaged files and unsafe for others
+            detail = next((lines[i + 1] for i, line in enumerate(lines[:-1]) if "WeightsUnpickler" in line), "")
+            first = ("a safe (weights_only) load refuses it: it is damaged, not a PyTorch file, or pickles "
+                     f"Python objects{f' ({detail})' if detail else ''}")
         raise CheckpointError(
-            f"checkpoint {path} cannot be read (truncated, corrupt, or not a vggnet/PyTorch file): {first}") from None
+            f"{what} {path} cannot be read (truncated, corrupt, or not a vggnet/PyTorch file): {first}") from None
 
 
 def _is_checkpoint(obj: Any) -> bool:
@@ -219,20 +229,31 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 def model_from_checkpoint(
     ckpt: Mapping[str, Any] | str | os.PathLike, map_location: str | torch.device = "cpu"
 ) -> tuple[VGG, dict[str, Any]]:
-    """Rebuild the model a checkpoint describes and load its weights (strict)."""
+    """Rebuild the model a checkpoint describes and load its weights (strict).
+
+    The model is built on the meta device and takes CPU copies of the
+    checkpoint's tensors (in the model's dtypes), so no time goes into an
+    initialisation that would be overwritten (about 1 s for net D), and the
+    model shares no memory with `ckpt`.
+    """
     source = "checkpoint"
     if not isinstance(ckpt, Mapping):
         source = str(ckpt)
         ckpt = load_checkpoint(ckpt, map_location=map_location)
     try:
-        model = vgg(**ckpt["build"])
+        with torch.device("meta"):
+            model = vgg(**ckpt["build"])
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{source} has invalid build arguments {ckpt['build']}: {exc}") from None
+    expected = model.state_dict()
+    state = {k: v.to(device="cpu", dtype=expected[k].dtype, copy=True) if k in expected else v
+             for k, v in ckpt["state_dict"].items()}  # a CPU model, as before, whatever map_location says
     try:
-        model.load_state_dict(ckpt["state_dict"], strict=True)
+        model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         raise CheckpointError(f"{source} does not match the model it describes "
-                              f"({ckpt['build']}): {str(exc).splitlines()[0]} ...") from None
+                              f"({ckpt['build']}): {' '.join(lines[1:3])[:300]} ...") from None
     return model, dict(ckpt)
 
 
@@ -355,21 +376,43 @@ def _infer_builds(
         if not letters:
             raise CheckpointError(f"{where}: {len(convs)} conv layers with kernel sizes {kernels} match no "
                                   f"configuration of Table 1; pass --model NAME ({', '.join(NAMES)})")
-    last_label, last_shape = convs[-1]
-    fc1_label, (fc_width, fc_in) = fcs[0][0], fcs[0][1]
-    grid = math.isqrt(max(fc_in // max(last_shape[0], 1), 0))
-    if "crop_size" not in build and (grid < 1 or grid * grid * last_shape[0] != fc_in):
-        raise CheckpointError(f"{where}: layer {fc1_label!r} has {fc_in} inputs, which is not a square grid of "
-                              f"the {last_shape[0]} channels of the last conv layer {last_label!r}")
     builds = []
     for letter in letters:
         plan = _conv_plan(letter)
-        guess = {"name": letter, "num_classes": fcs[-1][1][0], "crop_size": 32 * grid,
-                 "width": last_shape[0] / plan[-1][2], "fc_width": fc_width, "dropout": 0.5,
-                 "batch_norm": batch_norm}
+        width = _infer_width([n for _, _, n in plan], [shape[0] for _, shape in convs])
+        guess = {"name": letter, "num_classes": fcs[-1][1][0], "crop_size": None, "width": width,
+                 "fc_width": fcs[0][1][0], "dropout": 0.5, "batch_norm": batch_norm}
         guess.update({k: v for k, v in build.items() if v is not None})
+        if guess["crop_size"] is None:  # FC1 sees a (crop/32) x (crop/32) grid of the last conv's channels
+            channels = _scaled(plan[-1][2], guess["width"])
+            fc1_label, fc_in = fcs[0][0], fcs[0][1][1]
+            grid = math.isqrt(fc_in // channels)
+            if grid < 1 or grid * grid * channels != fc_in:
+                raise CheckpointError(f"{where}: layer {fc1_label!r} has {fc_in} inputs, which is not a square grid "
+                                      f"of the {channels} channels of the last conv layer of configuration "
+                                      f"{letter} at width {guess['width']:g}; pass --crop-size")
+            guess["crop_size"] = 32 * grid
         builds.append(guess)
     return builds
+
+
+def _scaled(channels: int, width: float) -> int:
+    """Channels of a conv layer at `width` (as `vgg()` rounds them)."""
+    return max(1, int(round(channels * width)))
+
+
+def _infer_width(nominal: Sequence[int], found: Sequence[int]) -> float:
+    """The width under which the most conv layers have the channels found (ties: the last layer's guess).
+
+    One damaged layer must not skew the guess: the error should then name that layer.
+    """
+    best, best_fit = found[-1] / nominal[-1], -1
+    for n, c in reversed(list(zip(nominal, found))):
+        width = c / n
+        fit = sum(_scaled(m, width) == d for m, d in zip(nominal, found))
+        if fit > best_fit:
+            best, best_fit = width, fit
+    return best
 
 
 def _meta_model(where: str, build: Mapping[str, Any]) -> VGG:
@@ -486,7 +529,8 @@ def import_torchvision(
     Preprocessing is torchvision's: 0-1 pixels normalised by ImageNet mean and std.
     """
     path = Path(path)
-    return _torchvision_checkpoint(_torch_load(path), f"torchvision state dict {path}", path,
+    return _torchvision_checkpoint(_torch_load(path, what="torchvision state dict"),
+                                   f"torchvision state dict {path}", path,
                                    name=name, classes=classes, build=build)
 
 
@@ -535,7 +579,7 @@ def _read_keras(path: Path) -> list[tuple[str, list[np.ndarray]]]:
     except ImportError:
         raise UserError("importing Keras weights needs h5py: pip install 'vggnet[import]'") from None
     if not path.is_file():
-        raise CheckpointError(f"Keras weights {path} does not exist")
+        raise CheckpointError(f"Keras weights {path} " + ("is a directory" if path.is_dir() else "does not exist"))
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
@@ -626,7 +670,7 @@ def _read_caffe(path: Path) -> list[tuple[str, Any, list[np.ndarray]]]:
     from vggnet import caffe_pb
 
     if not path.is_file():
-        raise CheckpointError(f"Caffe model {path} does not exist")
+        raise CheckpointError(f"Caffe model {path} " + ("is a directory" if path.is_dir() else "does not exist"))
     try:
         net = caffe_pb.raw.NetParameter.FromString(path.read_bytes())
     except (DecodeError, RuntimeError, ValueError) as exc:
@@ -677,21 +721,20 @@ def import_caffe(
         if len(arrays) != 2:
             raise CheckpointError(f"{where}: layer {label!r} has {len(arrays)} blobs; expected weights and bias")
         weight, bias = arrays
-        squeezed = weight.reshape(weight.shape[next((i for i, d in enumerate(weight.shape) if d != 1),
-                                                    len(weight.shape)):])
-        is_fc = type_ in _CAFFE_FC or (type_ not in _CAFFE_CONV and squeezed.ndim == 2)
-        if is_fc:  # (out, in), V1 stores (1, 1, out, in)
-            if squeezed.ndim not in (2, 4):
-                raise CheckpointError(f"{where}: layer {label!r} has weights of shape {weight.shape}; expected "
-                                      f"an inner product (out, in)")
-            tensor = torch.from_numpy(squeezed.reshape(squeezed.shape[0], -1))
-            fcs.append(_Layer(label, tensor, torch.from_numpy(bias.reshape(-1)), tuple(weight.shape)))
+        bias = bias.reshape(-1)
+        leading_ones = next((i for i, d in enumerate(weight.shape) if d != 1), weight.ndim)
+        if type_ in _CAFFE_FC or (type_ not in _CAFFE_CONV and weight.ndim - leading_ones <= 2):
+            # an inner product (out, in); V1 files store it as (1, 1, out, in)
+            if bias.size == 0 or weight.size % bias.size:
+                raise CheckpointError(f"{where}: layer {label!r} has weights of shape {weight.shape} and "
+                                      f"{bias.size} biases; expected an inner product (out, in) and out biases")
+            fcs.append(_Layer(label, torch.from_numpy(weight.reshape(bias.size, -1)), torch.from_numpy(bias),
+                              tuple(weight.shape)))
         else:
             if weight.ndim != 4:
                 raise CheckpointError(f"{where}: layer {label!r} has weights of shape {weight.shape}; expected a "
                                       f"convolution (out, in, h, w)")
-            convs.append(_Layer(label, torch.from_numpy(weight), torch.from_numpy(bias.reshape(-1)),
-                                tuple(weight.shape)))
+            convs.append(_Layer(label, torch.from_numpy(weight), torch.from_numpy(bias), tuple(weight.shape)))
     chosen = _infer_builds(where, [(c.label, tuple(c.weight.shape)) for c in convs],
                            [(f.label, tuple(f.weight.shape)) for f in fcs], name=name, build=build)[0]
     convs[0].weight = convs[0].weight[:, _BGR_TO_RGB]
@@ -730,7 +773,7 @@ def import_safetensors(
     where = f"safetensors weights {path}"
     sidecar = sidecar_path(path)
     if not path.is_file():
-        raise CheckpointError(f"{where} does not exist")
+        raise CheckpointError(f"{where} " + ("is a directory" if path.is_dir() else "does not exist"))
     if not sidecar.is_file():
         raise CheckpointError(f"{where} has no JSON sidecar {sidecar} (build arguments, preprocessing, classes): "
                               f"keep the two files of `vgg export safetensors` together")
@@ -821,7 +864,7 @@ def load_weights(path: str | os.PathLike, *, name: str | None = None, **build: A
         return import_keras(path, name=name, **build)
     if suffix == ".caffemodel":
         return import_caffe(path, name=name, **build)
-    obj = _torch_load(path)
+    obj = _torch_load(path, what="weights file")
     if _is_checkpoint(obj):
         return _check_checkpoint(obj, path)
     return _torchvision_checkpoint(obj, f"weights file {path}", path, name=name, classes=None, build=build)
@@ -899,7 +942,7 @@ def export_onnx(
     path: str | os.PathLike,
     *,
     dense: bool = False,
-    opset: int = 17,
+    opset: int = 18,
     dynamo: bool = False,
 ) -> Path:
     """Write the net as ONNX: the crop classifier (input 'image' (N, 3, crop, crop) -> 'logits'), or with
@@ -938,7 +981,8 @@ def export_onnx(
                     shapes.update({2: torch.export.Dim("height", min=crop, max=65536),
                                    3: torch.export.Dim("width", min=crop, max=65536)})
                 torch.onnx.export(wrapper, example, tmp, dynamo=True, external_data=False, opset_version=opset,
-                                  input_names=["image"], output_names=[output], dynamic_shapes={"x": shapes})
+                                  verbose=False, input_names=["image"], output_names=[output],
+                                  dynamic_shapes={"x": shapes})
             else:
                 axes = {"image": {0: "batch"}, output: {0: "batch"}}
                 if dense:
@@ -1053,7 +1097,7 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("ONNX")
     g.add_argument("--dense", action="store_true",
                    help="export model.dense: whole images of any size >= crop_size -> class-score map")
-    g.add_argument("--opset", type=int, default=17, help="ONNX opset (default: %(default)s)")
+    g.add_argument("--opset", type=int, default=18, help="ONNX opset (default: %(default)s)")
     g.add_argument("--dynamo", action="store_true", help="use the torch.export-based exporter (slower here)")
     g.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison with PyTorch")
 

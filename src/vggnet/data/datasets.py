@@ -395,6 +395,11 @@ def _split_dir(root: Path, split: str) -> tuple[Path, Path]:
         raise DataError(f"{root}: not a directory (expected a dataset folder with {split}/ or a folder of images)")
     if (root / split).is_dir():
         return root / split, root
+    others = [s for s in ("train", "val", "test") if (root / s).is_dir()]
+    if others:
+        # a dataset root without this split: do not mistake train/ and val/ for classes
+        raise DataError(f"{root}: no {split}/ folder (found {', '.join(f'{s}/' for s in others)}); "
+                        f"pass the {split} folder itself or add {root / split}")
     return root, root.parent
 
 

@@ -1,8 +1,8 @@
 """The synthetic shapes dataset: the embedded default for training and evaluation.
 
 A deterministic generator of labelled shapes (circle, triangle, star, ring, ...)
-drawn at widely varying scale (about a tenth to most of the image), position,
-rotation and colour on textured, noisy backgrounds, in images of varied size and
+drawn at widely varying scale (a tenth to most of the image), position (around
+the centre, as photographers frame objects), rotation and colour on textured, noisy backgrounds, in images of varied size and
 aspect (160-400 px per side by default). Scale varies on purpose: it is what the
 paper's isotropic rescaling and scale jittering (§3.1) and multi-scale evaluation
 (§3.2) are about. Every image has a ground-truth box (Appendix A).
@@ -141,9 +141,11 @@ def _render(rng: np.random.Generator, shape: str, size_range: tuple[int, int]) -
         draw.line([(int(x0), int(y0)), (int(x1), int(y1))], fill=tuple(int(v) for v in rng.integers(0, 256, 3)),
                   width=int(rng.integers(1, 5)))
 
-    # The shape: size log-uniform from ~1/10 to ~9/10 of the smallest side, any
-    # rotation, anywhere it fits, in a colour that stands out from the background.
-    extent = math.exp(rng.uniform(math.log(0.1), math.log(0.9))) * min(w, h)
+    # The shape: size uniform from 1/10 to 9/10 of the smallest side, any rotation,
+    # in a colour that stands out from the background. Its centre is drawn around the
+    # image centre (objects in photos tend to be framed), so that the paper's random
+    # crops of the rescaled image usually contain at least part of it.
+    extent = rng.uniform(0.1, 0.9) * min(w, h)
     angle = rng.uniform(0, 2 * math.pi)
     ca, sa = math.cos(angle), math.sin(angle)
     r = extent / 2
@@ -151,8 +153,8 @@ def _render(rng: np.random.Generator, shape: str, size_range: tuple[int, int]) -
     xs = [p[0] for p in polys[0][0]]
     ys = [p[1] for p in polys[0][0]]
     minx, maxx, miny, maxy = min(xs), max(xs), min(ys), max(ys)
-    cx = rng.uniform(-minx, max(-minx, w - 1 - maxx))
-    cy = rng.uniform(-miny, max(-miny, h - 1 - maxy))
+    cx = float(np.clip(w / 2 + rng.normal(0, 0.2 * w), -minx, max(-minx, w - 1 - maxx)))
+    cy = float(np.clip(h / 2 + rng.normal(0, 0.2 * h), -miny, max(-miny, h - 1 - maxy)))
     mask = Image.new("L", (w, h), 0)
     mdraw = ImageDraw.Draw(mask)
     for poly, fill in polys:
