@@ -600,7 +600,6 @@ def load_posteriors(paths: Sequence[str | os.PathLike], *, method: str | None = 
     """
     if not paths:
         raise UserError("--posteriors: give at least one file")
-    merged: EvalResult | None = None
     nets: list[dict[str, Any]] = []
     posts: dict[tuple[int, str, int], torch.Tensor] = {}
     methods: list[str] | None = None
@@ -627,16 +626,17 @@ def load_posteriors(paths: Sequence[str | os.PathLike], *, method: str | None = 
             k, m, q = key.split("/")
             posts[(int(k) + offset, m, int(q))] = p.float()
     assert methods is not None
+    for net, name in zip(nets, _distinct_names([n["name"].split("#")[0] for n in nets])):
+        net["name"] = name
     if not methods:
         raise UserError("--posteriors: the files have no method in common (dense / multi-crop)")
     method = method or first["method"]
     available = methods + (["both"] if len(methods) == 2 else [])
     if method not in available:
         raise UserError(f"--method {method}: the posteriors files hold only {', '.join(methods)}")
-    merged = EvalResult(classes=list(first["classes"]), labels=first["labels"], paths=list(first["paths"]),
-                        nets=nets, methods=methods, method=method, flip=bool(first["flip"]), posteriors=posts,
-                        data=first.get("data"))
-    return merged
+    return EvalResult(classes=list(first["classes"]), labels=first["labels"], paths=list(first["paths"]),
+                      nets=nets, methods=methods, method=method, flip=bool(first["flip"]), posteriors=posts,
+                      data=first.get("data"))
 
 
 # --------------------------------------------------------------------------- evaluate / validate
@@ -684,12 +684,14 @@ def _load_nets(items: Sequence[Any], *, preprocessing: Any, device: torch.device
         net.model.eval().to(device)
         if channels_last:
             net.model.to(memory_format=torch.channels_last)
-    # Two nets of the same configuration (two D's) are told apart by position.
-    names = [n.name for n in nets]
-    for k, net in enumerate(nets):
-        if names.count(net.name) > 1:
-            net.name = f"{net.name}#{k + 1}"
+    for net, name in zip(nets, _distinct_names([n.name for n in nets])):
+        net.name = name
     return nets
+
+
+def _distinct_names(names: list[str]) -> list[str]:
+    """Two nets of the same configuration (two D's) are told apart by position: D#1, D#2."""
+    return [f"{n}#{k + 1}" if names.count(n) > 1 else n for k, n in enumerate(names)]
 
 
 def evaluate(
@@ -919,9 +921,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-scales", type=_parse_scales, default=None, metavar="Q,Q,...",
                         help="test scales Q, e.g. 256,384,512 (default: from the checkpoint's training scale S: "
                              "{S-32, S, S+32}, or {Smin, (Smin+Smax)/2, Smax} for jittered S)")
-    parser.add_argument("--method", choices=METHODS, default="dense",
+    parser.add_argument("--method", choices=METHODS, default=None,
                         help="dense (whole image), multi-crop (5x5 grid x 2 flips per scale) or both "
-                             "(their posteriors averaged) (default: %(default)s)")
+                             "(their posteriors averaged) (default: dense; with --posteriors, the files' method)")
     parser.add_argument("--no-flip", dest="flip", action="store_false",
                         help="do not average with the horizontally flipped image / crops")
     parser.add_argument("--grid", type=int, default=5, help="multi-crop grid size per side (default: %(default)s)")
@@ -965,7 +967,8 @@ def run_eval(args: argparse.Namespace) -> int:
         raise UserError(f"--grid must be >= 1, got {args.grid}")
     if args.posteriors:
         if args.checkpoint:
-            raise UserError("give either --checkpoint (run the nets) or --posteriors (reuse saved posteriors), not both")
+            raise UserError("give either --checkpoint (run the nets) or --posteriors (reuse saved posteriors), "
+                            "not both")
         result = load_posteriors(args.posteriors, method=args.method)
     else:
         if not args.checkpoint:
@@ -981,7 +984,7 @@ def run_eval(args: argparse.Namespace) -> int:
         info = setup(args.device)  # under torchrun: joins the process group, one GPU per process
         joined = joined and info.distributed
         try:
-            result = evaluate(args.checkpoint, data, scales=scales, method=args.method, flip=args.flip,
+            result = evaluate(args.checkpoint, data, scales=scales, method=args.method or "dense", flip=args.flip,
                               grid=args.grid, batch_size=args.batch_size, workers=args.workers, device=info.device,
                               amp=args.amp, channels_last=args.channels_last, labels_file=args.labels_file,
                               progress=sys.stderr.isatty())
@@ -1025,7 +1028,7 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.topk < 1:
         raise UserError(f"--topk must be >= 1, got {args.topk}")
     try:
-        results = predict(args.checkpoint, args.images, scales=scales, method=args.method, flip=args.flip,
+        results = predict(args.checkpoint, args.images, scales=scales, method=args.method or "dense", flip=args.flip,
                           grid=args.grid, topk=args.topk, device=args.device, amp=args.amp)
     except ValueError as exc:
         raise UserError(str(exc)) from None

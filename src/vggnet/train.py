@@ -364,9 +364,11 @@ class _EpochTagged(Sampler):
 
 
 def _worker_init(_: int) -> None:
-    # The main process turns SIGINT/SIGTERM into "checkpoint and stop" and needs
-    # its loader workers alive for the rest of the step; they exit on their own
-    # when the main process does.
+    # The main process turns SIGINT/SIGTERM into "finish the step, checkpoint, stop"
+    # and needs its loader workers alive for the rest of the step (Ctrl-C and
+    # SLURM signal every process). The training loop shuts its workers down itself
+    # (`del` of the iterator in a `finally`), and they exit by themselves if the
+    # main process dies.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
@@ -681,15 +683,18 @@ class _Trainer:
             train, global_batch=cfg.batch_size, num_replicas=self.info.world_size, rank=self.info.rank,
             seed=cfg.seed)
         self.steps_per_epoch = self.sampler.steps_per_epoch
-        from vggnet.data.datasets import make_loader
+        from vggnet.data.datasets import collate_skip_bad
 
-        self.loader = make_loader(_SeededAugmentation(train, cfg.seed), batch_size=self.micro, workers=cfg.workers,
-                                  device=self.device, sampler=_EpochTagged(self.sampler))
-        # make_loader takes no generator/worker_init_fn (yet): set them here. A loader
-        # without its own generator draws its base seed from the global torch RNG on every
-        # iter(), which would shift the dropout stream between a straight and a resumed run.
-        self.loader.generator = torch.Generator().manual_seed(cfg.seed)
-        self.loader.worker_init_fn = _worker_init
+        # Not data.make_loader: that keeps workers alive across epochs (persistent), and
+        # training needs workers that are shut down by the loop itself (see _worker_init)
+        # and a generator of its own: a loader without one draws its base seed from the
+        # global torch RNG at every iter(), which would shift the dropout stream between a
+        # straight and a resumed run.
+        self.loader = torch.utils.data.DataLoader(
+            _SeededAugmentation(train, cfg.seed), batch_size=self.micro, sampler=_EpochTagged(self.sampler),
+            num_workers=cfg.workers, collate_fn=collate_skip_bad, pin_memory=self.device.type == "cuda",
+            worker_init_fn=_worker_init, generator=torch.Generator().manual_seed(cfg.seed),
+            prefetch_factor=4 if cfg.workers > 0 else None)
 
     def build_model(self, init_ckpt: Mapping[str, Any] | None) -> None:
         from vggnet.init import init_from_a, init_weights
@@ -783,12 +788,30 @@ class _Trainer:
         self.finished_before = bool(train.get("finished"))
         self.stopped = train.get("stopped")
 
+    def _remedy(self) -> str:
+        tips = ["a lower --lr", "--clip-grad 10"]
+        if self.amp != "off":
+            tips.append("--amp off")
+        if self.cfg.init == "gaussian":
+            tips.append("--init glorot")
+        return f"Try {', '.join(tips[:-1])} or {tips[-1]}."
+
     # ----------------------------------------------------------------- checkpoints
 
     def save(self, *, best: bool = False, finished: bool = False) -> Path | None:
         """Write a checkpoint of the state after the last step (collective: every rank calls it)."""
         from vggnet.weights import make_checkpoint, save_checkpoint
 
+        # A finite loss does not guarantee finite weights after the step (a huge
+        # gradient times the lr): never write such a checkpoint over good ones. The
+        # weights are the same on every rank, so every rank stops here together.
+        bad = [name for name, t in self.model.state_dict().items()
+               if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        if bad:
+            raise TrainingError(
+                f"the weights became non-finite ({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}) at step "
+                f"{self.global_step} (epoch {self.epoch + 1}) with lr {self.optimizer.param_groups[0]['lr']:g}; "
+                f"not saved. Last good checkpoint: {self.last_checkpoint or 'none written yet'}. {self._remedy()}")
         rng = distributed.all_gather_object(_capture_rng())
         if not self.info.is_main:
             return None
@@ -841,7 +864,6 @@ class _Trainer:
         self.sampler.set_epoch(self.epoch)
         self.sampler.set_position(self.step_in_epoch * cfg.batch_size)
         self.net.train()
-        batches = iter(self.loader)
         cl = torch.channels_last if self.channels_last else torch.contiguous_format
         ddp = self.info.distributed
         start_step = self.step_in_epoch
@@ -855,6 +877,7 @@ class _Trainer:
             self.bar = tqdm(total=self.steps_per_epoch, initial=start_step, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
                             unit="step", dynamic_ncols=True, file=sys.stderr, leave=False,
                             mininterval=0.5 if sys.stderr.isatty() else 30.0)
+        batches = iter(self.loader)
         try:
             for step in range(start_step, self.steps_per_epoch):
                 step_loss = torch.zeros((), dtype=torch.float64, device=dev)
@@ -897,7 +920,7 @@ class _Trainer:
                         f"the loss became {loss_value} at step {self.global_step + 1} (epoch {self.epoch + 1}, "
                         f"step {step + 1}/{self.steps_per_epoch} of the epoch) with lr {lr:g}; training stopped on "
                         f"every process and no checkpoint was written for this step. Last good checkpoint: {where}. "
-                        f"Try a lower --lr, --clip-grad, --amp off, or --init glorot")
+                        f"{self._remedy()}")
                 if cfg.clip_grad is not None:
                     self.scaler.unscale_(self.optimizer)
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
@@ -927,12 +950,13 @@ class _Trainer:
                 if save_flag or every_due:
                     self.save()
         finally:
+            del batches  # shuts the loader workers down now, also when an exception passes
             if self.bar is not None:
                 self.bar.close()
                 self.bar = None
         return False
 
-    def end_epoch(self) -> bool:
+    def end_epoch(self, stop: _StopRequest) -> bool:
         """Validate, adjust the learning rate, log, checkpoint; True if training ends here."""
         from vggnet.data.datasets import check_bad_fraction
         from vggnet.evaluate import validate
@@ -944,10 +968,19 @@ class _Trainer:
         check_bad_fraction(bad, seen, cfg.max_bad_fraction, where=f"epoch {self.epoch + 1} of the training set")
         t0 = time.perf_counter()
         # fork_rng: validation's data loader must not move the training RNG streams
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            metrics = validate(self.model, self.val_set, preprocessing=self.preprocessing, scale=cfg.val_scale,
-                               device=self.device, batch_size=cfg.val_batch_size, workers=cfg.workers,
-                               amp="bf16" if self.amp == "bf16" else "off")
+        try:
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                metrics = validate(self.model, self.val_set, preprocessing=self.preprocessing, scale=cfg.val_scale,
+                                   device=self.device, batch_size=cfg.val_batch_size, workers=cfg.workers,
+                                   amp="bf16" if self.amp == "bf16" else "off")
+        except (RuntimeError, KeyboardInterrupt):
+            if stop.signal is None:
+                raise
+            # a signal to every process (Ctrl-C, SLURM) also reached validation's loader
+            # workers: keep the trained epoch; the resumed run validates it
+            self.stopped = "signal"
+            self.save()
+            return True
         val_time = time.perf_counter() - t0
         lr = self.optimizer.param_groups[0]["lr"]
         row = {
@@ -1067,7 +1100,10 @@ class _Trainer:
             while True:
                 if self.train_epoch(stop):
                     break
-                if self.end_epoch():
+                if self.end_epoch(stop):
+                    break
+                if distributed.all_reduce_sum([float(stop.signal is not None)])[0]:
+                    self.stopped = "signal"  # arrived during validation: the epoch checkpoint is written
                     break
         finally:
             stop.uninstall()
