@@ -124,7 +124,11 @@ def _resolve_classes(classes: int | Sequence[str]) -> list[str]:
 
 def _render(rng: np.random.Generator, shape: str, size_range: tuple[int, int]) -> tuple[Image.Image, tuple[int, int, int, int]]:
     lo, hi = size_range
-    w, h = int(rng.integers(lo, hi + 1)), int(rng.integers(lo, hi + 1))
+    # Side lengths anywhere in [lo, hi] with photo-like aspect ratios (up to 16:10 either way).
+    w = int(rng.integers(lo, hi + 1))
+    h = int(np.clip(round(w * math.exp(rng.uniform(-0.47, 0.47))), lo, hi))
+    if rng.random() < 0.5:
+        w, h = h, w
 
     # Background: two random colours mixed by a low-frequency noise field (a coarse
     # random grid upsampled bicubically), crossed by a few random lines.
@@ -135,11 +139,11 @@ def _render(rng: np.random.Generator, shape: str, size_range: tuple[int, int]) -
     bg = (c1 * (1 - t) + c2 * t).astype(np.uint8)
     img = Image.fromarray(bg, "RGB")
     draw = ImageDraw.Draw(img)
-    for _ in range(int(rng.integers(2, 9))):
+    for _ in range(int(rng.integers(1, 6))):
         x0, x1 = rng.integers(0, w, 2)
         y0, y1 = rng.integers(0, h, 2)
         draw.line([(int(x0), int(y0)), (int(x1), int(y1))], fill=tuple(int(v) for v in rng.integers(0, 256, 3)),
-                  width=int(rng.integers(1, 5)))
+                  width=int(rng.integers(1, 4)))
 
     # The shape: size uniform from 1/10 to 9/10 of the smallest side, any rotation,
     # in a colour that stands out from the background. Its centre is drawn around the
@@ -159,10 +163,9 @@ def _render(rng: np.random.Generator, shape: str, size_range: tuple[int, int]) -
     mdraw = ImageDraw.Draw(mask)
     for poly, fill in polys:
         mdraw.polygon([(cx + x, cy + y) for x, y in poly], fill=fill)
-    mean_bg = (c1 + c2) / 2
-    for _ in range(20):
+    for _ in range(50):  # visible against both background colours (L1 distance)
         colour = rng.integers(0, 256, 3)
-        if np.abs(colour - mean_bg).sum() > 150:
+        if min(np.abs(colour - c1).sum(), np.abs(colour - c2).sum()) > 120:
             break
     img.paste(tuple(int(v) for v in colour), mask=mask)
     box = mask.getbbox() or (0, 0, 1, 1)  # (x0, y0, x1, y1), exclusive upper corner
