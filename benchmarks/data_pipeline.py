@@ -15,7 +15,7 @@ this one process with one thread (as one DataLoader worker runs):
 and prints images/s with ratios to torchvision and to raw decoding. A second,
 smaller set of 1600x1200 JPEGs (digital-camera size) shows the JPEG draft path.
 
-    python benchmarks/data_pipeline.py                 # ~1 minute on one core
+    python benchmarks/data_pipeline.py                 # 1-2 minutes on one core
     python benchmarks/data_pipeline.py --images 100 --rounds 3 --json out.json
 """
 
@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import statistics
 import sys
 import tempfile
@@ -108,6 +110,16 @@ def report(title: str, rates: dict[str, float]) -> list[str]:
     return lines
 
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=200, help="500x375 JPEGs (default: %(default)s)")
@@ -122,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, Pillow {PIL.__version__}, "
           f"numpy {np.__version__}, python {sys.version.split()[0]}, {args.threads} thread(s)")
+    print(f"CPU: {cpu_name()}, {os.cpu_count()} logical cores, load average {os.getloadavg()[0]:.2f} "
+          f"(absolute rates move with load; the ratios, timed interleaved, much less)")
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         sets = [("500x375", args.images, (500, 375))]

@@ -3,13 +3,15 @@ skipped and counted in training, an error naming the file in evaluation."""
 
 from __future__ import annotations
 
+import io
 import pickle
 import warnings
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
+from torchvision import tv_tensors
 
 from vggnet.cli import main
 from vggnet.data import (
@@ -168,6 +170,27 @@ def test_kaggle_loc_val_solution_labels_and_boxes(tmp_path):
         build_dataset(tmp_path, split="val")
 
 
+def test_kaggle_loc_label_not_a_known_class(tmp_path):
+    _jpg(tmp_path / "val" / "ILSVRC2012_val_00000001.JPEG")
+    (tmp_path / "LOC_val_solution.csv").write_text(
+        "ImageId,PredictionString\nILSVRC2012_val_00000001,n09999999 5 6 7 8\n")
+    with pytest.raises(DataError, match=r"LOC_val_solution\.csv: label 'n09999999' .* not among the 2 known"):
+        build_dataset(tmp_path, split="val", classes=["n01000001", "n02000002"])
+
+
+def test_loc_train_solution_boxes_for_class_folders(tmp_path):
+    # Kaggle's train layout: class folders named by wnid, boxes in LOC_train_solution.csv
+    _jpg(tmp_path / "train" / "n01000001" / "n01000001_7.JPEG", size=(60, 40))
+    _jpg(tmp_path / "train" / "n01000001" / "n01000001_8.JPEG", size=(60, 40))
+    (tmp_path / "LOC_train_solution.csv").write_text(
+        "ImageId,PredictionString\nn01000001_7,n01000001 3 4 30 20 \n")
+    ds = build_dataset(tmp_path, DenseEvalPreset(scale=20, preprocessing=PLAIN), boxes=True)
+    x, label, boxes = ds[0]
+    assert x.shape == (3, 20, 30) and label == 0
+    assert boxes.tolist() == [[1.0, 1.5, 15.0, 10.0]]  # (2, 3, 30, 20) at half size
+    assert ds.raw_boxes(1)[0].shape == (0, 4)  # not in the CSV: no boxes
+
+
 def _voc(path, boxes, name="a"):
     path.parent.mkdir(parents=True, exist_ok=True)
     objs = "".join(f"<object><name>{name}</name><bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin>"
@@ -211,6 +234,135 @@ def _with_bad_files(root):
     return root
 
 
+def _corrupt_png(path):
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (1, 2, 3)).save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    idat = data.find(b"IDAT")
+    data[idat + 8: idat + 20] = b"\x00" * 12  # garbage inside the compressed data
+    path.write_bytes(bytes(data))
+
+
+def _truncated(path):
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (32, 40, 3), dtype=np.uint8)).save(buf, "JPEG", quality=90)
+    path.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+
+
+# Each kind of bad file the issue names: (file name, how to make it, what the error says).
+# The bomb is 100x100 = 10,000 pixels against a limit the test lowers to 5,000.
+BAD_FILES = {
+    "truncated": ("cut.jpg", _truncated, "truncated"),
+    "zero-byte": ("empty.jpg", lambda p: p.write_bytes(b""), "empty file"),
+    "not an image": ("notes.jpg", lambda p: p.write_text("hello, not a picture"), "not an image"),
+    "corrupt": ("broken.png", _corrupt_png, "cannot decode"),
+    "bomb": ("bomb.png", lambda p: Image.new("RGB", (100, 100)).save(p), "decompression bomb"),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_FILES))
+def test_each_bad_file_skipped_in_training_and_an_error_in_evaluation(tmp_path, monkeypatch, kind):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5000)
+    name, make, reason = BAD_FILES[kind]
+    _folders(tmp_path / "train", {"a": 2, "b": 1})
+    make(tmp_path / "train" / "b" / name)
+    train = build_dataset(tmp_path, TrainPreset(crop_size=16, scale=(20, 28), preprocessing=PLAIN))
+    bad = [i for i, (p, _) in enumerate(train.samples) if p.endswith(name)]
+    assert len(bad) == 1  # the file is listed like any image: the problem shows when it is read
+    with pytest.warns(BadImageWarning) as record:
+        items = [train[i] for i in range(len(train))]
+    assert [i for i, item in enumerate(items) if item is None] == bad
+    assert len(record) == 1 and str(tmp_path / "train" / "b" / name) in str(record[0].message)
+    assert reason in str(record[0].message)
+    batch = collate_skip_bad(items)
+    assert batch.skipped == 1 and batch[0].shape == (3, 3, 16, 16)
+    # evaluation: the same file is an error naming it, never a smaller test set
+    val = build_dataset(tmp_path, DenseEvalPreset(scale=16, preprocessing=PLAIN), split="train", strict=True)
+    with pytest.raises(DataError, match=reason) as info:
+        val[bad[0]]
+    assert str(tmp_path / "train" / "b" / name) in str(info.value)
+
+
+def _odd_files(folder):
+    """One file per awkward-but-valid kind; returns {name: displayed (width, height)}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.new("L", (30, 20), 77).save(folder / "grey.jpg")
+    Image.new("CMYK", (30, 20), (0, 255, 0, 0)).save(folder / "cmyk.jpg")
+    pal = Image.new("P", (30, 20), 1)
+    pal.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
+    pal.save(folder / "palette.png", transparency=0)
+    Image.new("RGBA", (30, 20), (10, 20, 30, 128)).save(folder / "rgba.png")
+    Image.fromarray(np.full((20, 30), 40000, np.uint16)).save(folder / "deep.png")
+    rot = Image.new("RGB", (30, 20), (0, 200, 0))
+    exif = rot.getexif()
+    exif[0x0112] = 6
+    rot.save(folder / "rotated.jpg", exif=exif)
+    return {"grey.jpg": (30, 20), "cmyk.jpg": (30, 20), "palette.png": (30, 20), "rgba.png": (30, 20),
+            "deep.png": (30, 20), "rotated.jpg": (20, 30)}
+
+
+def test_every_image_mode_loads_in_training_and_evaluation(tmp_path):
+    sizes = _odd_files(tmp_path / "train" / "a")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # none of these is a bad file
+        train = build_dataset(tmp_path, TrainPreset(crop_size=16, scale=(16, 24), preprocessing=PLAIN))
+        assert len(train) == 6
+        batch = collate_skip_bad([train[i] for i in range(len(train))])
+        assert batch.skipped == 0 and batch[0].shape == (6, 3, 16, 16)
+        dense = build_dataset(tmp_path, DenseEvalPreset(scale=16, preprocessing=PLAIN), strict=True)
+        for i, (path, _) in enumerate(dense.samples):
+            w, h = sizes[path.rsplit("/", 1)[-1]]
+            x, _ = dense[i]
+            assert x.shape == (3, 16 * h // min(w, h), 16 * w // min(w, h))  # EXIF rotation swaps the sides
+    by_name = {p.rsplit("/", 1)[-1]: i for i, (p, _) in enumerate(dense.samples)}
+    centre = {name: dense[i][0][:, 8, 8].round().tolist() for name, i in by_name.items()}
+    assert centre["grey.jpg"] == pytest.approx([77] * 3, abs=2)
+    assert centre["palette.png"] == [0, 0, 255]
+    assert centre["rgba.png"] == pytest.approx([132, 137, 142], abs=1)  # over white
+    assert centre["deep.png"] == pytest.approx([156] * 3, abs=1)  # 40000 / 257, not clipped to 255
+    assert centre["rotated.jpg"] == pytest.approx([0, 200, 0], abs=4)
+    assert centre["cmyk.jpg"] == pytest.approx([255, 0, 255], abs=12)  # magenta
+
+
+def test_exif_rotated_image_with_boxes_and_draft_decoding(tmp_path):
+    # stored 400x200, shown 200x400 (orientation 6); the VOC box is in the displayed
+    # image's pixels, as annotation tools save it. The preset decodes at 1/4 (draft),
+    # rotates, and the box must still sit on the white rectangle.
+    shown = Image.new("RGB", (200, 400), (0, 0, 0))
+    ImageDraw.Draw(shown).rectangle([40, 240, 119, 359], fill=(255, 255, 255))  # box (40, 240, 120, 360)
+    stored = shown.transpose(Image.Transpose.ROTATE_90)  # what a camera writes before tagging orientation 6
+    exif = stored.getexif()
+    exif[0x0112] = 6
+    path = tmp_path / "train" / "a" / "r.jpg"
+    path.parent.mkdir(parents=True)
+    stored.save(path, exif=exif, quality=95)
+    _voc(tmp_path / "annotations" / "train" / "a" / "r.xml", [(41, 241, 120, 360)])
+    ds = build_dataset(tmp_path, DenseEvalPreset(scale=50, preprocessing=PLAIN), boxes=True)
+    x, _, boxes = ds[0]
+    assert x.shape == (3, 100, 50) and tuple(boxes.canvas_size) == (100, 50)
+    assert boxes.tolist() == [[10.0, 60.0, 30.0, 90.0]]
+    ys, xs = torch.nonzero(x.mean(0) > 128, as_tuple=True)
+    found = [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
+    assert max(abs(f - e) for f, e in zip(found, boxes[0].tolist())) <= 1.5
+
+
+def test_dataset_hands_our_presets_an_undecoded_image(tmp_path):
+    # so that the preset can choose the JPEG draft scale; a foreign transform gets decoded RGB
+    _jpg(tmp_path / "train" / "a" / "big.jpg", size=(800, 600))
+    seen = []
+
+    class Spy(DenseEvalPreset):
+        def __call__(self, image, boxes=None):
+            seen.append(bool(image.tile))
+            out = super().__call__(image, boxes)
+            seen.append(tuple(out.shape))
+            return out
+
+    build_dataset(tmp_path, Spy(scale=100, preprocessing=PLAIN))[0]
+    assert seen == [True, (3, 100, 133)]
+
+
 def test_training_skips_bad_files_with_a_warning_naming_them(tmp_path):
     ds = build_dataset(_with_bad_files(tmp_path), TrainPreset(crop_size=16, scale=24, preprocessing=PLAIN))
     with pytest.warns(BadImageWarning) as record:
@@ -246,6 +398,8 @@ def test_loader_counts_bad_files_across_workers(tmp_path):
     assert not batches[-1]
     assert sum(len(b[1]) for b in batches if b) == 6
     assert loader.persistent_workers and not loader.pin_memory
+    # on a GPU the batches go to pinned memory (only built here, not iterated: no GPU needed)
+    assert make_loader(ds, batch_size=4, workers=0, device="cuda").pin_memory
 
 
 def test_batch_survives_pickling():

@@ -4,12 +4,14 @@ error naming the file for truncated, empty, non-image and decompression-bomb fil
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from vggnet.data.transforms import BadImageError, displayed_size, load_image, open_image, to_rgb
+from vggnet.data.transforms import BadImageError, decode_image, displayed_size, load_image, open_image, to_rgb
 from vggnet.errors import DataError
 
 
@@ -76,6 +78,81 @@ def test_16_bit_grey_is_scaled_not_clipped(tmp_path):
     assert (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()
     # Pillow's own convert would clip at 255: most of a 16-bit image would turn white
     assert to_rgb(Image.fromarray(np.full((2, 2), 1000, np.uint16))).getpixel((0, 0)) == (4, 4, 4)
+
+
+def test_palette_without_transparency_and_grey_with_alpha(tmp_path):
+    p = tmp_path / "pal.gif"
+    img = Image.new("P", (3, 1), 0)
+    img.putpalette([200, 10, 20, 5, 6, 7] + [0] * 762)
+    img.putpixel((2, 0), 1)
+    img.save(p)
+    assert Image.open(p).mode == "P"
+    assert np.asarray(load_image(p)).reshape(-1, 3).tolist() == [[200, 10, 20], [200, 10, 20], [5, 6, 7]]
+    la = tmp_path / "la.png"
+    Image.fromarray(np.array([[[40, 255], [40, 0]]], np.uint8), "LA").save(la)
+    assert np.asarray(load_image(la)).reshape(-1, 3).tolist() == [[40, 40, 40], [255, 255, 255]]
+
+
+def _png_rgb16(path, a: np.ndarray) -> None:
+    """A 48-bit RGB PNG written by hand (Pillow cannot write one): (H, W, 3) uint16."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    h, w, _ = a.shape
+    raw = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in a)  # filter type 0 per row
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def test_16_bit_rgb_png(tmp_path):
+    p = tmp_path / "deep_rgb.png"
+    a = np.array([[[0, 257 * 128, 65535], [257 * 10, 257 * 20, 257 * 30]]], np.uint16)
+    _png_rgb16(p, a)
+    rgb = np.asarray(load_image(p))
+    assert rgb.dtype == np.uint8 and rgb.tolist() == [[[0, 128, 255], [10, 20, 30]]]
+
+
+# What each EXIF orientation means (EXIF 2.3, tag 0x0112), for a stored array `a`:
+# the image a viewer shows. Written from the standard, not from Pillow.
+_DISPLAYED = {
+    1: lambda a: a,
+    2: lambda a: a[:, ::-1],  # mirrored left-right
+    3: lambda a: a[::-1, ::-1],  # rotated 180
+    4: lambda a: a[::-1],  # mirrored top-bottom
+    5: lambda a: a.transpose(1, 0, 2),  # row 0 is the left side, column 0 the top
+    6: lambda a: np.rot90(a, -1),  # row 0 is the right side: rotate 90 clockwise
+    7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1],  # row 0 is the right side, column 0 the bottom
+    8: lambda a: np.rot90(a, 1),  # row 0 is the left side, column 0 the bottom: 90 anticlockwise
+}
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_exactly(tmp_path, orientation):
+    # lossless PNG (eXIf chunk) with distinct pixels: the displayed array must match exactly
+    a = (np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3) * 13)
+    img = Image.fromarray(a)
+    exif = img.getexif()
+    exif[0x0112] = orientation
+    p = tmp_path / f"o{orientation}.png"
+    img.save(p, exif=exif)
+    want = _DISPLAYED[orientation](a)
+    assert displayed_size(open_image(p)) == (want.shape[1], want.shape[0])
+    assert np.array_equal(np.asarray(load_image(p)), want)
+
+
+def test_exif_rotation_with_jpeg_draft(tmp_path):
+    # a 400x200 JPEG shown rotated (orientation 8): decoded at reduced size, then rotated
+    p = tmp_path / "big_rot.jpg"
+    a = np.zeros((200, 400, 3), np.uint8)
+    a[:, :200] = [255, 0, 0]  # left half red -> bottom half once rotated 90 anticlockwise
+    img = Image.fromarray(a)
+    exif = img.getexif()
+    exif[0x0112] = 8
+    img.save(p, exif=exif, quality=95)
+    out = decode_image(open_image(p), min_side=50)  # 200 >= 2 * 50: draft to 1/4
+    assert out.size == (50, 100)  # (width, height) as displayed
+    arr = np.asarray(out, dtype=int)
+    assert np.abs(arr[90, 25] - [255, 0, 0]).max() < 40 and np.abs(arr[10, 25] - [0, 0, 0]).max() < 40
 
 
 def test_exif_orientation_applied(tmp_path):

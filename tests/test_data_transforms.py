@@ -83,6 +83,25 @@ def test_jittered_scale_is_uniform_over_the_integer_range():
     assert {fixed.make_params([img])["S"] for _ in range(20)} == {64}
 
 
+def test_crops_always_inside_the_rescaled_image():
+    # over many image shapes and jittered S: smallest side = S, crop window inside, every position reachable
+    t = RandomRescaleCrop((32, 48), 32)
+    rng = np.random.default_rng(0)
+    torch.manual_seed(0)
+    where = []  # crop position as a fraction of the free range along the long side
+    for _ in range(300):
+        w, h = (int(v) for v in rng.integers(20, 200, 2))
+        img = Image.new("RGB", (w, h))
+        p = t.make_params([img])
+        sh, sw = p["scaled"]
+        assert min(sh, sw) == p["S"] and 32 <= p["S"] <= 48
+        assert 0 <= p["top"] <= sh - 32 and 0 <= p["left"] <= sw - 32
+        if max(sh, sw) - 32 >= 20:
+            where.append((p["left"] if sw >= sh else p["top"]) / (max(sh, sw) - 32))
+        assert t.transform(img, p).shape == (3, 32, 32)
+    assert min(where) < 0.05 and max(where) > 0.95  # from one edge to the other
+
+
 def test_rescale_crop_is_rescale_then_crop_and_matches_pillow():
     rng = np.random.default_rng(0)
     img = Image.fromarray(rng.integers(0, 256, (90, 130, 3), dtype=np.uint8)).resize((260, 180))
@@ -222,6 +241,18 @@ def test_dense_eval_keeps_whole_image_at_Q():
     assert b.tolist() == [[24.0, 12.0, 48.0, 36.0]]
     with pytest.raises(ValueError, match="one integer"):
         DenseEvalPreset(scale=(32, 64), preprocessing=PLAIN)
+
+
+def test_several_test_scales():
+    # §3.2 multi-scale: the same image at each Q in {S-32, S, S+32} (here scaled down)
+    img = Image.new("RGB", (90, 60), (10, 20, 30))
+    for q in (32, 48, 64):
+        x = DenseEvalPreset(scale=q, preprocessing=PLAIN)(img)
+        assert x.shape == (3, q, int(round(q * 1.5)))
+        crops = MultiCropEvalPreset(scale=q, crop_size=32, preprocessing=PLAIN)(img)
+        assert crops.shape == (50, 3, 32, 32)
+    with pytest.raises(ValueError, match="Q=24 must be >= crop_size=32"):
+        MultiCropEvalPreset(scale=24, crop_size=32, preprocessing=PLAIN)
 
 
 def test_grid_crops_cover_the_image_corners_included():

@@ -414,8 +414,14 @@ def _find_labels_file(split_dir: Path, data_root: Path, split: str) -> Path | No
     return None
 
 
+def _subfolders(folder: Path) -> list[str]:
+    """Sorted names of the visible sub-folders (the class folders of an ImageFolder layout)."""
+    with os.scandir(folder) as entries:  # closed even when the caller only asks whether any exist
+        return sorted(d.name for d in entries if d.is_dir() and not d.name.startswith("."))
+
+
 def _class_folders(split_dir: Path, classes: Sequence[str] | None) -> tuple[list[tuple[str, int]], list[str]]:
-    folders = sorted(d.name for d in os.scandir(split_dir) if d.is_dir() and not d.name.startswith("."))
+    folders = _subfolders(split_dir)
     if classes is None:
         classes = folders
     class_to_idx = {c: i for i, c in enumerate(classes)}
@@ -530,7 +536,7 @@ def build_dataset(root: str | os.PathLike, transform: Callable[..., Any] | None 
         if not labels_path.is_file():
             raise DataError(f"{labels_path}: labels file not found")
         samples, classes = _flat_with_labels(split_dir, labels_path, classes, synsets)
-    elif any(d.is_dir() and not d.name.startswith(".") for d in os.scandir(split_dir)):
+    elif _subfolders(split_dir):
         samples, classes = _class_folders(split_dir, classes)
     else:
         found = _find_labels_file(split_dir, data_root, split)
