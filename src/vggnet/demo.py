@@ -52,14 +52,16 @@ __all__ = ["DEMO", "QUICK", "demo_settings", "run", "add_demo_arguments", "run_d
 # the shapes' scale range (a tenth to most of the image) survives the rescale.
 DEMO: dict[str, Any] = {
     "classes": 10, "train_images": 3000, "val_images": 500, "image_size": (96, 192),
-    "model": "A", "width": 0.125, "fc_width": 256, "crop_size": 64, "scale": [64, 128],
-    "batch_size": 64, "lr": 0.02, "epochs": 24, "lr_patience": 1,
+    "model": "A", "width": 0.125, "fc_width": 256, "crop_size": 64, "scale": [64, 96],
+    "batch_norm": True, "dropout": 0.0,
+    "batch_size": 64, "lr": 0.01, "epochs": 30, "lr_patience": 2,
     "stats_sample": 500,
 }
 # `--quick`: the same pipeline in seconds (tests, a first look); the accuracy means nothing.
 QUICK: dict[str, Any] = {
     "classes": 4, "train_images": 64, "val_images": 16, "image_size": (40, 64),
     "model": "A", "width": 0.0625, "fc_width": 32, "crop_size": 32, "scale": [32, 48],
+    "batch_norm": True, "dropout": 0.0,
     "batch_size": 16, "lr": 0.01, "epochs": 2, "lr_patience": 1,
     "stats_sample": 32,
 }
@@ -156,6 +158,7 @@ def run(output_dir: str | os.PathLike = "demo_run", *, quick: bool = False, epoc
     t0 = time.perf_counter()
     cfg = TrainConfig(
         model=p["model"], width=p["width"], fc_width=p["fc_width"], crop_size=p["crop_size"], scale=p["scale"],
+        batch_norm=p["batch_norm"], dropout=p["dropout"],
         val_scale=(lo + hi) // 2, data=str(data_dir), stats=str(stats_path), batch_size=p["batch_size"],
         lr=p["lr"], epochs=p["epochs"], lr_patience=p["lr_patience"], seed=seed, device=device, workers=workers,
         val_batch_size=32, output_dir=str(run_dir), resume="auto", progress=progress, stats_sample=p["stats_sample"])

@@ -69,7 +69,7 @@ from vggnet import distributed
 from vggnet.errors import CheckpointError, DataError, UserError
 
 __all__ = ["TrainConfig", "TrainingError", "train", "add_train_arguments", "run_train",
-           "parse_init", "find_checkpoints"]
+           "parse_init", "find_checkpoints", "make_optimizer", "resolve_execution"]
 
 
 class TrainingError(UserError):
@@ -299,6 +299,39 @@ def _choice(flag: str, value: Any, choices: tuple[str, ...]) -> str:
     return str(value)
 
 
+def resolve_execution(amp: str, channels_last: str, device: torch.device) -> tuple[str, bool]:
+    """`--amp` and `--channels-last` (auto, or a choice) -> (bf16 | fp16 | off, channels_last) on `device`.
+
+    auto: bf16 autocast (fp16 with a gradient scaler where bf16 is missing) and
+    channels_last on CUDA, where they select cuDNN's tensor-core NHWC kernels;
+    fp32 and NCHW on CPUs, where bf16 is emulated without AVX512-BF16/AMX and
+    oneDNN's NCHW and NHWC paths are within noise of each other for VGG
+    (docs/benchmarks.md, "Training step").
+    """
+    if amp == "auto":
+        amp = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device.type == "cuda" else "off"
+    if amp == "fp16" and device.type != "cuda":
+        raise UserError("--amp fp16 needs a CUDA device (it uses a gradient scaler); use --amp bf16 or off on CPU")
+    cl = (device.type == "cuda") if channels_last == "auto" else channels_last == "on"
+    return amp, cl
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
+    """SGD with momentum and weight decay (§3.1), as `torch.optim.SGD` defines them.
+
+    The fused implementation (weight decay, momentum and update in one pass over
+    each tensor) where this torch and device have it: the same update as the
+    default implementation up to rounding, and about 3x faster on a CPU, where
+    the optimizer step over VGG's 100M+ FC weights is a real part of a step
+    (docs/benchmarks.md, "Training step").
+    """
+    kwargs = dict(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    try:
+        return torch.optim.SGD(model.parameters(), fused=True, **kwargs)
+    except (RuntimeError, TypeError, ValueError):  # an older torch, or a device without the fused kernel
+        return torch.optim.SGD(model.parameters(), **kwargs)
+
+
 def parse_init(init: str) -> tuple[str, str | None]:
     """`--init` -> (scheme, checkpoint): ("glorot", None) or ("from", "path/to/ckpt.pt")."""
     from vggnet.init import SCHEMES
@@ -343,9 +376,13 @@ class _SeededAugmentation(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> Any:
         index, epoch = key
         item_seed = int(np.random.SeedSequence([self.seed, epoch, index]).generate_state(1, np.uint64)[0])
-        # fork_rng: the process's own RNG (dropout, in the main process) is left as it was
+        # fork_rng: the process's own RNG (dropout, in the main process) is left as it was.
+        # Only the CPU generator is seeded (the transforms draw from it): torch.manual_seed
+        # would also reseed the CUDA generators, which fork_rng(devices=[]) does not restore
+        # (with --workers 0 it would reset the GPU dropout stream at every image), and costs
+        # a stack capture per call while CUDA is not initialised.
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(item_seed)
+            torch.default_generator.manual_seed(item_seed)
             return self.dataset[index]
 
 
@@ -436,11 +473,16 @@ def _seed_everything(seed: int) -> None:
 
 
 def find_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
-    """Training checkpoints of a run directory, newest first: last.pt, then checkpoint_*.pt by step."""
+    """Training checkpoints of a run directory, newest first: checkpoint_*.pt by step, then last.pt.
+
+    last.pt is a link to the newest numbered checkpoint, made just after it is
+    written; a run killed between the two has a numbered checkpoint newer than
+    last.pt, so the numbered ones come first.
+    """
     out = Path(output_dir)
     found = sorted(out.glob("checkpoint_*.pt"), key=lambda p: p.name, reverse=True)
     last = out / "last.pt"
-    return ([last] if last.is_file() else []) + found
+    return found + ([last] if last.is_file() else [])
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -553,17 +595,8 @@ class _Trainer:
         world = self.info.world_size
         self.micro = cfg.micro_batch_size or max(1, cfg.batch_size // world)
         self.accum = distributed.accumulation_steps(cfg.batch_size, self.micro, world)  # exact, or a UserError
-        amp = cfg.amp
-        if amp == "auto":
-            amp = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if dev.type == "cuda" else "off"
-        if amp == "fp16" and dev.type != "cuda":
-            raise UserError("--amp fp16 needs a CUDA device (it uses a gradient scaler); use --amp bf16 or off on CPU")
-        self.amp = amp
-        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-        cl = cfg.channels_last
-        # channels_last feeds cuDNN's fastest (NHWC tensor-core) kernels; on CPUs the
-        # oneDNN NCHW path is faster for VGG (about 2x on AVX2, see docs/benchmarks.md)
-        self.channels_last = (dev.type == "cuda") if cl == "auto" else cl == "on"
+        self.amp, self.channels_last = resolve_execution(cfg.amp, cfg.channels_last, dev)
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.amp)
         if dev.type == "cuda":
             torch.backends.cudnn.benchmark = not cfg.deterministic
         if cfg.deterministic:
@@ -719,8 +752,7 @@ class _Trainer:
         self.net = distributed.wrap_ddp(model, self.info)  # what the training step runs
         if cfg.compile:
             self.net = torch.compile(self.net)
-        self.optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                         weight_decay=cfg.weight_decay)
+        self.optimizer = make_optimizer(model, cfg)
         # "decreased by a factor of 10 when the validation set accuracy stopped improving" (§3.1)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode="min", factor=cfg.lr_factor,
                                                                     patience=cfg.lr_patience)
@@ -822,7 +854,9 @@ class _Trainer:
             "step_in_epoch": self.step_in_epoch,
             "steps_per_epoch": self.steps_per_epoch,
             "global_step": self.global_step,
-            "sampler": self.sampler.state_dict(),
+            # the sampler's own position is only set when an epoch starts: record where this epoch stands now
+            "sampler": {**self.sampler.state_dict(), "epoch": self.epoch,
+                        "position": self.step_in_epoch * cfg.batch_size},
             "optimizer": self.optimizer.state_dict(),
             "scheduler": _plain(self.scheduler.state_dict()),
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},

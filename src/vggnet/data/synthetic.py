@@ -91,6 +91,12 @@ SHAPES: dict[str, list[tuple[_Poly, int]]] = {
 # `classes=k` takes the first k: the most distinct outlines come first.
 _ORDER = list(SHAPES)
 
+# The generator's difficulty knobs: the shape's extent as a fraction of the smallest
+# side, its rotation range (radians, either way), and the number of random lines.
+_EXTENT = (0.1, 0.9)
+_ROTATION = math.pi
+_LINES = (1, 6)
+
 _SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
 
 # Sensor-like noise: one fixed bank of N(0, 1) int8 values (scaled x16) from which
@@ -139,7 +145,7 @@ def _render(rng: np.random.Generator, shape: str, size_range: tuple[int, int]) -
     bg = (c1 * (1 - t) + c2 * t).astype(np.uint8)
     img = Image.fromarray(bg, "RGB")
     draw = ImageDraw.Draw(img)
-    for _ in range(int(rng.integers(1, 6))):
+    for _ in range(int(rng.integers(*_LINES))):
         x0, x1 = rng.integers(0, w, 2)
         y0, y1 = rng.integers(0, h, 2)
         draw.line([(int(x0), int(y0)), (int(x1), int(y1))], fill=tuple(int(v) for v in rng.integers(0, 256, 3)),
@@ -149,8 +155,8 @@ def _render(rng: np.random.Generator, shape: str, size_range: tuple[int, int]) -
     # in a colour that stands out from the background. Its centre is drawn around the
     # image centre (objects in photos tend to be framed), so that the paper's random
     # crops of the rescaled image usually contain at least part of it.
-    extent = rng.uniform(0.1, 0.9) * min(w, h)
-    angle = rng.uniform(0, 2 * math.pi)
+    extent = rng.uniform(*_EXTENT) * min(w, h)
+    angle = rng.uniform(-_ROTATION, _ROTATION)
     ca, sa = math.cos(angle), math.sin(angle)
     r = extent / 2
     polys = [([(r * (ca * x - sa * y), r * (sa * x + ca * y)) for x, y in poly], fill) for poly, fill in SHAPES[shape]]

@@ -1,0 +1,187 @@
+"""Training throughput of our D and A against torchvision's vgg16 and vgg11, in one run.
+
+Each pair is the same network (our D loads torchvision's vgg16 state dict, so
+the two compute the same function) trained with the same loss, batch and SGD
+(lr 1e-2, momentum 0.9, weight decay 5e-4, §3.1) on the same random batch. What
+is timed is one optimizer step: forward, cross-entropy, backward, SGD update.
+Data loading is not included (benchmarks/data_pipeline.py measures it).
+
+Three settings per pair:
+
+  equal, fp32 NCHW   both nets fp32, NCHW, torch.optim.SGD's default
+                     implementation: ours must not be slower (ratio >= 1.0);
+  equal, fast path   both nets with our training defaults (what `vgg train`
+                     resolves for --amp auto, --channels-last auto, and
+                     `vggnet.train.make_optimizer`): the net itself still must
+                     not be slower;
+  default vs default our training defaults against torchvision's defaults
+                     (fp32, NCHW, default SGD): the speed-up a user gets.
+
+Variants are interleaved (round 1: every variant once, round 2: again, ...) and
+the median of the rounds is kept, so that load on a shared machine hits every
+variant alike; read the ratios, not the absolute images/s.
+
+    python benchmarks/train_step.py                                 # CPU: crop 128, batch 8 (~5 min on 2 cores)
+    python benchmarks/train_step.py --device cuda --crop 224 --batch-size 64 --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+import torchvision
+
+from vggnet.models import vgg
+from vggnet.train import TrainConfig, make_optimizer, resolve_execution
+
+PAIRS = {"D": "vgg16", "A": "vgg11"}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def make_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+              amp: str) -> Callable[[], float]:
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    scaler = torch.amp.GradScaler(x.device.type, enabled=amp == "fp16")
+
+    def step() -> float:
+        with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    return step
+
+
+def build(kind: str, name: str, crop: int, num_classes: int, device: torch.device, channels_last: bool,
+          fast_optimizer: bool, state: dict[str, torch.Tensor]) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    if kind == "ours":
+        model = vgg(name, num_classes, crop_size=crop)
+    else:
+        model = getattr(torchvision.models, PAIRS[name])(num_classes=num_classes)
+        if crop != 224:
+            # torchvision pools to 7x7 before FC1; at crop 224 that is the identity. At other
+            # crops we pool to crop/32 (what our net does), so both do the same work.
+            model.avgpool = torch.nn.AdaptiveAvgPool2d(crop // 32)
+            model.classifier[0] = torch.nn.Linear(512 * (crop // 32) ** 2, 4096)
+    model.load_state_dict(state)
+    model.to(device).train()
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    cfg = TrainConfig()  # the paper's lr, momentum and weight decay
+    if fast_optimizer:
+        optimizer = make_optimizer(model, cfg)
+    else:
+        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                    weight_decay=cfg.weight_decay)
+    return model, optimizer
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="D,A", help="our configurations, paired with torchvision's (default: D,A)")
+    p.add_argument("--crop", type=int, default=None, help="training crop (default: 224 on CUDA, 128 on CPU)")
+    p.add_argument("--batch-size", type=int, default=None, help="images per step (default: 64 on CUDA, 8 on CPU)")
+    p.add_argument("--classes", type=int, default=1000)
+    p.add_argument("--steps", type=int, default=2, help="timed steps per variant per round (default: 2)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds, median kept (default: 3)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    crop = args.crop or (224 if cuda else 128)
+    batch = args.batch_size or (64 if cuda else 8)
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+    amp, channels_last = resolve_execution("auto", "auto", device)
+    fast = f"amp {amp}, {'channels_last' if channels_last else 'NCHW'}, {make_optimizer.__name__}"
+    torch.manual_seed(0)
+    x = torch.randn(batch, 3, crop, crop, device=device)
+    y = torch.randint(0, args.classes, (batch,), device=device)
+
+    # variant -> (kind, net, channels_last, amp, fast optimizer)
+    variants: dict[tuple[str, str], tuple[str, str, bool, str, bool]] = {}
+    for name in args.models.split(","):
+        name = name.strip()
+        if name not in PAIRS:
+            raise SystemExit(f"--models: {name!r} has no torchvision counterpart; choose from {', '.join(PAIRS)}")
+        variants[(name, "ours fp32 NCHW")] = ("ours", name, False, "off", False)
+        variants[(name, "torchvision fp32 NCHW")] = ("tv", name, False, "off", False)
+        variants[(name, "ours fast path")] = ("ours", name, channels_last, amp, True)
+        variants[(name, "torchvision fast path")] = ("tv", name, channels_last, amp, True)
+
+    steps: dict[tuple[str, str], Callable[[], float]] = {}
+    for key, (kind, name, cl, amp_v, fast_opt) in variants.items():
+        ours = vgg(name, args.classes, crop_size=crop)
+        state = ours.state_dict()
+        model, opt = build(kind, name, crop, args.classes, device, cl, fast_opt, state)
+        xx = x.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+        steps[key] = make_step(model, opt, xx, y, amp_v)
+        steps[key]()  # warm-up (and cuDNN autotuning)
+        sync(device)
+    times: dict[tuple[str, str], list[float]] = {k: [] for k in steps}
+    for _ in range(args.rounds):
+        for key, step in steps.items():
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(args.steps):
+                step()
+            sync(device)
+            times[key].append((time.perf_counter() - t0) / args.steps)
+    ips = {k: batch / statistics.median(v) for k, v in times.items()}
+
+    rows = []
+    for name in dict.fromkeys(k[0] for k in ips):
+        tvn = PAIRS[name]
+        rows += [
+            {"net": f"{name} / {tvn}", "setting": "equal, fp32 NCHW", "ours": ips[(name, "ours fp32 NCHW")],
+             "torchvision": ips[(name, "torchvision fp32 NCHW")]},
+            {"net": f"{name} / {tvn}", "setting": f"equal, fast path ({fast})", "ours": ips[(name, "ours fast path")],
+             "torchvision": ips[(name, "torchvision fast path")]},
+            {"net": f"{name} / {tvn}", "setting": "our default vs torchvision default",
+             "ours": ips[(name, "ours fast path")], "torchvision": ips[(name, "torchvision fp32 NCHW")]},
+        ]
+    for r in rows:
+        r["ratio"] = r["ours"] / r["torchvision"]
+    where = torch.cuda.get_device_name(device) if cuda else (platform.processor() or platform.machine())
+    if not cuda:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8") as f:
+                where = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+        except (OSError, StopIteration):
+            pass
+    setup = {"device": where, "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "crop": crop,
+             "batch_size": batch, "classes": args.classes, "rounds": args.rounds, "steps": args.steps,
+             "fast_path": fast, "torch": torch.__version__, "torchvision": torchvision.__version__,
+             "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
+    print(f"setup: {setup}")
+    print("| nets | setting | ours img/s | torchvision img/s | ours / torchvision |")
+    print("|---|---|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['net']} | {r['setting']} | {r['ours']:.2f} | {r['torchvision']:.2f} | {r['ratio']:.2f}x |")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({"setup": setup, "rows": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
