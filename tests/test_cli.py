@@ -86,3 +86,13 @@ def test_console_script_runs():
     out = subprocess.run([sys.executable, "-m", "vggnet.cli", "info", "A", "--json"], capture_output=True,
                          text=True, check=True).stdout
     assert json.loads(out)["A"]["parameters"] == 132_863_336
+
+
+def test_config_file_ranges_stay_ranges(tmp_path):
+    """YAML 1.1 would read `32:48` as the base-60 number 1968."""
+    from vggnet.cli import load_config_file
+
+    path = tmp_path / "c.yaml"
+    path.write_text("scale: 32:48\nsynthetic_image_size: 40:56\nlr: 0.01\nepochs: 3\n", encoding="utf-8")
+    values = load_config_file(path)
+    assert values == {"scale": "32:48", "synthetic_image_size": "40:56", "lr": 0.01, "epochs": 3}

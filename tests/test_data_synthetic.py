@@ -51,8 +51,16 @@ def test_sizes_scales_and_boxes_vary_widely():
     aspects = [w / h for w, h in sizes]
     assert min(aspects) < 0.75 and max(aspects) > 1.33  # varied, photo-like: within 16:10 either way
     assert 1 / 1.61 < min(aspects) and max(aspects) < 1.61
-    assert min(fractions) < 0.15 and max(fractions) > 0.75  # about a tenth to most of the image
+    assert max(fractions) > 0.75
     assert len(set(sizes)) > 80
+    # about a tenth to most of the image; larger shapes are more frequent (extent ~ sqrt of uniform)
+    small = SyntheticShapes(800, image_size=(96, 128))
+    fractions = []
+    for i in range(len(small)):
+        img, _, (x0, y0, x1, y1) = small.generate(i)
+        fractions.append(max(x1 - x0, y1 - y0) / min(img.size))
+    assert min(fractions) < 0.16 and max(fractions) > 0.8
+    assert 0.45 < float(np.median(fractions)) < 0.8
 
 
 def test_mean_colour_does_not_predict_the_class():
@@ -128,27 +136,33 @@ def test_cli_synth(tmp_path, capsys):
     assert "--classes: expected 2 to" in capsys.readouterr().err
 
 
+
 def test_a_small_cnn_learns_it_well_above_chance():
-    """Learnable: a narrow VGG (with BN, which starts learning at once) trained for a
-    few seconds on 10 classes reaches far above chance on held-out images."""
+    """Learnable: a 4-layer CNN trained for ~20 s on a CPU (240 SGD steps, 4 classes, 48 px)
+    is far above chance on held-out images; the mean-colour test above shows it is not trivial."""
     import torch
     import torch.nn.functional as F
+    from torch import nn
 
     from vggnet.data.transforms import DenseEvalPreset, Preprocessing, TrainPreset
-    from vggnet.models import vgg
 
     pre = Preprocessing.caffe(mean=[127.0, 127.0, 127.0])
-    train = SyntheticShapes(600, classes=10, split="train", seed=0, image_size=(40, 56))
-    train.transform = TrainPreset(crop_size=32, scale=(32, 40), preprocessing=pre)
-    val = SyntheticShapes(200, classes=10, split="val", seed=0, image_size=(36, 36))
-    val.transform = DenseEvalPreset(scale=32, preprocessing=pre)
-    torch.manual_seed(0)
+    train = SyntheticShapes(1200, classes=4, split="train", seed=0, image_size=(48, 64))
+    train.transform = TrainPreset(crop_size=48, scale=48, preprocessing=pre)
+    val = SyntheticShapes(300, classes=4, split="val", seed=0, image_size=(48, 48))
+    val.transform = DenseEvalPreset(scale=48, preprocessing=pre)
     x = torch.stack([train[i][0] for i in range(len(train))])
     y = torch.tensor(train.targets)
-    xv = torch.stack([val[i][0][..., :32, :32] for i in range(len(val))])
+    xv = torch.stack([val[i][0] for i in range(len(val))])
     yv = torch.tensor(val.targets)
-    net = vgg("A", 10, crop_size=32, width=1 / 8, fc_width=128, dropout=0.0, batch_norm=True)
-    opt = torch.optim.SGD(net.parameters(), lr=0.02, momentum=0.9, weight_decay=5e-4)
+
+    def block(cin: int, cout: int) -> list[nn.Module]:
+        return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+    torch.manual_seed(0)
+    net = nn.Sequential(*block(3, 16), nn.MaxPool2d(2), *block(16, 32), nn.MaxPool2d(2), *block(32, 64),
+                        nn.MaxPool2d(2), *block(64, 64), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 4))
+    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     for _ in range(240):
         idx = torch.randint(0, len(x), (64,))
         loss = F.cross_entropy(net(x[idx]), y[idx])
@@ -158,4 +172,4 @@ def test_a_small_cnn_learns_it_well_above_chance():
     net.eval()
     with torch.no_grad():
         accuracy = (net(xv).argmax(1) == yv).float().mean().item()
-    assert accuracy > 0.3, f"validation accuracy {accuracy:.2f} (chance 0.10)"
+    assert accuracy > 0.4, f"validation accuracy {accuracy:.2f} (chance 0.25)"

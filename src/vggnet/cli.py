@@ -124,6 +124,28 @@ def parse_args_with_config(parser: argparse.ArgumentParser, argv: Sequence[str])
     return parser.parse_args(argv)
 
 
+def _config_loader() -> type:
+    """PyYAML's safe loader, except that `a:b` stays a string: YAML 1.1 reads `scale: 32:48`
+    as the base-60 number 1968, where a user means the range Smin:Smax."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def number(kind: str):
+        base = getattr(yaml.SafeLoader, f"construct_yaml_{kind}")
+
+        def construct(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+            if ":" in str(node.value):
+                return loader.construct_scalar(node)
+            return base(loader, node)
+        return construct
+
+    Loader.add_constructor("tag:yaml.org,2002:int", number("int"))
+    Loader.add_constructor("tag:yaml.org,2002:float", number("float"))
+    return Loader
+
+
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """A YAML mapping of settings; a clear error for a missing or malformed file."""
     import yaml
@@ -132,7 +154,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"--config-file {path}: no such file")
     try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+        values = yaml.load(path.read_text(encoding="utf-8"), Loader=_config_loader())
     except yaml.YAMLError as exc:
         raise UserError(f"--config-file {path}: not valid YAML: {exc}") from None
     if values is None:

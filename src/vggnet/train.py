@@ -1109,6 +1109,10 @@ class _Trainer:
                 raise CheckpointError(f"--init from:{init_path}: {exc}") from None
         if self.info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
+            # a run killed while saving leaves its temporary file (a GB for VGG-16): remove them
+            for stale in self.out.glob(".*.pt.*.tmp"):
+                self.log(f"removing {stale.name}, the partial file of a checkpoint interrupted while being written")
+                stale.unlink(missing_ok=True)
         distributed.barrier()
         self.build_data(resume, init_ckpt)
         self.build_model(init_ckpt)

@@ -95,7 +95,8 @@ _ORDER = list(SHAPES)
 # side, its rotation range (radians, either way), and the number of random lines.
 _EXTENT = (0.1, 0.9)
 _ROTATION = math.pi
-_LINES = (1, 6)
+_LINES = (0, 3)
+_BG_SPREAD = 48
 
 _SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
 
@@ -136,9 +137,13 @@ def _render(rng: np.random.Generator, shape: str, size_range: tuple[int, int]) -
     if rng.random() < 0.5:
         w, h = h, w
 
-    # Background: two random colours mixed by a low-frequency noise field (a coarse
-    # random grid upsampled bicubically), crossed by a few random lines.
-    c1, c2 = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+    # Background: a random colour and a second one near it (within _BG_SPREAD per
+    # channel) mixed by a low-frequency noise field (a coarse random grid upsampled
+    # bicubically), crossed by up to two random lines. Texture of full contrast (two
+    # independent colours) and more lines made the task too hard for a small net to
+    # start learning in minutes of CPU time.
+    c1 = rng.integers(0, 256, 3)
+    c2 = np.clip(c1 + rng.integers(-_BG_SPREAD, _BG_SPREAD + 1, 3), 0, 255)
     cells = rng.integers(2, 7, 2)
     field = Image.fromarray(rng.integers(0, 256, (cells[1], cells[0]), dtype=np.uint8), "L")
     t = np.asarray(field.resize((w, h), Image.Resampling.BICUBIC), dtype=np.float32)[..., None] / 255.0
@@ -151,11 +156,12 @@ def _render(rng: np.random.Generator, shape: str, size_range: tuple[int, int]) -
         draw.line([(int(x0), int(y0)), (int(x1), int(y1))], fill=tuple(int(v) for v in rng.integers(0, 256, 3)),
                   width=int(rng.integers(1, 4)))
 
-    # The shape: size uniform from 1/10 to 9/10 of the smallest side, any rotation,
+    # The shape: size from 1/10 to 9/10 of the smallest side (larger ones more often), any rotation,
     # in a colour that stands out from the background. Its centre is drawn around the
     # image centre (objects in photos tend to be framed), so that the paper's random
     # crops of the rescaled image usually contain at least part of it.
-    extent = rng.uniform(*_EXTENT) * min(w, h)
+    # sqrt: larger shapes are more frequent (as objects in ImageNet photos), small ones still occur
+    extent = (_EXTENT[0] + (_EXTENT[1] - _EXTENT[0]) * math.sqrt(rng.uniform())) * min(w, h)
     angle = rng.uniform(-_ROTATION, _ROTATION)
     ca, sa = math.cos(angle), math.sin(angle)
     r = extent / 2
