@@ -1,6 +1,6 @@
 """`vgg demo`: the main job end to end on the synthetic shapes dataset, in minutes on a CPU.
 
-    vgg demo                      # about 5-8 minutes on a 2-core laptop CPU; ./demo_run
+    vgg demo                      # about 8 minutes on a 2-core laptop CPU; ./demo_run
     vgg demo --output-dir /tmp/d --quick      # seconds: the smoke test
 
 What it does, in the paper's order:
@@ -10,7 +10,7 @@ What it does, in the paper's order:
 2. computes the training set's mean RGB and RGB PCA (`data.stats`, what
    `vgg stats` writes), for the mean subtraction and colour shift of §3.1;
 3. trains a narrow configuration A with the paper's protocol (§3.1): SGD with
-   momentum, weight decay, dropout, scale jittering S in [Smin, Smax], random
+   momentum, weight decay, scale jittering S in [Smin, Smax], random
    crops and flips, PCA colour shift, lr divided by 10 on validation plateaus,
    dense validation after every epoch, checkpoints, metrics.csv, curves.png;
 4. evaluates the best checkpoint (§3.2) densely at three test scales
@@ -18,9 +18,13 @@ What it does, in the paper's order:
    combination, and prints the paper-style table of top-1/top-5 error;
 5. writes a few predictions on validation images.
 
-The net is "narrow": 1/8 of the paper's channels and 64x64 crops (FC1 sees a
-2x2 map instead of 7x7), so that it trains on a CPU in minutes; nothing else in
-the pipeline is scaled down. Everything lands in the run folder:
+The net is "narrow": 1/8 of the paper's channels, FC 256 and 64x64 crops (FC1
+sees a 2x2 map instead of 7x7), so that it trains on a CPU in minutes. Two
+departures from the paper make such a narrow net learn in that time: batch
+normalisation (our extension) and no dropout; the plain narrow net with dropout
+0.5 sat at chance for the whole of our 10-minute trials. Nothing else in the
+pipeline is scaled down. On a 2-core CPU it takes about 8 minutes and reaches
+about 69% top-1 accuracy over 10 classes (README.md). Everything lands in the run folder:
 
     demo_run/data/            the dataset (train/, val/, annotations/, stats.json)
     demo_run/train/           checkpoints (best.pt, last.pt), metrics.csv, curves.png, config.yaml
@@ -48,7 +52,7 @@ from vggnet.errors import UserError
 
 __all__ = ["DEMO", "QUICK", "demo_settings", "run", "add_demo_arguments", "run_demo"]
 
-# The demo's settings. Images 96-192 px, S jittered in [64, 128], 64x64 crops:
+# The demo's settings. Images 96-192 px, S jittered in [64, 96], 64x64 crops:
 # the shapes' scale range (a tenth to most of the image) survives the rescale.
 DEMO: dict[str, Any] = {
     "classes": 10, "train_images": 3000, "val_images": 500, "image_size": (96, 192),
