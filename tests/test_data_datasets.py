@@ -235,12 +235,9 @@ def _with_bad_files(root):
 
 
 def _corrupt_png(path):
-    buf = io.BytesIO()
-    Image.new("RGB", (16, 16), (1, 2, 3)).save(buf, "PNG")
-    data = bytearray(buf.getvalue())
-    idat = data.find(b"IDAT")
-    data[idat + 8: idat + 20] = b"\x00" * 12  # garbage inside the compressed data
-    path.write_bytes(bytes(data))
+    from test_data_decode import write_corrupt_png
+
+    write_corrupt_png(path)
 
 
 def _truncated(path):

@@ -198,14 +198,19 @@ def test_text_file_with_image_extension(tmp_path):
     _assert_bad(p, "not an image")
 
 
-def test_corrupt_png_chunk(tmp_path):
-    p = tmp_path / "broken.png"
+def write_corrupt_png(path):
+    """A PNG whose header is fine and whose compressed pixel data are garbage."""
     buf = io.BytesIO()
     Image.new("RGB", (16, 16), (1, 2, 3)).save(buf, "PNG")
     data = bytearray(buf.getvalue())
     idat = data.find(b"IDAT")
     data[idat + 8: idat + 20] = b"\x00" * 12  # garbage inside the compressed data
-    p.write_bytes(bytes(data))
+    path.write_bytes(bytes(data))
+
+
+def test_corrupt_png_chunk(tmp_path):
+    p = tmp_path / "broken.png"
+    write_corrupt_png(p)
     _assert_bad(p, "cannot")
 
 
