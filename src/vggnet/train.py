@@ -305,8 +305,8 @@ def resolve_execution(amp: str, channels_last: str, device: torch.device) -> tup
     auto: bf16 autocast (fp16 with a gradient scaler where bf16 is missing) and
     channels_last on CUDA, where they select cuDNN's tensor-core NHWC kernels;
     fp32 and NCHW on CPUs, where bf16 is emulated without AVX512-BF16/AMX and
-    oneDNN's NCHW and NHWC paths are within noise of each other for VGG
-    (docs/benchmarks.md, "Training step").
+    oneDNN's NHWC path was at most ~1.1x NCHW for VGG, within the noise of our
+    measurements (docs/benchmarks.md, "Training step").
     """
     if amp == "auto":
         amp = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device.type == "cuda" else "off"
