@@ -20,6 +20,8 @@ from vggnet.data import (
 )
 from vggnet.errors import DataError
 
+from test_data_decode import write_corrupt_png  # tests/ is on sys.path (rootdir conftest)
+
 PLAIN = Preprocessing(pixel_scale=255.0, mean=(0, 0, 0), std=(1, 1, 1))
 
 
@@ -234,12 +236,6 @@ def _with_bad_files(root):
     return root
 
 
-def _corrupt_png(path):
-    from test_data_decode import write_corrupt_png
-
-    write_corrupt_png(path)
-
-
 def _truncated(path):
     rng = np.random.default_rng(0)
     buf = io.BytesIO()
@@ -253,7 +249,7 @@ BAD_FILES = {
     "truncated": ("cut.jpg", _truncated, "truncated"),
     "zero-byte": ("empty.jpg", lambda p: p.write_bytes(b""), "empty file"),
     "not an image": ("notes.jpg", lambda p: p.write_text("hello, not a picture"), "not an image"),
-    "corrupt": ("broken.png", _corrupt_png, "cannot decode"),
+    "corrupt": ("broken.png", write_corrupt_png, "cannot decode"),
     "bomb": ("bomb.png", lambda p: Image.new("RGB", (100, 100)).save(p), "decompression bomb"),
 }
 
