@@ -53,13 +53,13 @@ def test_sizes_scales_and_boxes_vary_widely():
     assert 1 / 1.61 < min(aspects) and max(aspects) < 1.61
     assert max(fractions) > 0.75
     assert len(set(sizes)) > 80
-    # about a tenth to most of the image; larger shapes are more frequent (extent ~ sqrt of uniform)
+    # about a seventh to most of the image; larger shapes are more frequent (extent ~ sqrt of uniform)
     small = SyntheticShapes(800, image_size=(96, 128))
     fractions = []
     for i in range(len(small)):
         img, _, (x0, y0, x1, y1) = small.generate(i)
         fractions.append(max(x1 - x0, y1 - y0) / min(img.size))
-    assert min(fractions) < 0.16 and max(fractions) > 0.8
+    assert min(fractions) < 0.2 and max(fractions) > 0.8
     assert 0.45 < float(np.median(fractions)) < 0.8
 
 
@@ -172,4 +172,4 @@ def test_a_small_cnn_learns_it_well_above_chance():
     net.eval()
     with torch.no_grad():
         accuracy = (net(xv).argmax(1) == yv).float().mean().item()
-    assert accuracy > 0.4, f"validation accuracy {accuracy:.2f} (chance 0.25)"
+    assert accuracy > 0.55, f"validation accuracy {accuracy:.2f} (chance 0.25; measured 0.70)"

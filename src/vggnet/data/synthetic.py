@@ -1,8 +1,9 @@
 """The synthetic shapes dataset: the embedded default for training and evaluation.
 
 A deterministic generator of labelled shapes (circle, triangle, star, ring, ...)
-drawn at widely varying scale (a tenth to most of the image), position (around
-the centre, as photographers frame objects), rotation and colour on textured, noisy backgrounds, in images of varied size and
+drawn at widely varying scale (a seventh to most of the image), position (around
+the centre, as photographers frame objects), tilt (up to about 30 degrees either
+way: objects in photos are mostly upright) and colour on textured, noisy backgrounds, in images of varied size and
 aspect (160-400 px per side by default). Scale varies on purpose: it is what the
 paper's isotropic rescaling and scale jittering (§3.1) and multi-scale evaluation
 (§3.2) are about. Every image has a ground-truth box (Appendix A).
@@ -93,8 +94,12 @@ _ORDER = list(SHAPES)
 
 # The generator's difficulty knobs: the shape's extent as a fraction of the smallest
 # side, its rotation range (radians, either way), and the number of random lines.
-_EXTENT = (0.1, 0.9)
-_ROTATION = math.pi
+# Full turns (rotation pi) and extents down to a tenth held a narrow VGG near chance
+# for hundreds of steps: in-memory trials of the demo's net (A at 1/8 width, 64 px
+# crops, 3000 images) reached 20% validation accuracy after 400 steps with them and
+# 53% with these, and 85% after 1200 steps.
+_EXTENT = (0.15, 0.9)
+_ROTATION = 0.5
 _LINES = (0, 3)
 _BG_SPREAD = 48
 
@@ -156,7 +161,7 @@ def _render(rng: np.random.Generator, shape: str, size_range: tuple[int, int]) -
         draw.line([(int(x0), int(y0)), (int(x1), int(y1))], fill=tuple(int(v) for v in rng.integers(0, 256, 3)),
                   width=int(rng.integers(1, 4)))
 
-    # The shape: size from 1/10 to 9/10 of the smallest side (larger ones more often), any rotation,
+    # The shape: size from 0.15 to 0.9 of the smallest side (larger ones more often), tilted up to _ROTATION,
     # in a colour that stands out from the background. Its centre is drawn around the
     # image centre (objects in photos tend to be framed), so that the paper's random
     # crops of the rescaled image usually contain at least part of it.
