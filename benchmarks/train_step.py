@@ -23,6 +23,14 @@ variant alike; read the ratios, not the absolute images/s.
 
     python benchmarks/train_step.py                                 # CPU: crop 128, batch 8 (~5 min on 2 cores)
     python benchmarks/train_step.py --device cuda --crop 224 --batch-size 64 --rounds 5
+    python benchmarks/train_step.py --breakdown     # where torchvision's default step spends its time
+
+`--breakdown` profiles torchvision's default step (torch.profiler, self time per
+operator) and splits it into the convolution and matrix-multiply kernels, which
+both implementations call identically, and everything else. If "everything
+else" took no time at all, a step would be total / (conv + matmul) times faster:
+that is the ceiling on any ratio a training loop can reach against torchvision
+without changing the arithmetic (precision) itself.
 """
 
 from __future__ import annotations
@@ -69,7 +77,8 @@ def make_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch
 
 
 def build(kind: str, name: str, crop: int, num_classes: int, device: torch.device, channels_last: bool,
-          fast_optimizer: bool, state: dict[str, torch.Tensor]) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+          fast_optimizer: bool, state: dict[str, torch.Tensor],
+          amp: str = "off") -> tuple[torch.nn.Module, torch.optim.Optimizer]:
     if kind == "ours":
         model = vgg(name, num_classes, crop_size=crop)
     else:
@@ -85,11 +94,37 @@ def build(kind: str, name: str, crop: int, num_classes: int, device: torch.devic
         model.to(memory_format=torch.channels_last)
     cfg = TrainConfig()  # the paper's lr, momentum and weight decay
     if fast_optimizer:
-        optimizer = make_optimizer(model, cfg)
+        optimizer = make_optimizer(model, cfg, grad_scaler=amp == "fp16")
     else:
         optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                     weight_decay=cfg.weight_decay)
     return model, optimizer
+
+
+CONV_OPS = ("convolution", "conv2d", "conv_depthwise", "cudnn_conv", "mkldnn_conv")
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear")
+
+
+def breakdown(step: Callable[[], float], steps: int = 2) -> dict[str, float]:
+    """Self time of one step by kind of operator, in seconds per step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+    parts = {"conv": 0.0, "matmul": 0.0, "other": 0.0}
+    for event in prof.key_averages():
+        if event.key.startswith(("ProfilerStep", "Optimizer.")):  # ranges that only hold other operators
+            continue
+        seconds = event.self_cpu_time_total / 1e6 / steps
+        if any(k in event.key for k in CONV_OPS):
+            parts["conv"] += seconds
+        elif any(event.key.startswith(k) for k in MATMUL_OPS):
+            parts["matmul"] += seconds
+        else:
+            parts["other"] += seconds
+    return parts
 
 
 def main() -> None:
@@ -103,6 +138,8 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--breakdown", action="store_true",
+                   help="profile torchvision's default step instead of timing: conv / matmul / other")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -129,16 +166,32 @@ def main() -> None:
         variants[(name, "ours fast path")] = ("ours", name, channels_last, amp, True)
         variants[(name, "torchvision fast path")] = ("tv", name, channels_last, amp, True)
 
+    if args.breakdown:
+        if cuda:
+            raise SystemExit("--breakdown profiles CPU time; run it with --device cpu")
+        variants = {k: v for k, v in variants.items() if k[1] == "torchvision fp32 NCHW"}
     # one set of initial weights per net, loaded by all four of its variants
     states = {name: vgg(name, args.classes, crop_size=crop).state_dict() for name in dict.fromkeys(
         v[1] for v in variants.values())}
     steps: dict[tuple[str, str], Callable[[], float]] = {}
     for key, (kind, name, cl, amp_v, fast_opt) in variants.items():
-        model, opt = build(kind, name, crop, args.classes, device, cl, fast_opt, states[name])
+        model, opt = build(kind, name, crop, args.classes, device, cl, fast_opt, states[name], amp_v)
         xx = x.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
         steps[key] = make_step(model, opt, xx, y, amp_v)
         steps[key]()  # warm-up (and cuDNN autotuning)
         sync(device)
+    if args.breakdown:
+        print(f"torchvision's default step (fp32 NCHW, torch.optim.SGD), crop {crop}, batch {batch}, "
+              f"{torch.get_num_threads()} threads; self CPU time per step")
+        print("| net | conv s | matmul s | other s | conv + matmul share | ceiling: total / (conv + matmul) |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for (name, _), step in steps.items():
+            parts = breakdown(step, args.steps)
+            total = sum(parts.values())
+            kernels = parts["conv"] + parts["matmul"]
+            print(f"| {PAIRS[name]} | {parts['conv']:.3f} | {parts['matmul']:.3f} | {parts['other']:.3f} | "
+                  f"{100 * kernels / total:.1f}% | {total / kernels:.2f}x |")
+        return
     times: dict[tuple[str, str], list[float]] = {k: [] for k in steps}
     for _ in range(args.rounds):
         for key, step in steps.items():

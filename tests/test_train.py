@@ -409,9 +409,35 @@ def test_batch_not_divisible_by_micro_batch_fails_before_any_work(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_fp16_on_cpu_is_refused(tmp_path):
-    with pytest.raises(UserError, match="--amp fp16 needs a CUDA device"):
-        train(tiny(tmp_path / "run", amp="fp16"))
+def test_fp16_with_the_gradient_scaler_resumes_bitwise(tmp_path):
+    """--amp fp16: autocast to float16 and a GradScaler (on the CPU too), whose state is in the
+    checkpoint and restored: 2 + resume + 2 steps == 4 steps straight, scale included."""
+    straight = train(tiny(tmp_path / "straight", amp="fp16", max_steps=4))
+    assert straight["global_step"] == 4
+    assert "amp fp16" in (tmp_path / "straight" / "train.log").read_text()
+    train(tiny(tmp_path / "split", amp="fp16", max_steps=2))
+    train(tiny(tmp_path / "split", amp="fp16", max_steps=4, resume="auto"))
+    a, b = load(tmp_path / "straight" / "last.pt"), load(tmp_path / "split" / "last.pt")
+    assert a["train"]["scaler"] == b["train"]["scaler"]
+    # This tiny net on 0-255 inputs overflows fp16 in its first steps (here the scale went 65536 -> 16384):
+    # skipped steps, which fused SGD used to turn into NaN weights by step 3 (see make_optimizer).
+    assert 0 < a["train"]["scaler"]["scale"] <= 65536.0
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    assert all(torch.isfinite(t).all() for t in a["state_dict"].values())
+    assert all(t.dtype == torch.float32 for t in a["state_dict"].values())  # master weights stay fp32
+
+
+def test_fp16_overflow_skips_the_step_and_backs_off_the_scale(tmp_path, monkeypatch):
+    """A loss scale so large that the fp16 gradients overflow: the scaler skips the update
+    (weights unchanged, no NaN anywhere, training goes on) and halves the scale each time."""
+    real = torch.amp.GradScaler
+    monkeypatch.setattr(train_module.torch.amp, "GradScaler", lambda *a, **k: real(*a, **{**k, "init_scale": 2.0 ** 100}))
+    result = train(tiny(tmp_path / "run", amp="fp16", max_steps=2))
+    assert result["global_step"] == 2
+    ckpt = load(tmp_path / "run" / "last.pt")
+    assert ckpt["train"]["scaler"]["scale"] == 2.0 ** 98  # two overflows, two back-offs
+    assert ckpt["train"]["optimizer"]["state"] == {}  # SGD never stepped: no momentum buffers
+    assert all(torch.isfinite(t).all() for t in ckpt["state_dict"].values())
 
 
 def test_output_dir_with_checkpoints_needs_resume(tmp_path):

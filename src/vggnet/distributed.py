@@ -26,6 +26,11 @@ torchrun sets RANK, WORLD_SIZE and LOCAL_RANK (and MASTER_ADDR/PORT); `setup`
 reads them, binds each process to its GPU, and joins the process group: NCCL on
 GPUs, gloo on CPUs. Without them it is a single process and no process group is
 created. Only rank 0 writes checkpoints and logs and draws progress bars.
+
+Resuming (`--resume auto`) is decided on rank 0 and every rank loads the file it
+chose, so a multi-node run that is to be resumed needs its `--output-dir` on a
+filesystem every node shares (NFS, Lustre, ...); when another node cannot read
+the checkpoint, every rank stops with an error that says so.
 """
 
 from __future__ import annotations

@@ -306,17 +306,17 @@ def resolve_execution(amp: str, channels_last: str, device: torch.device) -> tup
     channels_last on CUDA, where they select cuDNN's tensor-core NHWC kernels;
     fp32 and NCHW on CPUs, where bf16 is emulated without AVX512-BF16/AMX and
     oneDNN's NHWC path was at most ~1.1x NCHW for VGG, within the noise of our
-    measurements (docs/benchmarks.md, "Training step").
+    measurements (docs/benchmarks.md, "Training step"). An explicit fp16 runs
+    anywhere (CPU autocast and GradScaler support it): slow on most CPUs, but the
+    same code path as on a GPU, scaler state in the checkpoints included.
     """
     if amp == "auto":
         amp = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device.type == "cuda" else "off"
-    if amp == "fp16" and device.type != "cuda":
-        raise UserError("--amp fp16 needs a CUDA device (it uses a gradient scaler); use --amp bf16 or off on CPU")
     cl = (device.type == "cuda") if channels_last == "auto" else channels_last == "on"
     return amp, cl
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
+def make_optimizer(model: nn.Module, cfg: TrainConfig, grad_scaler: bool = False) -> torch.optim.SGD:
     """SGD with momentum and weight decay (§3.1), as `torch.optim.SGD` defines them.
 
     The fused implementation (weight decay, momentum and update in one pass over
@@ -324,8 +324,17 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
     default implementation up to rounding, and about 3x faster on a CPU, where
     the optimizer step over VGG's 100M+ FC weights is a real part of a step
     (docs/benchmarks.md, "Training step").
+
+    Not with a gradient scaler (`--amp fp16`, `grad_scaler=True`): the scaler
+    then hands overflow steps to the fused kernel instead of skipping them, and
+    fused SGD allocates its momentum buffers uninitialised on the first step
+    and leaves them so when that step overflows (as fp16 runs do at the start,
+    while the scale settles), so the next step adds 0.9 x garbage to every
+    weight. The default implementation is never called on a skipped step.
     """
     kwargs = dict(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if grad_scaler:
+        return torch.optim.SGD(model.parameters(), **kwargs)
     try:
         return torch.optim.SGD(model.parameters(), fused=True, **kwargs)
     except (RuntimeError, TypeError, ValueError):  # an older torch, or a device without the fused kernel
@@ -645,6 +654,42 @@ class _Trainer:
         self.resume_path = path
         return ckpt
 
+    def agree_on_resume(self) -> dict[str, Any] | None:
+        """`locate_resume` decided once, on rank 0, and the same checkpoint loaded on every rank.
+
+        Each rank looking in its own --output-dir would let the ranks of a multi-node
+        run disagree (a node with its own disk finds no checkpoint and starts over)
+        and an error raised on rank 0 alone would leave the others waiting forever.
+        """
+        from vggnet.weights import load_checkpoint
+
+        if not distributed.is_distributed():
+            return self.locate_resume()
+        chosen, error, ckpt = None, None, None
+        if self.info.is_main:
+            try:
+                ckpt = self.locate_resume()
+                chosen = None if ckpt is None else str(self.resume_path)
+            except UserError as exc:
+                error = (isinstance(exc, CheckpointError), str(exc))
+        chosen, error = distributed.broadcast_object((chosen, error))
+        if error is not None:
+            raise (CheckpointError if error[0] else UserError)(error[1] if self.info.is_main else
+                                                              f"(from rank 0) {error[1]}")
+        problem = None
+        if chosen is not None and not self.info.is_main:
+            try:
+                ckpt = load_checkpoint(chosen)
+                self.resume_path = Path(chosen)
+            except CheckpointError as exc:
+                problem = f"rank {self.info.rank}: {exc}"
+        problems = [p for p in distributed.all_gather_object(problem) if p]
+        if problems:
+            raise CheckpointError(
+                f"rank 0 resumes from {chosen}, but not every process can read it; a multi-node run needs its "
+                f"--output-dir on a filesystem that every node shares:\n  " + "\n  ".join(problems))
+        return ckpt
+
     def _check_training_checkpoint(self, ckpt: Mapping[str, Any], path: Path) -> None:
         train = ckpt.get("train")
         if not isinstance(train, Mapping) or "optimizer" not in train:
@@ -752,7 +797,7 @@ class _Trainer:
         self.net = distributed.wrap_ddp(model, self.info)  # what the training step runs
         if cfg.compile:
             self.net = torch.compile(self.net)
-        self.optimizer = make_optimizer(model, cfg)
+        self.optimizer = make_optimizer(model, cfg, grad_scaler=self.amp == "fp16")
         # "decreased by a factor of 10 when the validation set accuracy stopped improving" (§3.1)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode="min", factor=cfg.lr_factor,
                                                                     patience=cfg.lr_patience)
@@ -1059,8 +1104,9 @@ class _Trainer:
                  f"{row['val_top5_error']:5.2f}%  lr {lr:.3g}  {row['train_images_per_s']:.1f} img/s  "
                  f"{_duration(row['epoch_time_s'])}{'  *best*' if improved else ''}{note}")
         if self.tb is not None:
+            # at the global step, as train/*: one x-axis, so that purge_step on a resume covers these too
             for key in ("train_loss", "val_loss", "val_top1_error", "val_top5_error", "lr"):
-                self.tb.add_scalar(f"epoch/{key}", row[key], row["epoch"])
+                self.tb.add_scalar(f"epoch/{key}", row[key], row["global_step"])
             self.tb.flush()
         self.save(best=improved, finished=finished)
         if self.info.is_main:
@@ -1097,7 +1143,7 @@ class _Trainer:
         cfg = self.cfg
         self.resolve_execution()
         self.resume_path: Path | None = None
-        resume = self.locate_resume()
+        resume = self.agree_on_resume()
         init_ckpt = None
         scheme, init_path = parse_init(cfg.init)
         if resume is None and init_path is not None:
@@ -1123,7 +1169,9 @@ class _Trainer:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(self.out / "tensorboard"), purge_step=self.global_step or None)
+                # hide what a previous run logged after the checkpoint resumed: steps > global_step
+                self.tb = SummaryWriter(str(self.out / "tensorboard"),
+                                        purge_step=self.global_step + 1 if self.global_step else None)
             except ImportError:  # TensorBoard is optional: metrics.csv and curves.png are always written
                 self.tb = None
         self.print_header(resume)
