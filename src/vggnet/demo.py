@@ -56,8 +56,9 @@ __all__ = ["DEMO", "QUICK", "demo_settings", "run", "add_demo_arguments", "run_d
 # The demo's settings. Images 96-192 px, S jittered in [64, 96], 64x64 crops:
 # the shapes' scale range (a seventh to most of the image) survives the rescale.
 # channels_last on the CPU too: for this narrow net oneDNN's NHWC kernels made a
-# training step 1.15-1.35x faster than NCHW (for full-width D at crop 128 they
-# were 0.91x, which is why `--channels-last auto` stays off on CPUs).
+# training step 1.14-1.37x faster than NCHW (for full-width D at crop 128 they
+# were 0.91-1.12x, which is why `--channels-last auto` stays off on CPUs);
+# benchmarks/channels_last.py measures it.
 DEMO: dict[str, Any] = {
     "classes": 10, "train_images": 3000, "val_images": 500, "image_size": (96, 192),
     "model": "A", "width": 0.125, "fc_width": 256, "crop_size": 64, "scale": [64, 96],

@@ -305,8 +305,9 @@ def resolve_execution(amp: str, channels_last: str, device: torch.device) -> tup
     auto: bf16 autocast (fp16 with a gradient scaler where bf16 is missing) and
     channels_last on CUDA, where they select cuDNN's tensor-core NHWC kernels;
     fp32 and NCHW on CPUs, where bf16 is emulated without AVX512-BF16/AMX and
-    oneDNN's NHWC path was at most ~1.1x NCHW for VGG, within the noise of our
-    measurements (docs/benchmarks.md, "Training step"). An explicit fp16 runs
+    oneDNN's NHWC path was 0.91-1.12x NCHW for full-width D, within the noise of
+    our measurements (narrow nets gain more: `vgg demo` sets it; see
+    benchmarks/channels_last.py and docs/benchmarks.md, "Training step"). An explicit fp16 runs
     anywhere (CPU autocast and GradScaler support it): slow on most CPUs, but the
     same code path as on a GPU, scaler state in the checkpoints included.
     """
