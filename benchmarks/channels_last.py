@@ -17,33 +17,23 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
-from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
+from train_step import make_step, time_interleaved  # benchmarks/ is on sys.path when run as a script
 from vggnet.models import vgg
 from vggnet.train import TrainConfig, make_optimizer
 
 
-def make_step(state: dict[str, torch.Tensor], args: argparse.Namespace, channels_last: bool,
-              x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+def build_step(state: dict[str, torch.Tensor], args: argparse.Namespace, channels_last: bool,
+               x: torch.Tensor, y: torch.Tensor):
     model = vgg(args.model, args.classes, crop_size=args.crop, width=args.width, fc_width=args.fc_width,
                 dropout=0.0, batch_norm=args.batch_norm)
     model.load_state_dict(state)
     model.train()
     layout = torch.channels_last if channels_last else torch.contiguous_format
     model.to(memory_format=layout)
-    x = x.contiguous(memory_format=layout)
-    optimizer = make_optimizer(model, TrainConfig())
-
-    def step() -> None:
-        F.cross_entropy(model(x), y).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step
+    return make_step(model, make_optimizer(model, TrainConfig()), x.contiguous(memory_format=layout), y, "off")
 
 
 def main() -> None:
@@ -66,16 +56,10 @@ def main() -> None:
                 dropout=0.0, batch_norm=args.batch_norm).state_dict()
     x = torch.randn(args.batch_size, 3, args.crop, args.crop)
     y = torch.randint(0, args.classes, (args.batch_size,))
-    steps = {"NCHW": make_step(state, args, False, x, y), "channels_last": make_step(state, args, True, x, y)}
+    steps = {"NCHW": build_step(state, args, False, x, y), "channels_last": build_step(state, args, True, x, y)}
     for step in steps.values():
         step()  # warm-up
-    times: dict[str, list[float]] = {k: [] for k in steps}
-    for _ in range(args.rounds):
-        for name, step in steps.items():
-            t0 = time.perf_counter()
-            for _ in range(args.steps):
-                step()
-            times[name].append((time.perf_counter() - t0) / args.steps)
+    times = time_interleaved(steps, args.rounds, args.steps, torch.device("cpu"))
     med = {k: statistics.median(v) for k, v in times.items()}
     per_round = ", ".join(f"{a / b:.2f}" for a, b in zip(times["NCHW"], times["channels_last"]))
     print(f"{args.model} width {args.width:g} fc {args.fc_width}{' bn' if args.batch_norm else ''}, crop {args.crop}, "

@@ -41,7 +41,7 @@ import os
 import platform
 import statistics
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -101,16 +101,31 @@ def build(kind: str, name: str, crop: int, num_classes: int, device: torch.devic
     return model, optimizer
 
 
+def time_interleaved(steps: dict[Any, Callable[[], Any]], rounds: int, per_round: int,
+                     device: torch.device) -> dict[Any, list[float]]:
+    """Seconds per step of each variant, one list entry per round; every round runs each variant in turn,
+    so that load on a shared machine hits them alike."""
+    times: dict[Any, list[float]] = {k: [] for k in steps}
+    for _ in range(rounds):
+        for key, step in steps.items():
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(per_round):
+                step()
+            sync(device)
+            times[key].append((time.perf_counter() - t0) / per_round)
+    return times
+
+
 CONV_OPS = ("convolution", "conv2d", "conv_depthwise", "cudnn_conv", "mkldnn_conv")
 MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear")
 
 
 def breakdown(step: Callable[[], float], steps: int = 2) -> dict[str, float]:
-    """Self time of one step by kind of operator, in seconds per step."""
+    """CPU self time of one step by kind of operator, in seconds per step."""
     from torch.profiler import ProfilerActivity, profile
 
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
-    with profile(activities=activities) as prof:
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
             step()
     parts = {"conv": 0.0, "matmul": 0.0, "other": 0.0}
@@ -192,15 +207,7 @@ def main() -> None:
             print(f"| {PAIRS[name]} | {parts['conv']:.3f} | {parts['matmul']:.3f} | {parts['other']:.3f} | "
                   f"{100 * kernels / total:.1f}% | {total / kernels:.2f}x |")
         return
-    times: dict[tuple[str, str], list[float]] = {k: [] for k in steps}
-    for _ in range(args.rounds):
-        for key, step in steps.items():
-            sync(device)
-            t0 = time.perf_counter()
-            for _ in range(args.steps):
-                step()
-            sync(device)
-            times[key].append((time.perf_counter() - t0) / args.steps)
+    times = time_interleaved(steps, args.rounds, args.steps, device)
     ips = {k: batch / statistics.median(v) for k, v in times.items()}
 
     rows = []
