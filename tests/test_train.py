@@ -315,8 +315,8 @@ def test_checkpoint_of_another_configuration_is_refused(tmp_path, change, flag):
 
 
 def test_weights_only_checkpoint_cannot_be_resumed(tmp_path):
+    from vggnet.checkpoint import CAFFE_PREPROCESSING, make_checkpoint, save_checkpoint
     from vggnet.models import vgg
-    from vggnet.weights import CAFFE_PREPROCESSING, make_checkpoint, save_checkpoint
 
     path = save_checkpoint(tmp_path / "w.pt", make_checkpoint(vgg("A", 4, width=1 / 16, fc_width=16, crop_size=32),
                                                               preprocessing=CAFFE_PREPROCESSING))
@@ -550,7 +550,7 @@ def test_checkpoint_contents_are_plain_containers(reference):
     assert t["optimizer"]["param_groups"][0]["weight_decay"] == 5e-4
     assert t["scheduler"]["patience"] == 2 and t["scheduler"]["factor"] == 0.1
     # the best checkpoint is an ordinary model checkpoint for `vgg eval`
-    from vggnet.weights import model_from_checkpoint
+    from vggnet.checkpoint import model_from_checkpoint
 
     model, _ = model_from_checkpoint(reference() / "best.pt")
     assert model.num_classes == 4

@@ -30,8 +30,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "localize": ("vggnet.localize", "localisation (Appendix A): train, eval, predict"),
     "features": ("vggnet.features", "Appendix B descriptors"),
     "transfer": ("vggnet.features", "Appendix B: linear SVM on descriptors"),
-    "import": ("vggnet.weights", "torchvision .pth, Keras .h5, Caffe .caffemodel -> checkpoint"),
-    "export": ("vggnet.weights", "checkpoint -> safetensors, torchvision .pth, ONNX"),
+    "import": ("vggnet.interop.cli", "torchvision .pth, Keras .h5, Caffe .caffemodel -> checkpoint"),
+    "export": ("vggnet.interop.cli", "checkpoint -> safetensors, torchvision .pth, ONNX"),
     "experiment": ("vggnet.experiments", "the paper's tables as experiment grids"),
     "demo": ("vggnet.demo", "the main job end to end on the synthetic dataset"),
 }

@@ -504,7 +504,7 @@ def _link_or_copy(src: Path, dst: Path) -> None:
     except OSError:
         import shutil
 
-        from vggnet.weights import atomic_write
+        from vggnet.checkpoint import atomic_write
 
         with open(src, "rb") as f:
             atomic_write(dst, lambda out: shutil.copyfileobj(f, out))
@@ -615,7 +615,7 @@ class _Trainer:
 
     def locate_resume(self) -> dict[str, Any] | None:
         """The checkpoint to continue (loaded), or None for a fresh run; errors name the file."""
-        from vggnet.weights import load_checkpoint
+        from vggnet.checkpoint import load_checkpoint
 
         cfg = self.cfg
         if cfg.resume is None:
@@ -662,7 +662,7 @@ class _Trainer:
         run disagree (a node with its own disk finds no checkpoint and starts over)
         and an error raised on rank 0 alone would leave the others waiting forever.
         """
-        from vggnet.weights import load_checkpoint
+        from vggnet.checkpoint import load_checkpoint
 
         if not distributed.is_distributed():
             return self.locate_resume()
@@ -878,7 +878,7 @@ class _Trainer:
 
     def save(self, *, best: bool = False, finished: bool = False) -> Path | None:
         """Write a checkpoint of the state after the last step (collective: every rank calls it)."""
-        from vggnet.weights import make_checkpoint, save_checkpoint
+        from vggnet.checkpoint import make_checkpoint, save_checkpoint
 
         # A finite loss does not guarantee finite weights after the step (a huge
         # gradient times the lr): never write such a checkpoint over good ones. The
@@ -1116,7 +1116,7 @@ class _Trainer:
 
     def write_metrics(self) -> None:
         """metrics.csv from the history (rewritten whole: after a resume it matches the checkpoint)."""
-        from vggnet.weights import atomic_write
+        from vggnet.checkpoint import atomic_write
 
         if not self.history:
             return
@@ -1130,7 +1130,7 @@ class _Trainer:
     def write_config(self) -> None:
         import yaml
 
-        from vggnet.weights import atomic_write
+        from vggnet.checkpoint import atomic_write
 
         head = (f"# vgg train: the resolved settings of this run (vgg train --config-file {self.out}/config.yaml).\n"
                 f"# processes: {self.info.world_size}, device: {self.device}, micro-batch: {self.micro}, "
@@ -1148,7 +1148,7 @@ class _Trainer:
         init_ckpt = None
         scheme, init_path = parse_init(cfg.init)
         if resume is None and init_path is not None:
-            from vggnet.weights import load_checkpoint
+            from vggnet.checkpoint import load_checkpoint
 
             try:
                 init_ckpt = load_checkpoint(init_path)
@@ -1267,7 +1267,7 @@ def plot_curves(history: list[Mapping[str, Any]], path: str | os.PathLike) -> Pa
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from vggnet.weights import atomic_write
+    from vggnet.checkpoint import atomic_write
 
     epochs = [h["epoch"] for h in history]
     fig = Figure(figsize=(12, 3.6), layout="constrained")
