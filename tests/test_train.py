@@ -22,7 +22,8 @@ import pytest
 import torch
 import yaml
 
-import vggnet.train as train_module
+import vggnet.engine.loop as train_module
+import vggnet.engine.task as task_module
 from vggnet.cli import main, parse_args_with_config
 from vggnet.errors import CheckpointError, UserError
 from vggnet.train import TrainConfig, TrainingError, add_train_arguments, find_checkpoints, train
@@ -336,7 +337,7 @@ def nan_at_step(monkeypatch, bad_step: int) -> None:
         loss = torch.nn.functional.cross_entropy(logits, target, **kw)
         return loss * float("nan") if len(calls) == bad_step else loss
 
-    monkeypatch.setattr(train_module, "F", types.SimpleNamespace(cross_entropy=cross_entropy))
+    monkeypatch.setattr(task_module, "F", types.SimpleNamespace(cross_entropy=cross_entropy))
 
 
 def test_nan_loss_stops_with_the_step_lr_and_last_good_checkpoint(tmp_path, monkeypatch):
