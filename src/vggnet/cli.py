@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -79,7 +80,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser = argparse.ArgumentParser(prog=f"vgg {name}", description=help_)
         add(parser)
         args = parse_args_with_config(parser, argv[1:])
-        return int(run(args) or 0)
+        status = int(run(args) or 0)
+        sys.stdout.flush()  # inside the try: a closed pipe is reported here, not at interpreter exit
+        return status
+    except BrokenPipeError:
+        # `vgg info --json | head -1`: the reader has gone, which is not an error of ours. Point
+        # stdout at /dev/null so that Python's final flush does not raise again (Python docs,
+        # "Note on SIGPIPE"); 141 = 128 + SIGPIPE, what a C tool's status would be.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except UserError as exc:
         print(f"vgg {name}: error: {exc}", file=sys.stderr)
         return 2

@@ -49,10 +49,16 @@ class RunOutputs:
     # ----------------------------------------------------------------- progress bar
 
     def open_bar(self, *, total: int, initial: int, desc: str) -> None:
+        """A tqdm bar on a terminal only: a file or a CI log would collect its fragments
+        (`epoch 3/30:   0%|`); there the epoch's one log line says what the bar would."""
         from tqdm import tqdm
 
+        if not sys.stderr.isatty():
+            self.bar = None
+            return
+
         self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True, file=sys.stderr,
-                        leave=False, mininterval=0.5 if sys.stderr.isatty() else 30.0)
+                        leave=False, mininterval=0.5)
 
     def close_bar(self) -> None:
         if self.bar is not None:
