@@ -693,7 +693,7 @@ class EvalResult:
                   f"(top-1 accuracy {o['top1_accuracy']:.2f}%, "
                   f"mean class accuracy {o['mean_class_accuracy']:.2f}%)."]
         if per_class:
-            lines += ["", "## Per-class accuracy (recall: correct top-1 / images of the class)", "",
+            lines += ["", "## Per-class top-1 accuracy (recall: correct top-1 / images of the class)", "",
                       "| class | images | top-1 acc (%) |", "|---|---|---|"]
             counts = torch.bincount(self.labels, minlength=len(self.classes)).tolist()
             for name, count in zip(self.classes, counts):
