@@ -1031,6 +1031,9 @@ def predict(
         model.to(memory_format=torch.channels_last)
     pre = Preprocessing.from_dict(ckpt["preprocessing"])
     classes = list(ckpt["classes"])
+    descriptions = (ckpt.get("meta") or {}).get("class_descriptions")
+    if descriptions is not None and len(descriptions) != len(classes):
+        descriptions = None
     qs = sorted(set(scales)) if scales else default_test_scales(_train_scale(ckpt), model.crop_size)
     if method == "center":
         qs = sorted(set(scales)) if scales else [center_resize(model.crop_size, crop_pct)]
@@ -1062,8 +1065,12 @@ def predict(
                                           for t in crops]).mean(0))
         post = torch.stack(parts).mean(0).cpu()
         values, indices = post.topk(k)
-        out.append({"image": str(path), "top": [{"class": classes[i], "index": int(i), "probability": float(v)}
-                                                for v, i in zip(values.tolist(), indices.tolist())]})
+        top = [{"class": classes[i], "index": int(i), "probability": float(v)}
+               for v, i in zip(values.tolist(), indices.tolist())]
+        if descriptions is not None:  # ILSVRC synsets: n01440764 -> "tench, Tinca tinca"
+            for t in top:
+                t["description"] = descriptions[t["index"]]
+        out.append({"image": str(path), "top": top})
     return out
 
 
@@ -1251,7 +1258,8 @@ def run_predict(args: argparse.Namespace) -> int:
                 continue
             print(r["image"])
             for i, t in enumerate(r["top"], 1):
-                print(f"  {i}. {t['class']:<24} {t['probability']:.4f}")
+                name = f"{t['class']} {t['description']}" if t.get("description") else t["class"]
+                print(f"  {i}. {name:<24} {t['probability']:.4f}")
     for r in failed:
         print(f"vgg predict: error: {r['error']}", file=sys.stderr)
     if failed:

@@ -58,12 +58,18 @@ def create_model(
         except (TypeError, ValueError) as exc:
             raise UserError(f"create_model({name!r}): {exc}") from None
     else:
-        shape_args = {k: v for k, v in build.items() if k != "dropout"}
-        ckpt = load_weights(pretrained, name=letter, **shape_args)
+        shape_args = {k: v for k, v in build.items() if k not in ("dropout", "batch_norm")}
+        # the configuration and batch norm are read off the weights, then compared with what was asked
+        ckpt = load_weights(pretrained, **shape_args)
         have = ckpt["build"]
         if have["name"] != letter:
             raise UserError(f"pretrained={pretrained} holds configuration {have['name']}, not {letter} "
                             f"(asked for {name!r})")
+        if "batch_norm" in build and bool(build["batch_norm"]) != bool(have.get("batch_norm")):
+            raise UserError(f"pretrained={pretrained} holds {_variant(letter, bool(have.get('batch_norm')))} "
+                            f"weights ({'with' if have.get('batch_norm') else 'without'} batch norm), not "
+                            f"{_variant(letter, bool(build['batch_norm']))}: load them with "
+                            f"{_variant(letter, bool(have.get('batch_norm')))}")
         for key, value in shape_args.items():
             if key not in have:
                 raise UserError(f"create_model: unknown build argument {key!r}")
@@ -82,6 +88,12 @@ def create_model(
     if freeze_features:
         freeze_conv_layers(model)
     return model
+
+
+def _variant(letter: str, batch_norm: bool) -> str:
+    """The hub entry point's name: vgg16, vgg16_bn, or the paper's letter (C_bn) where torchvision has none."""
+    base = {"A": "vgg11", "B": "vgg13", "D": "vgg16", "E": "vgg19"}.get(letter, letter)
+    return base + ("_bn" if batch_norm else "")
 
 
 def replace_classifier_head(model: VGG, num_classes: int) -> nn.Linear:

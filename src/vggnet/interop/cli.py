@@ -12,6 +12,7 @@ from vggnet.interop import (
     EXPORT_FORMATS,
     IMPORT_FORMATS,
     check_onnx,
+    detect_format,
     export_onnx,
     export_safetensors,
     export_torchvision,
@@ -20,7 +21,7 @@ from vggnet.interop import (
     load_weights,
     torchvision_name,
 )
-from vggnet.interop._common import describe_build
+from vggnet.interop._common import describe_build, read_class_file
 from vggnet.models import NAMES
 
 __all__ = ["add_import_arguments", "run_import", "add_export_arguments", "run_export"]
@@ -29,12 +30,16 @@ __all__ = ["add_import_arguments", "run_import", "add_export_arguments", "run_ex
 def add_import_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = ("Convert foreign VGG weights into a vggnet checkpoint. The configuration, width, crop "
                           "and class count are read off the weights' shapes; every layer is checked.")
-    parser.add_argument("format", choices=IMPORT_FORMATS,
-                        help="torchvision .pth state dict, Keras .h5 (VGG16/19), Caffe .caffemodel, or a "
-                             "vggnet safetensors export (with its .json sidecar)")
+    parser.add_argument("format", nargs="?", choices=IMPORT_FORMATS,
+                        help="torchvision .pth state dict, timm VGG state dict, Keras .h5 (VGG16/19; Keras 2 h5 or "
+                             "Keras 3 .weights.h5), Caffe .caffemodel, or a vggnet safetensors export "
+                             "(default: detected from the file's content)")
     parser.add_argument("file", help="the weights file")
     parser.add_argument("--out", required=True, metavar="CKPT", help="checkpoint to write (.pt)")
-    parser.add_argument("--classes", metavar="FILE", help="class names, one per line (default: 0 .. N-1)")
+    parser.add_argument("--classes", metavar="FILE",
+                        help="class names, one per line, or ILSVRC synset lines ('n01440764 tench, Tinca tinca': "
+                             "the WordNet ids become the classes, the words are shown by vgg predict), or Keras' "
+                             "imagenet_class_index.json (default: 0 .. N-1)")
     g = parser.add_argument_group("model (default: detected from the weights)")
     g.add_argument("--model", metavar="NAME", help=f"configuration: {', '.join(NAMES)} (A-LRN has A's weights: "
                                                    f"name it to get it)")
@@ -46,12 +51,19 @@ def add_import_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_import(args: argparse.Namespace) -> int:
     build = {"width": args.width, "fc_width": args.fc_width, "crop_size": args.crop_size, "dropout": args.dropout}
+    if args.format is None:
+        args.format = detect_format(args.file)
+        print(f"detected format: {args.format}")
     if args.format == "safetensors":
         given = [f"--{k.replace('_', '-')}" for k, v in build.items() if v is not None] + (
             ["--model"] if args.model else [])
         if given:
             raise UserError(f"{', '.join(given)}: a safetensors export carries its build arguments; drop them")
         ckpt = import_safetensors(args.file, classes=args.classes)
+        if args.classes:
+            descriptions = read_class_file(args.classes)[1]
+            if descriptions is not None:
+                ckpt["meta"]["class_descriptions"] = descriptions
     else:
         ckpt = import_weights(args.format, args.file, name=args.model, classes=args.classes, **build)
     out = save_checkpoint(args.out, ckpt)
@@ -63,7 +75,8 @@ def run_import(args: argparse.Namespace) -> int:
 
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = ("Export a checkpoint: safetensors + JSON sidecar (released weights), a torchvision "
+    parser.description = ("Export a checkpoint: safetensors with build arguments, preprocessing and classes in its "
+                          "header (released weights; a JSON sidecar too), a torchvision "
                           "state dict, or ONNX (crop classifier, or with --dense the fully-convolutional net).")
     parser.add_argument("format", choices=EXPORT_FORMATS, help="what to write")
     parser.add_argument("checkpoint", help="a vggnet checkpoint (or any weights file `vgg import` reads)")

@@ -1,4 +1,5 @@
-"""Keras VGG16/VGG19 `.h5` weights in (`keras.applications` layout, TensorFlow kernel order).
+"""Keras VGG16/VGG19 `.h5` weights in (`keras.applications` layout, TensorFlow kernel order):
+Keras 2's h5 format and Keras 3's own `model.save_weights("x.weights.h5")`.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ def _read_keras(path: Path) -> list[tuple[str, list[np.ndarray]]]:
         if "layer_names" not in f.attrs and "model_weights" in f:  # a whole model saved with model.save()
             root = f["model_weights"]
         names = _h5_names(root, "layer_names")
+        if names is None and isinstance(f.get("layers"), h5py.Group):
+            return _read_keras3(f["layers"], path)
         if names is None:
             raise CheckpointError(f"{path} is an HDF5 file but not a Keras h5 weights file (no 'layer_names' "
                                   f"attribute); save with the Keras 2 h5 format (model.save_weights('w.h5'))")
@@ -62,6 +65,34 @@ def _read_keras(path: Path) -> list[tuple[str, list[np.ndarray]]]:
             if arrays:
                 layers.append((layer, arrays))
     return layers
+
+
+def _keras3_order(key: str) -> tuple[str, int]:
+    """`conv2d_10` -> ("conv2d", 10), `dense` -> ("dense", 0): Keras 3 names a model's layers in the
+    store by class, numbered in the model's order; h5py lists them alphabetically (conv2d_10
+    before conv2d_2), so the number restores the order."""
+    stem, _, number = key.rpartition("_")
+    return (stem, int(number)) if stem and number.isdigit() else (key, 0)
+
+
+def _read_keras3(layers: Any, path: Path) -> list[tuple[str, list[np.ndarray]]]:
+    """Keras 3's weights file: `layers/<conv2d_N>/vars/<0, 1>` (kernel, bias), the layer's own name
+    (`block1_conv1`) in the `name` attribute of its `vars` group."""
+    found = []
+    for key in sorted(layers, key=_keras3_order):
+        group = layers[key]
+        vars_ = group.get("vars") if hasattr(group, "get") else None
+        if vars_ is None or not len(vars_):
+            continue  # input, pooling and flatten layers have no weights
+        label = vars_.attrs.get("name", key)
+        label = label.decode("utf-8") if isinstance(label, bytes) else str(label)
+        try:
+            arrays = [np.asarray(vars_[str(i)], dtype=np.float32) for i in range(len(vars_))]
+        except (KeyError, OSError, ValueError) as exc:
+            raise CheckpointError(f"Keras weights {path}: layer {label!r} ({key}) cannot be read: {exc}") from None
+        found.append((label, arrays))
+    # Keras numbers layers per class (conv2d_N, dense_N): convs come before the dense layers in a VGG
+    return [item for item in found if item[1][0].ndim == 4] + [item for item in found if item[1][0].ndim != 4]
 
 
 def import_keras(
