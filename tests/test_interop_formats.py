@@ -69,8 +69,16 @@ def test_timm_layout_imports_with_equal_logits(tmp_path, capsys):
     want = timm_forward(state, source.features, x)
     with torch.no_grad():
         assert torch.allclose(model.eval()(x), want, atol=1e-5)
-    # the same file through load_weights (create_model, torch.hub) and a damaged head named
+    # the same file through load_weights (create_model, torch.hub), as safetensors (timm's own
+    # releases), and a damaged head named
     assert load_weights(tmp_path / "vgg11_timm.pth")["meta"]["source"] == "timm"
+    from safetensors.torch import save_file
+
+    save_file(state, str(tmp_path / "model.safetensors"))
+    assert detect_format(tmp_path / "model.safetensors") == "timm"
+    again = import_weights(None, tmp_path / "model.safetensors")
+    assert all(torch.equal(again["state_dict"][k], v) for k, v in ckpt["state_dict"].items())
+    assert load_weights(tmp_path / "model.safetensors")["meta"]["source"] == "timm"
     del state["pre_logits.fc2.bias"]
     torch.save(state, tmp_path / "bad.pth")
     with pytest.raises(CheckpointError, match="missing pre_logits.fc2.bias"):

@@ -392,21 +392,11 @@ class _Net:
 
 
 def _amp_context(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    if amp in ("bf16", "fp16"):  # inference needs no gradient scaler, so fp16 is as simple as bf16
+    if amp in ("bf16", "fp16"):  # fp16: what --amp auto picks on a GPU without bf16; no scaler is needed to infer
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
     if amp not in ("off", None):
-        raise ValueError(f"amp must be 'bf16', 'fp16' or 'off', got {amp!r}")
+        raise ValueError(f"amp must be 'bf16' or 'off', got {amp!r}")
     return contextlib.nullcontext()
-
-
-def resolve_execution(amp: str, channels_last: str | bool, device: torch.device) -> tuple[str, bool]:
-    """`--amp auto|bf16|fp16|off` and `--channels-last auto|on|off` -> (bf16 | fp16 | off, bool), as
-    `vgg train` resolves them: auto = bf16 (fp16 without bf16) and channels_last on CUDA, off on CPUs."""
-    if amp == "auto":
-        amp = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device.type == "cuda" else "off"
-    if isinstance(channels_last, bool):
-        return amp, channels_last
-    return amp, (device.type == "cuda") if channels_last == "auto" else channels_last == "on"
 
 
 def _run_pass(
@@ -1077,6 +1067,16 @@ def predict(
 # --------------------------------------------------------------------------- command line
 
 
+def resolve_execution(amp: str, channels_last: str | bool, device: torch.device) -> tuple[str, bool]:
+    """`--amp auto|bf16|fp16|off` and `--channels-last auto|on|off` -> (bf16 | fp16 | off, bool), as
+    `vgg train` resolves them: auto = bf16 (fp16 without bf16) and channels_last on CUDA, off on CPUs."""
+    if amp == "auto":
+        amp = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device.type == "cuda" else "off"
+    if isinstance(channels_last, bool):
+        return amp, channels_last
+    return amp, (device.type == "cuda") if channels_last == "auto" else channels_last == "on"
+
+
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-scales", type=_parse_scales, default=None, metavar="Q,Q,...",
                         help="test scales Q, e.g. 256,384,512 (default: from the checkpoint's training scale S: "
@@ -1096,7 +1096,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                                                          "under torchrun each process takes GPU LOCAL_RANK)")
     parser.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default="auto",
                         help="mixed precision as in vgg train; auto = bf16 on CUDA, off on CPU (default: %(default)s)")
-    parser.add_argument("--channels-last", nargs="?", const="on", choices=["auto", "on", "off"], default="auto",
+    parser.add_argument("--channels-last", nargs="?", const="on", default="auto", choices=["auto", "on", "off"],
                         help="NHWC memory layout as in vgg train; auto = on for CUDA (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
 

@@ -44,14 +44,16 @@ __all__ = [
 ]
 
 IMPORT_FORMATS = ("torchvision", "timm", "keras", "caffe", "safetensors")
+EXPORT_FORMATS = ("safetensors", "torchvision", "onnx")
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
 
 def detect_format(path: str | os.PathLike) -> str:
     """Which of `IMPORT_FORMATS` a weights file is in, from its content (its suffix only for Caffe).
 
-    HDF5 -> keras; a safetensors header -> safetensors; a torch file -> timm when
-    its keys are timm's VGG head (`pre_logits.fc1`, `head.fc`), else torchvision;
+    HDF5 -> keras; a safetensors header -> safetensors (a vggnet export), or timm /
+    torchvision for a foreign state dict stored as safetensors; a torch file -> timm
+    when its keys are timm's VGG head (`pre_logits.fc1`, `head.fc`), else torchvision;
     `.caffemodel` (a protobuf has no signature) -> caffe. A vggnet checkpoint is
     refused: it needs no import.
     """
@@ -60,11 +62,12 @@ def detect_format(path: str | os.PathLike) -> str:
         raise CheckpointError(f"weights file {path} " + ("is a directory" if path.is_dir() else "does not exist"))
     with open(path, "rb") as f:
         head = f.read(9)
-    size = path.stat().st_size
     if head[:8] == _HDF5_MAGIC:
         return "keras"
-    if len(head) == 9 and head[8:9] == b"{" and 8 + struct.unpack("<Q", head[:8])[0] <= size:
-        return "safetensors"  # an 8-byte little-endian header length, then the JSON header
+    if _is_safetensors(path):
+        # an 8-byte little-endian header length, then the JSON header: ours (header metadata or
+        # a sidecar), or a foreign state dict saved as safetensors (timm's released files are)
+        return _safetensors_kind(path)
     if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":  # torch.save's zip, or the legacy pickle
         obj = torch_load(path, what="weights file")
         if is_checkpoint(obj):
@@ -76,7 +79,43 @@ def detect_format(path: str | os.PathLike) -> str:
     raise CheckpointError(f"cannot tell the format of {path}: not HDF5 (Keras), safetensors or a PyTorch file, "
                           f"and not named .caffemodel; name the format: vgg import "
                           f"{{{','.join(IMPORT_FORMATS)}}} {path}")
-EXPORT_FORMATS = ("safetensors", "torchvision", "onnx")
+
+
+def _is_safetensors(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and 8 + struct.unpack("<Q", head[:8])[0] <= path.stat().st_size
+
+
+def _safetensors_kind(path: Path) -> str:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata, keys = f.metadata() or {}, list(f.keys())
+    except (SafetensorError, OSError, ValueError):
+        return "safetensors"  # import_safetensors names what is wrong with it
+    if "vggnet.format" in metadata or "vggnet" in metadata or sidecar_path(path).is_file():
+        return "safetensors"
+    if is_timm_state(dict.fromkeys(keys)):
+        return "timm"
+    return "torchvision" if any(k.startswith("features.") for k in keys) else "safetensors"
+
+
+def _foreign_safetensors(format: str, path: Path, *, name: str | None, classes: Any,
+                         build: dict[str, Any]) -> dict[str, Any]:
+    """A torchvision or timm state dict stored as safetensors (no vggnet metadata)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} cannot be read (truncated or not safetensors): {exc}") from None
+    if format == "timm":
+        return timm_checkpoint(state, path, name=name, classes=classes, build=build)
+    return torchvision_checkpoint(state, f"torchvision state dict {path}", path, name=name, classes=classes,
+                                  build=build)
 
 
 def import_weights(
@@ -105,6 +144,8 @@ def import_weights(
 
 
 def _import(format: str, path: str | os.PathLike, *, name: str | None, classes: Any, **build: Any) -> dict[str, Any]:
+    if format in ("torchvision", "timm") and Path(path).is_file() and _is_safetensors(Path(path)):
+        return _foreign_safetensors(format, Path(path), name=name, classes=classes, build=build)
     if format == "torchvision":
         return import_torchvision(path, name=name, classes=classes, **build)
     if format == "timm":
@@ -128,6 +169,9 @@ def load_weights(path: str | os.PathLike, *, name: str | None = None, **build: A
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
+        kind = _safetensors_kind(path) if path.is_file() else "safetensors"
+        if kind != "safetensors":
+            return _foreign_safetensors(kind, path, name=name, classes=None, build=build)
         return import_safetensors(path)
     if suffix in (".h5", ".hdf5"):
         return import_keras(path, name=name, **build)

@@ -81,8 +81,7 @@ def import_timm(
 
     The configuration, width, crop (FC1's kernel: 7 -> 224) and class count are read
     off the shapes as for torchvision's files; preprocessing is ImageNet's mean/std.
-    (A timm `.safetensors` file: load it with `safetensors.torch.load_file` and save
-    it with `torch.save` first; `vgg import safetensors` reads vggnet's own exports.)
+    (timm's `model.safetensors`: `vggnet.interop.import_weights("timm", path)`.)
     """
     path = Path(path)
     return timm_checkpoint(torch_load(path, what="timm state dict"), path, name=name, classes=classes,
