@@ -28,8 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "stats": ("vggnet.data.stats", "training-set mean RGB and RGB PCA"),
     "train": ("vggnet.train", "train with the paper's protocol (§3.1)"),
     "eval": ("vggnet.evaluate", "dense / multi-crop / multi-scale / fused evaluation (§3.2)"),
-    "predict": ("vggnet.evaluate", "top-5 classes for image files"),
-    "import": ("vggnet.interop.cli", "torchvision .pth, Keras .h5, Caffe .caffemodel -> checkpoint"),
+    "predict": ("vggnet.evaluate", "top-5 classes for image files and folders"),
+    "import": ("vggnet.interop.cli", "torchvision/timm .pth, Keras .h5, Caffe .caffemodel, safetensors -> checkpoint"),
     "export": ("vggnet.interop.cli", "checkpoint -> safetensors, torchvision .pth, ONNX"),
     "demo": ("vggnet.demo", "the main job end to end on the synthetic dataset"),
 }

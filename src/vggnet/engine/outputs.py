@@ -53,7 +53,7 @@ class RunOutputs:
         (`epoch 3/30:   0%|`); there the epoch's one log line says what the bar would."""
         from tqdm import tqdm
 
-        if not sys.stderr.isatty():
+        if not stderr_is_terminal():
             self.bar = None
             return
 
@@ -114,6 +114,11 @@ class RunOutputs:
     def write_curves(self, history: Sequence[Mapping[str, Any]], metrics: Sequence[str]) -> None:
         if self.is_main and history:
             plot_curves(history, self.out / "curves.png", metrics=metrics)
+
+
+def stderr_is_terminal() -> bool:
+    """Whether progress bars can be drawn: stderr is a terminal, not a file, pipe or CI log."""
+    return sys.stderr.isatty()
 
 
 def duration(seconds: float) -> str:
