@@ -133,6 +133,16 @@ def test_keras3_weights_file_imports_like_keras2(tmp_path):
             assert torch.equal(ckpt["state_dict"][key], value), key
     image = rgb01()
     assert torch.allclose(imported_logits(ckpt, image), caffe_style_logits(source, image), atol=1e-4)
+    # Keras 3's model.save("x.keras"): a zip with config.json, metadata.json and model.weights.h5
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "vgg16.keras", "w") as archive:
+        archive.writestr("metadata.json", json.dumps({"keras_version": "3.15.1"}))
+        archive.writestr("config.json", json.dumps({"class_name": "Functional"}))
+        archive.write(path, "model.weights.h5")
+    assert detect_format(tmp_path / "vgg16.keras") == "keras"
+    whole = import_weights(None, tmp_path / "vgg16.keras")
+    assert all(torch.equal(whole["state_dict"][k], v) for k, v in ckpt["state_dict"].items())
 
 
 KERAS_SCRIPT = r"""

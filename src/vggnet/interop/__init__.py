@@ -51,7 +51,7 @@ _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 def detect_format(path: str | os.PathLike) -> str:
     """Which of `IMPORT_FORMATS` a weights file is in, from its content (its suffix only for Caffe).
 
-    HDF5 -> keras; a safetensors header -> safetensors (a vggnet export), or timm /
+    HDF5 or a Keras 3 `.keras` zip -> keras; a safetensors header -> safetensors (a vggnet export), or timm /
     torchvision for a foreign state dict stored as safetensors; a torch file -> timm
     when its keys are timm's VGG head (`pre_logits.fc1`, `head.fc`), else torchvision;
     `.caffemodel` (a protobuf has no signature) -> caffe. A vggnet checkpoint is
@@ -68,6 +68,8 @@ def detect_format(path: str | os.PathLike) -> str:
         # an 8-byte little-endian header length, then the JSON header: ours (header metadata or
         # a sidecar), or a foreign state dict saved as safetensors (timm's released files are)
         return _safetensors_kind(path)
+    if head[:4] == b"PK\x03\x04" and _is_keras_archive(path):
+        return "keras"
     if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":  # torch.save's zip, or the legacy pickle
         obj = torch_load(path, what="weights file")
         if is_checkpoint(obj):
@@ -79,6 +81,17 @@ def detect_format(path: str | os.PathLike) -> str:
     raise CheckpointError(f"cannot tell the format of {path}: not HDF5 (Keras), safetensors or a PyTorch file, "
                           f"and not named .caffemodel; name the format: vgg import "
                           f"{{{','.join(IMPORT_FORMATS)}}} {path}")
+
+
+def _is_keras_archive(path: Path) -> bool:
+    """A Keras 3 `.keras` file: a zip holding `model.weights.h5` (torch.save's zips hold `*/data.pkl`)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return "model.weights.h5" in archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
 
 
 def _is_safetensors(path: Path) -> bool:
@@ -173,7 +186,7 @@ def load_weights(path: str | os.PathLike, *, name: str | None = None, **build: A
         if kind != "safetensors":
             return _foreign_safetensors(kind, path, name=name, classes=None, build=build)
         return import_safetensors(path)
-    if suffix in (".h5", ".hdf5"):
+    if suffix in (".h5", ".hdf5", ".keras"):
         return import_keras(path, name=name, **build)
     if suffix == ".caffemodel":
         return import_caffe(path, name=name, **build)

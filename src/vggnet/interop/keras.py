@@ -1,5 +1,6 @@
 """Keras VGG16/VGG19 `.h5` weights in (`keras.applications` layout, TensorFlow kernel order):
-Keras 2's h5 format and Keras 3's own `model.save_weights("x.weights.h5")`.
+Keras 2's h5 format, Keras 3's own `model.save_weights("x.weights.h5")`, and the weights in
+Keras 3's `model.save("x.keras")` archive.
 """
 
 from __future__ import annotations
@@ -32,6 +33,24 @@ def _h5_names(group: Any, attr: str) -> list[str] | None:
     return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
 
 
+KERAS_ARCHIVE_WEIGHTS = "model.weights.h5"  # the weights inside a Keras 3 `.keras` archive (a zip)
+
+
+def _h5_source(path: Path) -> Any:
+    """`path`, or for a Keras 3 `.keras` archive (`model.save("x.keras")`) the weights file inside it,
+    read into memory (h5py opens file-like objects)."""
+    import io
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return path
+    with zipfile.ZipFile(path) as archive:
+        if KERAS_ARCHIVE_WEIGHTS not in archive.namelist():
+            raise CheckpointError(f"{path} is a zip archive without {KERAS_ARCHIVE_WEIGHTS}: not a Keras 3 .keras "
+                                  f"file")
+        return io.BytesIO(archive.read(KERAS_ARCHIVE_WEIGHTS))
+
+
 def _read_keras(path: Path) -> list[tuple[str, list[np.ndarray]]]:
     """(layer name, [weight arrays in Keras order]) of every layer with weights, in the file's order."""
     try:
@@ -41,7 +60,7 @@ def _read_keras(path: Path) -> list[tuple[str, list[np.ndarray]]]:
     if not path.is_file():
         raise CheckpointError(f"Keras weights {path} " + ("is a directory" if path.is_dir() else "does not exist"))
     try:
-        f = h5py.File(path, "r")
+        f = h5py.File(_h5_source(path), "r")
     except OSError as exc:
         raise CheckpointError(f"{path} is not an HDF5 file (Keras .h5 weights expected): {exc}") from None
     layers = []
