@@ -287,3 +287,6 @@ def test_hub_entry_points_refuse_weights_of_the_other_variant(tmp_path):
     with pytest.raises(UserError, match="holds configuration A, not D"):
         create_model("vgg16", pretrained=tmp_path / "a.pth")
     assert create_model("vgg11", pretrained=tmp_path / "a_bn.pth").build_args["batch_norm"] is True  # not asked
+    write_keras_h5(plain, tmp_path / "a.h5")  # A and A-LRN have the same weights: the name asked decides
+    assert create_model("A-LRN", pretrained=tmp_path / "a.h5").name == "A-LRN"
+    assert create_model("A", pretrained=tmp_path / "a.h5").name == "A"

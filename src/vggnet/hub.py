@@ -61,6 +61,8 @@ def create_model(
         shape_args = {k: v for k, v in build.items() if k not in ("dropout", "batch_norm")}
         # the configuration and batch norm are read off the weights, then compared with what was asked
         ckpt = load_weights(pretrained, **shape_args)
+        if {ckpt["build"]["name"], letter} == {"A", "A-LRN"}:  # the same weights: a Keras/Caffe file can be either
+            ckpt = load_weights(pretrained, name=letter, **shape_args)
         have = ckpt["build"]
         if have["name"] != letter:
             raise UserError(f"pretrained={pretrained} holds configuration {have['name']}, not {letter} "
