@@ -80,3 +80,11 @@ def test_unknown_amp_value_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["eval", "--checkpoint", "x.pt", "--data", ".", "--amp", "fp32"])
     assert exc.value.code == 2 and "invalid choice: 'fp32'" in capsys.readouterr().err
+
+
+def test_yaml_off_and_on_mean_the_words(tmp_path):
+    from vggnet.cli import parse_args_with_config
+
+    (tmp_path / "eval.yaml").write_text("amp: off\nchannels_last: on\n")  # YAML 1.1: booleans
+    args = parse_args_with_config(parser_of("eval"), ["--config-file", str(tmp_path / "eval.yaml")])
+    assert (args.amp, args.channels_last) == ("off", "on")

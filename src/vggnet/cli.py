@@ -123,6 +123,9 @@ def parse_args_with_config(parser: argparse.ArgumentParser, argv: Sequence[str])
                     value = action.type(value)
                 except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
                     raise UserError(f"{pre.config_file}: bad value for {key!r}: {exc}") from None
+            if isinstance(value, bool) and action.choices is not None and "off" in action.choices:
+                # YAML 1.1 reads `amp: off` / `channels_last: on` as booleans; the flag means the word
+                value = ("on" if "on" in action.choices else value) if value else "off"
             if action.choices is not None and value not in action.choices:
                 raise UserError(f"{pre.config_file}: {key!r} must be one of "
                                 f"{', '.join(map(str, action.choices))}, got {value!r}")
