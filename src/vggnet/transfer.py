@@ -106,6 +106,10 @@ def list_images(data: str | os.PathLike, split: str | None = None, *, classes: S
                             f"(train, val, trainval or test)")
         paths, labels, names = read_voc_split(root, split, classes)
         return ImageSet(paths, labels, names, f"{root} ({split}, VOC)")
+    found = [s for s in ("train", "val", "test") if (root / s).is_dir()]
+    if split is None and found:
+        raise UserError(f"--data {data} has split folders ({', '.join(found)}); name one with --split, "
+                        f"or point --data at a folder of class folders")
     if classes is not None:  # the training split's classes; excluded folders still need a name to be dropped
         classes = list(classes) + [c for c in exclude if c not in classes]
     ds = build_dataset(root, split=split or root.name, classes=classes, strict=True)
