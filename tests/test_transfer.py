@@ -398,3 +398,25 @@ def test_synth_multi_label_writes_voc_devkit(tmp_path, capsys):
         counts.append(len(names))
     assert len(set(counts)) > 1
     assert main(["synth", "--multi-label", str(out)]) == 2  # not empty: refused without --force
+
+
+def test_predict_refuses_a_checkpoint_changed_since_training(ckpt, scenes, tmp_path):
+    from vggnet.errors import CheckpointError
+    from vggnet.transfer import predict_transfer
+
+    mine = tmp_path / "net.pt"
+    shutil.copy(ckpt, mine)
+    transfer([mine], scenes, output_dir=tmp_path / "out", scales=[32], c_grid=[1.0])
+    image = scenes / "JPEGImages" / "000001.jpg"
+    assert len(predict_transfer(tmp_path / "out", [image])) == 1
+    random_ckpt(mine, seed=5)  # other weights under the same name
+    with pytest.raises(CheckpointError, match=r"net\.pt has changed since the classifier .* was trained"):
+        predict_transfer(tmp_path / "out", [image])
+
+
+def test_features_of_a_dataset_root_need_a_split(ckpt, tmp_path, capsys):
+    rng = np.random.default_rng(4)
+    write_png(tmp_path / "d" / "train" / "a" / "0.png", rng.integers(0, 256, (36, 36, 3)))
+    assert main(["features", str(ckpt), "--data", str(tmp_path / "d"), "--out", str(tmp_path / "f.safetensors"),
+                 "--workers", "0"]) == 2
+    assert "has split folders (train); name one with --split" in capsys.readouterr().err
