@@ -29,7 +29,7 @@ from PIL import Image
 from vggnet.data.transforms import DenseEvalPreset, Preprocessing, open_image
 from vggnet.models import vgg
 from vggnet.transfer import DescriptorExtractor, ImageSet, LinearSVMs
-from vggnet.weights import CAFFE_PREPROCESSING, make_checkpoint, save_checkpoint
+from vggnet.checkpoint import CAFFE_PREPROCESSING, make_checkpoint, save_checkpoint
 
 
 def cpu_name() -> tuple[str, bool]:

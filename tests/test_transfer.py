@@ -16,7 +16,7 @@ from vggnet.errors import DataError, UserError
 from vggnet.transfer import (DescriptorExtractor, ImageSet, LinearSVMs, list_images, load_features,
                              multilabel_metrics, pixel_descriptors, pooled_descriptor, select_C,
                              singlelabel_metrics, split_per_class, transfer, voc07_ap, voc_area_ap)
-from vggnet.weights import make_checkpoint, save_checkpoint
+from vggnet.checkpoint import make_checkpoint, save_checkpoint
 
 PRE = {"pixel_scale": 1.0, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
 CLASSES = ["circle", "cross", "square", "star", "triangle"]

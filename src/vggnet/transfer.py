@@ -278,7 +278,7 @@ class DescriptorExtractor:
         from safetensors import safe_open
         from safetensors.torch import save as st_save
 
-        from vggnet.weights import atomic_write
+        from vggnet.checkpoint import atomic_write
 
         out = Path(out)
         if chunk_size < 1:
@@ -518,7 +518,7 @@ def _evaluate(scores: np.ndarray, images: ImageSet) -> dict[str, Any]:
 def _save_classifier(path: Path, svm: LinearSVMs, settings: Mapping[str, Any]) -> Path:
     from safetensors.torch import save as st_save
 
-    from vggnet.weights import atomic_write
+    from vggnet.checkpoint import atomic_write
 
     blob = st_save({"coef": torch.from_numpy(svm.coef_), "intercept": torch.from_numpy(svm.intercept_)},
                    {CLASSIFIER_FORMAT: json.dumps({"version": 1, **settings}, sort_keys=True)})
@@ -719,7 +719,7 @@ def demo_transfer(classifier_ckpt: str | os.PathLike, workdir: str | os.PathLike
     """The demo's transfer stage: SVMs on descriptors of the demo's classifier for multi-label
     scenes of the same shapes (VOC protocol), next to the same SVMs on raw 16x16 pixels."""
     from vggnet.data.synthetic import write_multilabel
-    from vggnet.weights import load_checkpoint
+    from vggnet.checkpoint import load_checkpoint
 
     t0 = time.perf_counter()
     work = Path(workdir)
