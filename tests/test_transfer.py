@@ -235,6 +235,9 @@ def test_svm_ignores_difficult_rows_and_cv_picks_from_grid():
     assert not np.allclose(a, b)  # sanity: the data matter
     assert np.allclose(LinearSVMs(1.0).fit(X, Y0).coef_[0], LinearSVMs(1.0).fit(X[10:], Y0[10:]).coef_[0],
                        atol=1e-5)
+    # the classes train in parallel threads: the same SVMs as one after another
+    one, two = LinearSVMs(1.0, n_jobs=1).fit(X, Y1), LinearSVMs(1.0, n_jobs=2).fit(X, Y1)
+    assert np.array_equal(one.coef_, two.coef_) and np.array_equal(one.intercept_, two.intercept_)
 
 
 def briefly_trained_ckpt(path, classes=CLASSES, images=400, epochs=25):

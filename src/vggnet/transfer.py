@@ -370,30 +370,41 @@ class LinearSVMs:
     Only coefficients are kept, so a classifier saves and loads without pickling.
     """
 
-    def __init__(self, C: float = 1.0, *, max_iter: int = 10000, seed: int = 0) -> None:
+    def __init__(self, C: float = 1.0, *, max_iter: int = 10000, seed: int = 0, n_jobs: int | None = None) -> None:
         self.C, self.max_iter, self.seed = float(C), int(max_iter), int(seed)
+        # liblinear releases the GIL: the classes' SVMs train in parallel threads
+        # (each holds a float64 copy of its rows, hence the cap)
+        self.n_jobs = n_jobs if n_jobs is not None else min(8, os.cpu_count() or 1)
         self.coef_: np.ndarray | None = None
         self.intercept_: np.ndarray | None = None
 
-    def fit(self, X: np.ndarray, Y: np.ndarray) -> LinearSVMs:
+    def _fit_class(self, X: np.ndarray, target: np.ndarray) -> tuple[np.ndarray | None, float]:
         from sklearn.exceptions import ConvergenceWarning
         from sklearn.svm import LinearSVC
 
+        keep = target != 0
+        y = target[keep] > 0
+        if y.all() or not y.any():  # one kind of example only: a constant score
+            return None, 1.0 if y.all() and y.size else -1.0
+        svm = LinearSVC(C=self.C, loss="squared_hinge", dual="auto", max_iter=self.max_iter, random_state=self.seed)
+        with warnings.catch_warnings():  # large C on separable data: more iterations change nothing ranked
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            svm.fit(X[keep], y)
+        return svm.coef_[0], float(svm.intercept_[0])
+
+    def fit(self, X: np.ndarray, Y: np.ndarray) -> LinearSVMs:
+        from joblib import Parallel, delayed
+
         X = np.asarray(X, dtype=np.float32)
+        jobs = max(1, min(self.n_jobs, Y.shape[1]))
+        fitted = Parallel(n_jobs=jobs, prefer="threads")(delayed(self._fit_class)(X, Y[:, c])
+                                                         for c in range(Y.shape[1]))
         coef = np.zeros((Y.shape[1], X.shape[1]), dtype=np.float32)
         intercept = np.zeros(Y.shape[1], dtype=np.float32)
-        for c in range(Y.shape[1]):
-            keep = Y[:, c] != 0
-            y = Y[keep, c] > 0
-            if y.all() or not y.any():  # one kind of example only: a constant score
-                intercept[c] = 1.0 if y.all() and y.size else -1.0
-                continue
-            svm = LinearSVC(C=self.C, loss="squared_hinge", dual="auto", max_iter=self.max_iter,
-                            random_state=self.seed)
-            with warnings.catch_warnings():  # large C on separable data: more iterations change nothing ranked
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                svm.fit(X[keep], y)
-            coef[c], intercept[c] = svm.coef_[0], svm.intercept_[0]
+        for c, (w, b) in enumerate(fitted):
+            if w is not None:
+                coef[c] = w
+            intercept[c] = b
         self.coef_, self.intercept_ = coef, intercept
         return self
 
