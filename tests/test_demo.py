@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import torch
 
@@ -39,6 +40,10 @@ def test_demo_quick_leaves_a_complete_run_folder(tmp_path, capsys):
     predictions = (out / "predictions.txt").read_text().splitlines()
     assert predictions and all(line.split()[0] in ("ok", "ERR") and "top-3:" in line for line in predictions)
     assert "final (" in printed and "top-1 accuracy" in printed
+    # 4. the transfer stage (Appendix B): SVMs on descriptors vs on raw pixels, both reported
+    transfer = json.loads((out / "transfer" / "results.json").read_text())
+    assert transfer["classes"] == classes and {"mAP", "mAP_area", "ap"} <= set(transfer)
+    assert "with the same SVMs on raw 16x16 pixels" in printed
 
     # a second run reuses the dataset and the finished training, and only re-evaluates
     mtime = (run / "last.pt").stat().st_mtime_ns

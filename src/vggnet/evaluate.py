@@ -415,19 +415,25 @@ def _run_pass(
     progress: bool = False,
     desc: str = "",
     skip_bad: bool = False,
+    dense_fn: Callable[..., torch.Tensor] | None = None,
+    width: Callable[[_Net], int] | None = None,
 ) -> tuple[dict[tuple[int, str], torch.Tensor], torch.Tensor]:
     """One pass over `dataset[indices]` (items: rescaled RGB in [0, 1]) for every net.
 
     Returns the local posteriors `{(net, method): (len(indices), classes)}` in the
     order of `indices`, and the labels `(len(indices),)`. With `skip_bad`, items a
     non-strict dataset could not read are left out (label -1); otherwise they are
-    a `DataError`.
+    a `DataError`. `dense_fn(model, images, flip=...) -> (B, width(net))` replaces
+    `dense_posterior` for the "dense" method (Appendix B's pooled descriptors use
+    the same bucketing).
     """
     from vggnet.data.transforms import grid_crops
 
+    dense_fn = dense_fn or dense_posterior
+    width = width or (lambda net: net.model.num_classes)
     n = len(indices)
     position = {int(i): j for j, i in enumerate(indices)}
-    out = {(k, m): torch.zeros(n, nets[k].model.num_classes) for k in range(len(nets)) for m in methods}
+    out = {(k, m): torch.zeros(n, width(nets[k])) for k in range(len(nets)) for m in methods}
     labels = torch.full((n,), -1, dtype=torch.long)
     loader = DataLoader(Subset(_Indexed(dataset), list(indices)), batch_size=None, shuffle=False,
                         num_workers=workers, pin_memory=device.type == "cuda")
@@ -451,7 +457,7 @@ def _run_pass(
                 if "center" in methods:  # (B, 3, crop, crop) centre crops: the net as a classifier
                     out[(k, "center")][rows] = net.model(x).float().softmax(dim=1).cpu()
                     continue
-                out[(k, "dense")][rows] = dense_posterior(net.model, x, flip=flip).cpu()
+                out[(k, "dense")][rows] = dense_fn(net.model, x, flip=flip).float().cpu()
 
     try:
         from tqdm import tqdm
