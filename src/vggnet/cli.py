@@ -27,7 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("vggnet.train", "train with the paper's protocol (§3.1)"),
     "eval": ("vggnet.evaluate", "dense / multi-crop / multi-scale / fused evaluation (§3.2)"),
     "predict": ("vggnet.evaluate", "top-5 classes for image files"),
-    "localize": ("vggnet.localize", "localisation (Appendix A): train, eval, predict"),
+    "localize": ("vggnet.localize_cli", "localisation (Appendix A): train, eval, predict"),
     "features": ("vggnet.features", "Appendix B descriptors"),
     "transfer": ("vggnet.features", "Appendix B: linear SVM on descriptors"),
     "import": ("vggnet.weights", "torchvision .pth, Keras .h5, Caffe .caffemodel -> checkpoint"),
