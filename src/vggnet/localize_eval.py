@@ -86,10 +86,13 @@ def dense_boxes(model: Any, x: torch.Tensor, *, image_size: tuple[int, int] | No
 
 def _offset_by_class(boxes: torch.Tensor, idxs: torch.Tensor) -> torch.Tensor:
     # batched_nms's trick: boxes of different classes are moved apart so they never overlap
+    # (in float64, with the classes renumbered 0..k-1, so the shift costs no precision)
     if boxes.numel() == 0:
-        return boxes
+        return boxes.double()
+    boxes = boxes.double()
+    compact = torch.unique(idxs, return_inverse=True)[1]
     span = float(boxes.max() - boxes.min()) + 1.0
-    return boxes - boxes.min() + idxs.to(boxes.dtype).view(-1, 1) * span
+    return boxes - boxes.min() + compact.to(boxes.dtype).view(-1, 1) * span
 
 
 def _best_partners(b: torch.Tensor, alive: torch.Tensor, rows: torch.Tensor, chunk: int = 2048
@@ -121,10 +124,10 @@ def greedy_merge(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, 
     n = boxes.shape[0]
     if n == 0:
         return boxes.new_zeros(0, 4), scores.new_zeros(0), idxs.new_zeros(0), idxs.new_zeros(0)
-    b = _offset_by_class(boxes.float(), idxs)
-    shift = b[:, :1] - boxes[:, :1].float()                        # per-box x shift (y too: same scalar)
-    s = scores.float().clone()
-    count = torch.ones(n, dtype=torch.float32, device=b.device)
+    b = _offset_by_class(boxes, idxs)
+    shift = b[:, :1] - boxes[:, :1].double()                       # per-box x shift (y too: same scalar)
+    s = scores.double().clone()
+    count = torch.ones(n, dtype=torch.float64, device=b.device)
     alive = torch.ones(n, dtype=torch.bool, device=b.device)
     best, partner = _best_partners(b, alive, torch.arange(n, device=b.device))
     while True:
@@ -152,7 +155,7 @@ def greedy_merge(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, 
         partner[better] = i
     keep = alive.nonzero().flatten()
     merged = b[keep] - shift[keep]
-    return merged, s[keep], idxs[keep], count[keep].long()
+    return merged.to(boxes.dtype), s[keep].to(scores.dtype), idxs[keep], count[keep].long()
 
 
 def nms_clusters(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou: float = 0.5
@@ -163,7 +166,7 @@ def nms_clusters(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, 
     if boxes.shape[0] == 0:
         return boxes.new_zeros(0, 4), scores.new_zeros(0), idxs.new_zeros(0)
     keep = batched_nms(boxes.float(), scores.float(), idxs, iou)   # decreasing score
-    b = _offset_by_class(boxes.float(), idxs)
+    b = _offset_by_class(boxes, idxs)
     overlaps = box_iou(b, b[keep]) > iou                           # (n, kept)
     overlaps[keep, torch.arange(keep.numel(), device=b.device)] = True
     owner = overlaps.float().argmax(dim=1)                         # the first kept box that claims each window
