@@ -347,11 +347,11 @@ def test_nms_clusters_and_best_window():
                       [51.0, 51.0, 61.0, 61.0], [50.5, 50.5, 60.5, 60.5]])
     s = torch.tensor([0.4, 0.3, 0.35, 0.2, 0.2])
     c = torch.zeros(5, dtype=torch.long)
-    kept, cluster, _ = nms_clusters(b, s, c, 0.5)
+    kept, cluster, kc = nms_clusters(b, s, c, 0.5)
     # NMS keeps the top window of each cluster; the cluster score is the sum of its windows'
     assert kept.tolist() == [[0.0, 0.0, 10.0, 10.0], [50.0, 50.0, 60.0, 60.0]]
     assert cluster.tolist() == pytest.approx([0.7, 0.75])
-    best = best_per_class(kept, cluster, c, [0])
+    best = best_per_class(kept, cluster, kc, [0])
     assert best == [(0, [50.0, 50.0, 60.0, 60.0], pytest.approx(0.75))]
     # the best window alone picks the other one
     assert best_per_class(b, s, c, [0])[0][1] == [0.0, 0.0, 10.0, 10.0]
