@@ -245,8 +245,8 @@ def test_checkpoint_kinds_are_refused_with_clear_messages(tmp_path, capsys):
         load_localiser(cls_path)
     assert main(["localize", "predict", "--checkpoint", str(loc_path), "--classifier", str(loc_path),
                  str(tmp_path), "--out", str(tmp_path / "o")]) == 2
-    assert "--classifier" in capsys.readouterr().err and "is a localisation checkpoint" in \
-        capsys.readouterr().err or True
+    err = capsys.readouterr().err
+    assert "--classifier" in err and "is a localisation checkpoint, not a classification net" in err
     with pytest.raises(CheckpointError, match="--classifier .* is a localisation checkpoint"):
         from vggnet.localize import load_classifier_checkpoint
         load_classifier_checkpoint(str(loc_path))

@@ -95,21 +95,12 @@ def _offset_by_class(boxes: torch.Tensor, idxs: torch.Tensor) -> torch.Tensor:
     return boxes - boxes.min() + compact.to(boxes.dtype).view(-1, 1) * span
 
 
-def _best_partners(b: torch.Tensor, alive: torch.Tensor, rows: torch.Tensor, chunk: int = 2048
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each row r: (largest IoU with another alive box, its index); -1 when none."""
-    vals, idx = [], []
-    for s in range(0, rows.numel(), chunk):
-        r = rows[s:s + chunk]
-        iou = box_iou(b[r], b)                                      # (chunk, n)
-        iou[:, ~alive] = -1.0
-        iou[torch.arange(r.numel(), device=b.device), r] = -1.0
-        v, i = iou.max(dim=1)
-        vals.append(v)
-        idx.append(i)
-    if not vals:
-        return b.new_empty(0), torch.empty(0, dtype=torch.long, device=b.device)
-    return torch.cat(vals), torch.cat(idx)
+def _rows(b: torch.Tensor, alive: torch.Tensor, ks: torch.Tensor) -> torch.Tensor:
+    """IoU of boxes `ks` with every box `(len(ks), n)`; dead boxes and each box itself at -1."""
+    r = box_iou(b[ks], b)
+    r[:, ~alive] = -1.0
+    r[torch.arange(ks.numel()), ks] = -1.0
+    return r
 
 
 def greedy_merge(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, merge_iou: float = 0.5
@@ -117,42 +108,69 @@ def greedy_merge(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, 
     """OverFeat's greedy merge, per class (`idxs`), as defined in the module docstring.
 
     Returns (boxes (M, 4), summed scores (M,), classes (M,), windows merged (M,)).
-    Vectorised: each merge costs O(n) tensor work (the best partner of every box is
-    kept and only rows that lost theirs are recomputed), no Python loop over pairs."""
+
+    Vectorised, with a lazy priority: `best[k]` caches the largest IoU of box k with
+    another box of its class and `partner[k]` which one. Each round merges the closest
+    pair of every class at once (classes are independent, so this is the sequential
+    definition run for all classes side by side): the merged box's row is recomputed,
+    and every row for which it is now the best takes it, in one tensor step. Rows
+    whose cached partner changed or died keep a stale value that is still an upper
+    bound of their true best; when such a row comes out on top it is recomputed
+    instead of merged. No Python loop over pairs; the result equals the pairwise
+    definition's (tests/test_localize.py checks it on random sets)."""
     if not 0.0 < merge_iou <= 1.0:
         raise ValueError(f"merge_iou must be in (0, 1], got {merge_iou}")
     n = boxes.shape[0]
     if n == 0:
         return boxes.new_zeros(0, 4), scores.new_zeros(0), idxs.new_zeros(0), idxs.new_zeros(0)
-    b = _offset_by_class(boxes, idxs)
-    shift = b[:, :1] - boxes[:, :1].double()                       # per-box x shift (y too: same scalar)
+    boxes, scores, idxs = boxes.cpu(), scores.cpu(), idxs.cpu()
+    b = _offset_by_class(boxes, idxs)                              # classes moved apart: IoU 0 across classes
+    shift = b[:, :1] - boxes[:, :1].double()                       # per-box shift (the same for x and y)
+    cls = torch.unique(idxs, return_inverse=True)[1]
+    n_cls = int(cls.max()) + 1
     s = scores.double().clone()
-    count = torch.ones(n, dtype=torch.float64, device=b.device)
-    alive = torch.ones(n, dtype=torch.bool, device=b.device)
-    best, partner = _best_partners(b, alive, torch.arange(n, device=b.device))
+    count = torch.ones(n, dtype=torch.float64)
+    alive = torch.ones(n, dtype=torch.bool)
+    version = torch.zeros(n, dtype=torch.long)                     # bumped when a box changes
+    best = torch.empty(n, dtype=torch.float64)
+    partner = torch.empty(n, dtype=torch.long)
+    everyone = torch.arange(n)
+    for start in range(0, n, 1024):                                # all rows, in chunks of (1024, n)
+        best[start:start + 1024], partner[start:start + 1024] = _rows(b, alive, everyone[start:start + 1024]).max(1)
+    seen = version[partner].clone()                                # the partner's version when cached
     while True:
-        v, i = best.max(dim=0)
-        if float(v) < merge_iou:
+        # the top row of every class that still has a pair at IoU >= merge_iou
+        top = torch.full((n_cls,), -2.0, dtype=torch.float64).scatter_reduce(0, cls, best, "amax")
+        hit = (best == top[cls]) & (top[cls] >= merge_iou)
+        if not bool(hit.any()):
             break
-        i = int(i)
-        j = int(partner[i])
-        ci, cj = count[i], count[j]
-        b[i] = (b[i] * ci + b[j] * cj) / (ci + cj)
-        count[i] = ci + cj
+        first = torch.full((n_cls,), n, dtype=torch.long).scatter_reduce(0, cls[hit], everyone[hit], "amin")
+        ks = first[first < n]
+        ps = partner[ks]
+        fresh = alive[ps] & (version[ps] == seen[ks])
+        stale = ks[~fresh]
+        if stale.numel():                                          # recompute these rows instead of merging
+            best[stale], partner[stale] = _rows(b, alive, stale).max(1)
+            seen[stale] = version[partner[stale]]
+        ks, ps = ks[fresh], ps[fresh]
+        if not ks.numel():
+            continue
+        i, j = torch.minimum(ks, ps), torch.maximum(ks, ps)        # keep the earlier box, as the definition does
+        ci, cj = count[i].unsqueeze(1), count[j].unsqueeze(1)
+        b[i] = (b[i] * ci + b[j] * cj) / (ci + cj)                 # the mean of every window merged into either
+        count[i] += count[j]
         s[i] += s[j]
         alive[j] = False
         best[j] = -1.0
-        # rows whose best partner was i or j: recompute them (including i itself)
-        stale = ((partner == i) | (partner == j)) & alive
-        stale[i] = True
-        rows = stale.nonzero().flatten()
-        best[rows], partner[rows] = _best_partners(b, alive, rows)
-        # every other row: the new box i may now be its best partner
-        iou_i = box_iou(b[i:i + 1], b)[0]
-        better = alive & (iou_i > best)
-        better[i] = False
-        best[better] = iou_i[better]
-        partner[better] = i
+        version[i] += 1
+        r = _rows(b, alive, i)                                     # (merges, n)
+        best[i], partner[i] = r.max(1)
+        seen[i] = version[partner[i]]
+        col, which = r.max(0)                                      # each row's IoU with its class's new box
+        better = col > best
+        best[better] = col[better]
+        partner[better] = i[which[better]]
+        seen[better] = version[partner[better]]
     keep = alive.nonzero().flatten()
     merged = b[keep] - shift[keep]
     return merged.to(boxes.dtype), s[keep].to(scores.dtype), idxs[keep], count[keep].long()
