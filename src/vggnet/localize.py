@@ -27,8 +27,8 @@ Decisions the paper leaves open (docs/localisation.md gives the measurements):
   touches. (All boxes of an image count as boxes of its label: ImageNet's
   localisation annotations are of the image's class);
 - a crop that contains none of the object is masked out of the loss and counted
-  (the `empty_crops` column of the epoch log: percent of the training crops since
-  the previous validation);
+  ("empty crops" in the epoch's log line: percent of the training crops since the
+  previous validation);
 - annotation boxes partly outside the image are clipped to it; boxes with zero
   area (after clipping) are skipped with a `BoxWarning` naming the file; an
   image left with no box trains as an empty crop; a validation image without
@@ -237,9 +237,10 @@ class LocalisationTask(Task):
 
     name = TASK_NAME
     monitor = "localisation_error"
+    monitor_label = "localisation error"
     lower_is_better = True
-    metrics = ("localisation_error", "empty_crops")
-    units = {"localisation_error": "%", "empty_crops": "%"}
+    metrics = ("localisation_error",)
+    units = {"localisation_error": "%"}
     needs_boxes = True
 
     def __init__(self, head: str = "pcr", *, box_mode: str = "whole", target: str = "overlap") -> None:
@@ -299,6 +300,12 @@ class LocalisationTask(Task):
         self._crops = self._empty = 0
         result["empty_crops"] = 100.0 * empty / crops if crops else 0.0
         return result
+
+    def summary(self, metrics: Mapping[str, float]) -> str:
+        # the empty-crop count is a log line only (not a metrics.csv column): it covers the crops since the
+        # last validation or resume, so a resumed run's history stays identical to a straight run's
+        return (f"loc err {metrics['localisation_error']:5.2f}%  empty crops {metrics.get('empty_crops', 0.0):.1f}% "
+                f"(masked)")
 
     def settings(self) -> dict[str, Any]:
         return {"head": self.head, "box_mode": self.box_mode, "target": self.target}

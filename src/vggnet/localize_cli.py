@@ -30,7 +30,7 @@ from vggnet.localize import (BOX_MODES, HEADS, TARGETS, count_images_without_box
                              load_localiser, mean_box, mean_box_error, protocol1)
 
 __all__ = ["add_localize_arguments", "run_localize", "localize_train", "evaluate_localisation", "predict_localisation",
-           "report_table"]
+           "report_table", "demo_localize"]
 
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp", ".gif")
 
@@ -124,7 +124,8 @@ def _mean_box_row(data: str, val: Any, classes: Sequence[str], sample: int) -> d
         return None
     train = build_dataset(root, split="train", classes=classes, boxes=True, strict=False)
     box = mean_box(train, sample=sample)
-    gts, sizes = zip(*[_raw_boxes(val, i) for i in range(len(val))])
+    base, indices = (val.dataset, list(val.indices)) if hasattr(val, "indices") else (val, range(len(val)))
+    gts, sizes = zip(*[_raw_boxes(base, i) for i in indices])
     return {"method": "mean training box", "box": [round(float(v), 4) for v in box],
             "localisation_error": mean_box_error(box, gts, sizes)}
 
@@ -133,7 +134,8 @@ def evaluate_localisation(checkpoints: Sequence[str], data: str, *, protocol: st
                           classifiers: Sequence[str] = (), scales: Sequence[int] | None = None,
                           cls_method: str = "dense", merge_iou: float = 0.5, nms_iou: float = 0.5,
                           device: str | torch.device = "auto", batch_size: int = 32, workers: int = 0,
-                          mean_box_sample: int = 1000, progress: bool = False) -> dict[str, Any]:
+                          mean_box_sample: int = 1000, max_images: int | None = None,
+                          progress: bool = False) -> dict[str, Any]:
     """Protocol 1 ("central") or the full protocol ("full") on DATA's validation split.
 
     Returns the report: `{"protocol", "localisation_error" (percent; the first net at its
@@ -155,6 +157,11 @@ def evaluate_localisation(checkpoints: Sequence[str], data: str, *, protocol: st
     locs = [load_localiser(c) for c in checkpoints]
     classes = locs[0].classes
     val = _val_dataset(data, classes)
+    if max_images and max_images < len(val):   # evenly spaced, so every class keeps its share
+        from torch.utils.data import Subset
+
+        step = len(val) / max_images
+        val = Subset(val, [int(k * step) for k in range(max_images)])
     rows: list[dict[str, Any]] = []
     report: dict[str, Any] = {"protocol": protocol, "data": str(data), "images": len(val),
                               "nets": [{"checkpoint": l.checkpoint, "name": l.name, "head": l.head,
@@ -326,6 +333,8 @@ def add_localize_arguments(parser: argparse.ArgumentParser) -> None:
     e.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: %(default)s)")
     e.add_argument("--mean-box-sample", type=int, default=1000,
                    help="training images read for the mean-box baseline (default: %(default)s)")
+    e.add_argument("--max-images", type=int, default=None,
+                   help="evaluate on this many validation images, evenly spaced (default: all)")
     e.add_argument("--json", action="store_true", help="print the report as JSON")
     e.add_argument("--output", metavar="FILE", help="also write the report: FILE.md or FILE.json")
     p = sub.add_parser("predict", help="five boxes per image, drawn, and one JSON")
@@ -384,7 +393,7 @@ def run_localize(args: argparse.Namespace) -> int:
                                        scales=scales, cls_method=args.cls_method, merge_iou=args.merge_iou,
                                        nms_iou=args.nms_iou, device=args.device, batch_size=args.batch_size,
                                        workers=args.workers, mean_box_sample=args.mean_box_sample,
-                                       progress=sys.stderr.isatty())
+                                       max_images=args.max_images, progress=sys.stderr.isatty())
     except ValueError as exc:
         raise UserError(str(exc)) from None
     if args.json:
@@ -399,3 +408,65 @@ def run_localize(args: argparse.Namespace) -> int:
         text = json.dumps(report, indent=2) + "\n" if args.output.lower().endswith(".json") else _markdown(report)
         atomic_write(args.output, lambda f: f.write(text.encode("utf-8")))
     return 0
+
+
+# --------------------------------------------------------------------------- the demo's stage
+
+
+def demo_localize(cls_ckpt: str | Path, data_dir: str | Path, workdir: str | Path, *, quick: bool = False,
+                  epochs: int | None = None, workers: int = 1, device: str = "auto", seed: int = 0,
+                  progress: bool = True, eval_images: int | None = None) -> dict[str, Any]:
+    """`vgg demo`'s localisation stage: fine-tune the demo classifier `cls_ckpt` into a PCR
+    localiser (lr 1e-3, all layers), report protocol-1 and full-protocol errors next to the
+    mean-box baseline, and draw a few predictions. Writes WORKDIR/localize/ (the run),
+    WORKDIR/localisation.md and WORKDIR/localisation_predictions/. Resumes a finished run."""
+    import time
+
+    from vggnet.checkpoint import load_checkpoint
+    from vggnet.data.datasets import build_dataset
+    from vggnet.engine import TrainConfig
+
+    t0 = time.perf_counter()
+    ckpt = load_checkpoint(cls_ckpt)
+    build, meta = ckpt["build"], ckpt.get("meta") or {}
+    data_dir, work = Path(data_dir), Path(workdir)
+    run_dir = work / "localize"
+    scale = meta.get("scale") or build["crop_size"]
+    lo, hi = (scale, scale) if isinstance(scale, int) else tuple(scale)
+    print(f"\n== localisation (Appendix A): fine-tuning {cls_ckpt} into a PCR box regressor -> {run_dir}",
+          flush=True)
+    stats = data_dir / "stats.json"
+    cfg = TrainConfig(
+        model=build["name"], width=build["width"], fc_width=build["fc_width"], crop_size=build["crop_size"],
+        batch_norm=build["batch_norm"], dropout=build["dropout"], scale=[lo, hi], val_scale=(lo + hi) // 2,
+        data=str(data_dir), stats=str(stats) if stats.is_file() else None, init=f"from:{cls_ckpt}", lr=1e-3,
+        epochs=epochs or (1 if quick else 5), lr_patience=1, batch_size=16 if quick else 32, seed=seed,
+        device=device, workers=workers, val_batch_size=32, output_dir=str(run_dir), resume="auto",
+        progress=progress, channels_last="on")
+    result = localize_train(cfg, head="pcr")
+    if result.get("signal"):
+        return {"interrupted": True}
+    t_train = time.perf_counter() - t0
+    best = str(run_dir / "best.pt")
+    limit = eval_images or (8 if quick else 200)
+    central = evaluate_localisation([best], str(data_dir), protocol="central", device=device, workers=workers,
+                                    max_images=limit, mean_box_sample=200)
+    full = evaluate_localisation([best], str(data_dir), protocol="full", classifiers=[str(cls_ckpt)],
+                                 scales=[lo, hi], device=device, workers=workers, max_images=limit,
+                                 mean_box_sample=200)
+    (work / "localisation.md").write_text(_markdown(central) + "\n" + _markdown(full), encoding="utf-8")
+    val = build_dataset(data_dir, split="val")
+    picks = [val.samples[i][0] for i in range(0, len(val), max(1, len(val) // 4))][:4]
+    drawn = predict_localisation([best], [str(cls_ckpt)], picks, str(work / "localisation_predictions"),
+                                 scales=[lo, hi], device=device, workers=0)
+    out = {"protocol1_error": central["localisation_error"], "full_error": full["localisation_error"],
+           "mean_box_error": central.get("mean_box", {}).get("localisation_error"),
+           "full_rows": full["rows"], "images": central["images"], "train_seconds": t_train,
+           "seconds": time.perf_counter() - t0, "checkpoint": best,
+           "predictions": [d["drawn"] for d in drawn]}
+    print(report_table(central))
+    print(report_table(full))
+    print(f"localisation error on {central['images']} validation images: protocol 1 {out['protocol1_error']:.2f}%, "
+          f"full protocol (top-5, greedy merge) {out['full_error']:.2f}%; a fixed mean box: "
+          f"{out['mean_box_error']:.2f}%; drawn predictions in {work / 'localisation_predictions'}/")
+    return out
