@@ -95,10 +95,19 @@ def _offset_by_class(boxes: torch.Tensor, idxs: torch.Tensor) -> torch.Tensor:
     return boxes - boxes.min() + compact.to(boxes.dtype).view(-1, 1) * span
 
 
-def _rows(b: torch.Tensor, alive: torch.Tensor, ks: torch.Tensor) -> torch.Tensor:
-    """IoU of boxes `ks` with every box `(len(ks), n)`; dead boxes and each box itself at -1."""
-    r = box_iou(b[ks], b)
-    r[:, ~alive] = -1.0
+_GONE = -1e30  # a merged-away box is parked here: zero area, IoU 0 with everything (and 0 < merge_iou)
+
+
+def _rows(b: torch.Tensor, area: torch.Tensor, ks: torch.Tensor) -> torch.Tensor:
+    """IoU of boxes `ks` with every box `(len(ks), n)`, each box with itself at -1.
+
+    `torchvision.ops.box_iou`'s arithmetic, inlined with the areas kept up to date:
+    this runs once per merge, where its call overhead would dominate."""
+    bk = b[ks]
+    lt = torch.maximum(bk[:, None, :2], b[None, :, :2])
+    wh = (torch.minimum(bk[:, None, 2:], b[None, :, 2:]) - lt).clamp_(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    r = inter / (area[ks, None] + area[None, :] - inter).clamp_(min=1e-12)
     r[torch.arange(ks.numel()), ks] = -1.0
     return r
 
@@ -128,6 +137,7 @@ def greedy_merge(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, 
     shift = b[:, :1] - boxes[:, :1].double()                       # per-box shift (the same for x and y)
     cls = torch.unique(idxs, return_inverse=True)[1]
     n_cls = int(cls.max()) + 1
+    area = (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
     s = scores.double().clone()
     count = torch.ones(n, dtype=torch.float64)
     alive = torch.ones(n, dtype=torch.bool)
@@ -135,42 +145,50 @@ def greedy_merge(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, 
     best = torch.empty(n, dtype=torch.float64)
     partner = torch.empty(n, dtype=torch.long)
     everyone = torch.arange(n)
-    for start in range(0, n, 1024):                                # all rows, in chunks of (1024, n)
-        best[start:start + 1024], partner[start:start + 1024] = _rows(b, alive, everyone[start:start + 1024]).max(1)
+    for start in range(0, n, 512):                                 # all rows, in chunks of (512, n)
+        best[start:start + 512], partner[start:start + 512] = _rows(b, area, everyone[start:start + 512]).max(1)
     seen = version[partner].clone()                                # the partner's version when cached
     while True:
-        # the top row of every class that still has a pair at IoU >= merge_iou
-        top = torch.full((n_cls,), -2.0, dtype=torch.float64).scatter_reduce(0, cls, best, "amax")
-        hit = (best == top[cls]) & (top[cls] >= merge_iou)
-        if not bool(hit.any()):
-            break
-        first = torch.full((n_cls,), n, dtype=torch.long).scatter_reduce(0, cls[hit], everyone[hit], "amin")
-        ks = first[first < n]
+        if n_cls == 1:
+            v, k = best.max(0)
+            if float(v) < merge_iou:
+                break
+            ks = k.view(1)
+        else:  # the top row of every class that still has a pair at IoU >= merge_iou
+            top = torch.full((n_cls,), -2.0, dtype=torch.float64).scatter_reduce(0, cls, best, "amax")
+            hit = (best == top[cls]) & (top[cls] >= merge_iou)
+            if not bool(hit.any()):
+                break
+            first = torch.full((n_cls,), n, dtype=torch.long).scatter_reduce(0, cls[hit], everyone[hit], "amin")
+            ks = first[first < n]
         ps = partner[ks]
         fresh = alive[ps] & (version[ps] == seen[ks])
-        stale = ks[~fresh]
-        if stale.numel():                                          # recompute these rows instead of merging
-            best[stale], partner[stale] = _rows(b, alive, stale).max(1)
+        if not bool(fresh.all()):                                  # stale rows: recompute them instead of merging
+            stale = ks[~fresh]
+            best[stale], partner[stale] = _rows(b, area, stale).max(1)
             seen[stale] = version[partner[stale]]
-        ks, ps = ks[fresh], ps[fresh]
-        if not ks.numel():
-            continue
+            ks, ps = ks[fresh], ps[fresh]
+            if not ks.numel():
+                continue
         i, j = torch.minimum(ks, ps), torch.maximum(ks, ps)        # keep the earlier box, as the definition does
         ci, cj = count[i].unsqueeze(1), count[j].unsqueeze(1)
         b[i] = (b[i] * ci + b[j] * cj) / (ci + cj)                 # the mean of every window merged into either
+        area[i] = (b[i, 2] - b[i, 0]) * (b[i, 3] - b[i, 1])
         count[i] += count[j]
         s[i] += s[j]
         alive[j] = False
+        b[j] = _GONE
+        area[j] = 0.0
         best[j] = -1.0
         version[i] += 1
-        r = _rows(b, alive, i)                                     # (merges, n)
+        r = _rows(b, area, i)                                      # (merges, n)
         best[i], partner[i] = r.max(1)
         seen[i] = version[partner[i]]
         col, which = r.max(0)                                      # each row's IoU with its class's new box
         better = col > best
         best[better] = col[better]
         partner[better] = i[which[better]]
-        seen[better] = version[partner[better]]
+        seen[better] = version[i][which[better]]
     keep = alive.nonzero().flatten()
     merged = b[keep] - shift[keep]
     return merged.to(boxes.dtype), s[keep].to(scores.dtype), idxs[keep], count[keep].long()
