@@ -31,7 +31,7 @@ from vggnet.data.transforms import Preprocessing
 from vggnet.localize import make_localisation_checkpoint
 from vggnet.localize_cli import evaluate_localisation
 from vggnet.localize_eval import greedy_merge, nms_clusters
-from vggnet.weights import make_checkpoint, save_checkpoint
+from vggnet.checkpoint import make_checkpoint, save_checkpoint
 
 
 def clustered_boxes(n: int, objects: int = 5, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

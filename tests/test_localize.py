@@ -33,7 +33,7 @@ from vggnet.localize import (BoxWarning, CentralCropPreset, LocalisationTask, Lo
                              sanitize_boxes, select_target)
 from vggnet.localize_eval import (best_per_class, dense_boxes, greedy_merge, nms_clusters,
                                   top5_localisation_error)
-from vggnet.weights import make_checkpoint, save_checkpoint
+from vggnet.checkpoint import make_checkpoint, save_checkpoint
 
 IDENTITY = Preprocessing(pixel_scale=1.0, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
 

@@ -365,7 +365,7 @@ def load_localiser(checkpoint: Any, *, flag: str = "--checkpoint") -> Localiser:
     """Load a localisation checkpoint (path or dict); a classification checkpoint is refused."""
     from vggnet.data.transforms import Preprocessing
     from vggnet.evaluate import _train_scale
-    from vggnet.weights import load_checkpoint, model_from_checkpoint
+    from vggnet.checkpoint import load_checkpoint, model_from_checkpoint
 
     where = "checkpoint" if isinstance(checkpoint, Mapping) else str(checkpoint)
     ckpt = checkpoint if isinstance(checkpoint, Mapping) else load_checkpoint(checkpoint)
@@ -393,7 +393,7 @@ def load_localiser(checkpoint: Any, *, flag: str = "--checkpoint") -> Localiser:
 
 def load_classifier_checkpoint(path: Any, *, flag: str = "--classifier") -> Any:
     """A classification checkpoint (path): a localisation checkpoint is refused, naming the flag."""
-    from vggnet.weights import load_checkpoint
+    from vggnet.checkpoint import load_checkpoint
 
     ckpt = path if isinstance(path, Mapping) else load_checkpoint(path)
     task = checkpoint_task(ckpt)
@@ -407,21 +407,19 @@ def load_classifier_checkpoint(path: Any, *, flag: str = "--classifier") -> Any:
 def make_localisation_checkpoint(model: nn.Module, *, head: str, classes: Sequence[str], preprocessing: Mapping[str, Any],
                                  scale: Any = None, box_mode: str = "whole", target: str = "overlap") -> dict[str, Any]:
     """A localisation checkpoint of `model` (as the engine writes them: `meta["task"]`, `meta["task_settings"]`)."""
-    from vggnet.weights import make_checkpoint
+    from vggnet.checkpoint import make_checkpoint
 
-    ckpt = make_checkpoint(model, preprocessing=preprocessing,
+    return make_checkpoint(model, preprocessing=preprocessing, classes=[str(c) for c in classes],
                            meta={"task": TASK_NAME, "task_settings": {"head": head, "box_mode": box_mode,
                                                                       "target": target},
                                  **({"scale": scale} if scale is not None else {})})
-    ckpt["classes"] = [str(c) for c in classes]  # class names, not one per output
-    return ckpt
 
 
 # --------------------------------------------------------------------------- protocol 1
 
 
 def _unwrapped(model: nn.Module) -> nn.Module:
-    from vggnet.weights import unwrap
+    from vggnet.checkpoint import unwrap
 
     return unwrap(model)
 

@@ -253,7 +253,7 @@ def predict_localisation(checkpoints: Sequence[str], classifiers: Sequence[str],
 
     from vggnet.data.transforms import load_image
     from vggnet.localize_eval import _Files, localise_images
-    from vggnet.weights import atomic_write
+    from vggnet.checkpoint import atomic_write
 
     if not classifiers:
         raise UserError("--classifier CLS is required: the classification net ranks the classes")
@@ -403,7 +403,7 @@ def run_localize(args: argparse.Namespace) -> int:
         print(f"\nlocalisation error ({'protocol 1' if report['protocol'] == 'central' else 'full protocol'}): "
               f"{report['localisation_error']:.2f}% on {report['images']} images")
     if args.output:
-        from vggnet.weights import atomic_write
+        from vggnet.checkpoint import atomic_write
 
         text = json.dumps(report, indent=2) + "\n" if args.output.lower().endswith(".json") else _markdown(report)
         atomic_write(args.output, lambda f: f.write(text.encode("utf-8")))
