@@ -199,3 +199,17 @@ def test_a_short_run_localises_far_better_than_the_mean_box(tmp_path):
     gts, sizes = zip(*[_raw_boxes(val, i) for i in range(len(val))])
     baseline = mean_box_error(box, gts, sizes)
     assert learned < baseline - 20, (learned, baseline)
+
+
+def test_demo_stage_fine_tunes_the_classifier_and_reports_both_protocols(shapes, classifier, tmp_path, capsys):
+    from vggnet.localize_cli import demo_localize
+
+    out = demo_localize(classifier, shapes, tmp_path, quick=True, workers=0, device="cpu", progress=False,
+                        eval_images=4)
+    assert load(tmp_path / "localize" / "best.pt")["meta"]["task_settings"]["head"] == "pcr"
+    for key in ("protocol1_error", "full_error", "mean_box_error"):
+        assert 0.0 <= out[key] <= 100.0 and out[key] * 4 / 100 == pytest.approx(round(out[key] * 4 / 100))
+    assert len(out["predictions"]) == 4 and all(Path(p).is_file() for p in out["predictions"])
+    text = (tmp_path / "localisation.md").read_text()
+    assert "protocol 1" in text and "full protocol" in text and "mean training box" in text
+    assert "localisation error on 4 validation images" in capsys.readouterr().out
