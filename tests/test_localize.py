@@ -407,6 +407,9 @@ def test_cli_eval_central_full_and_predict(tmp_path, synthetic, capsys):
                                                      "mean training box"]
     assert report["localisation_error"] == report["rows"][0]["localisation_error"]
     assert report["classification_top5_error"] == 0.0      # 3 classes: the true one is always in the top 5
+    assert main(["localize", "eval", *base, "--protocol", "full", "--classifier", str(cls_path),
+                 "--max-images", "3", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 3
 
     out = tmp_path / "pred"
     assert main(["localize", "predict", "--checkpoint", str(loc_path), "--classifier", str(cls_path),

@@ -371,7 +371,7 @@ def localise_images(locs: Sequence[Localiser], classifiers: Sequence[str], datas
     `_Files` for prediction): class ranking by the fused classifiers, dense boxes, merge."""
     import time
 
-    from vggnet.evaluate import _load_nets, _with_transform, evaluate
+    from vggnet.evaluate import _load_nets, _sample_paths, _with_transform, evaluate
 
     t0 = time.perf_counter()
     classes = locs[0].classes
@@ -395,6 +395,7 @@ def localise_images(locs: Sequence[Localiser], classifiers: Sequence[str], datas
     for loc in locs:
         loc.model.eval().to(device)
     ds = _with_transform(dataset, _MultiScale(scales))
+    paths = _sample_paths(ds)
     loader = DataLoader(ds, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_identity)
     preds: dict[str, list] = {m: [] for m in MERGE_METHODS}
     labels, gts, sizes, windows = [], [], [], 0
@@ -406,7 +407,7 @@ def localise_images(locs: Sequence[Localiser], classifiers: Sequence[str], datas
         iterator = loader
     for n, item in enumerate(iterator):
         if item is None:
-            raise DataError(f"{ds.samples[n][0]}: cannot be read (evaluation needs every image)")
+            raise DataError(f"{paths[n]}: cannot be read (evaluation needs every image)")
         xs, label, boxes = item if len(item) == 3 else (*item, None)
         size = tuple(boxes.canvas_size) if boxes is not None else (int(xs[0].shape[-2]), int(xs[0].shape[-1]))
         cand = _candidates(locs, nets, xs, size, ranked[n], device)
@@ -419,6 +420,6 @@ def localise_images(locs: Sequence[Localiser], classifiers: Sequence[str], datas
     cls_err = None
     if getattr(dataset, "has_boxes", True) and not isinstance(dataset, _Files):
         cls_err = 100.0 * (1 - float((ranked == ranking.labels.view(-1, 1)).any(dim=1).float().mean()))
-    return FullResult(classes=list(classes), paths=[s[0] for s in ds.samples], labels=labels, gt_boxes=gts,
+    return FullResult(classes=list(classes), paths=paths, labels=labels, gt_boxes=gts,
                       sizes=sizes, predictions=preds, classification_top5_error=cls_err,
                       seconds=time.perf_counter() - t0, windows=windows)
