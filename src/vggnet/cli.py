@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("vggnet.train", "train with the paper's protocol (§3.1)"),
     "eval": ("vggnet.evaluate", "dense / multi-crop / multi-scale / fused evaluation (§3.2)"),
     "predict": ("vggnet.evaluate", "top-5 classes for image files and folders"),
+    "localize": ("vggnet.localize_cli", "localisation (Appendix A): train, eval, predict"),
     "features": ("vggnet.transfer", "Appendix B descriptors of a folder (dense, flip, multi-scale; resumable)"),
     "transfer": ("vggnet.transfer", "Appendix B: linear SVMs on descriptors; VOC mAP, Caltech accuracy; predict"),
     "import": ("vggnet.interop.cli", "torchvision/timm .pth, Keras .h5, Caffe .caffemodel, safetensors -> checkpoint"),

@@ -17,7 +17,10 @@ What it does, in the paper's order:
    Q = {Smin, (Smin+Smax)/2, Smax} and with 5x5 multi-crop + flips, and their
    combination, and prints the paper-style table of top-1/top-5 error;
 5. writes a few predictions on validation images;
-6. transfer (Appendix B): the trained net as a fixed feature extractor for
+6. fine-tunes the classifier into a PCR localisation net (Appendix A) and
+   reports its protocol-1 and full-protocol errors beside the mean-box baseline,
+   with a few drawn predictions (`localize_cli.demo_localize`).
+7. transfer (Appendix B): the trained net as a fixed feature extractor for
    multi-label scenes in the VOC devkit layout, linear SVMs, mAP next to the
    same SVMs on raw pixels (`vggnet.transfer.demo_transfer`, about a minute).
 
@@ -130,7 +133,8 @@ def run(output_dir: str | os.PathLike = "demo_run", *, quick: bool = False, epoc
     torch.set_num_threads(threads)
     out = Path(output_dir)
     if force and out.exists():
-        for name in ("data", "train", "results.md", "results.json", "predictions.txt", "transfer"):
+        for name in ("data", "train", "results.md", "results.json", "predictions.txt", "localize",
+                     "localisation.md", "localisation_predictions", "transfer"):
             target = out / name
             if target.is_dir():
                 shutil.rmtree(target)
@@ -215,6 +219,14 @@ def run(output_dir: str | os.PathLike = "demo_run", *, quick: bool = False, epoc
     print("\n".join(lines))
     (out / "predictions.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
+    # 6. localisation (Appendix A): the classifier fine-tuned into a PCR box regressor
+    t0 = time.perf_counter()
+    from vggnet.localize_cli import demo_localize
+
+    localisation = demo_localize(best, data_dir, out, quick=quick, workers=workers, device=device, seed=seed,
+                                 progress=progress)
+    timings["localisation"] = time.perf_counter() - t0
+
     # Appendix B: the demo net as a fixed feature extractor for multi-label scenes (`vggnet.transfer`)
     _banner("transfer (Appendix B): linear SVMs on the net's descriptors of multi-label scenes")
     t0 = time.perf_counter()
@@ -235,6 +247,7 @@ def run(output_dir: str | os.PathLike = "demo_run", *, quick: bool = False, epoc
     print(f"run folder: {out}/ (train/best.pt, train/metrics.csv, train/curves.png, results.md, predictions.txt)")
     return {"top1_error": o["top1_error"], "top5_error": o["top5_error"], "top1_accuracy": o["top1_accuracy"],
             "table": table, "seconds": seconds, "timings": timings, "history": result.get("history", []),
+            "localisation": localisation,
             "transfer": transfer_result,
             "paths": {"data": str(data_dir), "train": str(run_dir), "best": str(best),
                       "results": str(out / "results.md"), "predictions": str(out / "predictions.txt")}}

@@ -195,7 +195,9 @@ class Trainer:
                     width=float(cfg.width), fc_width=cfg.fc_width, dropout=float(cfg.dropout),
                     batch_norm=cfg.batch_norm)
         scheme, path = parse_init(cfg.init)
-        if init_ckpt is None:
+        if init_ckpt is None and path is not None:  # a resumed --init from:CKPT run: the checkpoint has the weights
+            self.init_text = f"from:{path}"
+        elif init_ckpt is None:
             init_weights(model, scheme)
             self.init_text = scheme
         else:
