@@ -98,6 +98,7 @@ def test_finetune_fc_freezes_the_conv_layers(classifier, tmp_path):
     assert after["classifier.6.weight"].shape[0] == 4                                # SCR
 
 
+@pytest.mark.slow
 def test_two_processes_train_the_same_localisation_net_as_one(classifier, tmp_path):
     import torch.distributed as dist
 
