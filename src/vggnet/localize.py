@@ -310,6 +310,10 @@ class LocalisationTask(Task):
     def settings(self) -> dict[str, Any]:
         return {"head": self.head, "box_mode": self.box_mode, "target": self.target}
 
+    def command(self) -> str:
+        return (f"vgg localize train --head {self.head} --box-mode {self.box_mode} "
+                f"--target-box {self.target}")
+
     def check_checkpoint(self, ckpt: Mapping[str, Any], path: str, *, purpose: str) -> None:
         theirs = checkpoint_task(ckpt)
         if purpose == "resume":

@@ -501,7 +501,7 @@ class Trainer:
         return finished
 
     def write_config(self) -> None:
-        head = (f"# vgg train: the resolved settings of this run (vgg train --config-file {self.out}/config.yaml).\n"
+        head = (f"# the resolved settings of this run ({self.task.command()} --config-file {self.out}/config.yaml)\n"
                 f"# task: {self.task.name} {plain(self.task.settings()) or ''}\n"
                 f"# processes: {self.info.world_size}, device: {self.device}, micro-batch: {self.micro}, "
                 f"accumulation steps: {self.accum}, amp: {self.amp}, channels_last: {self.channels_last}\n")
@@ -563,7 +563,7 @@ class Trainer:
             name = signal.Signals(stop.signal).name if stop.signal else "a signal"
             self.log(f"stopped by {name} at epoch {self.epoch + 1}, step {self.step_in_epoch}/{self.steps_per_epoch} "
                      f"(global step {self.global_step}); checkpoint {self.last_checkpoint}\n"
-                     f"resume with:  vgg train --config-file {self.out / 'config.yaml'} --resume auto"
+                     f"resume with:  {self.task.command()} --config-file {self.out / 'config.yaml'} --resume auto"
                      f"{'   (with the same torchrun command)' if self.info.distributed else ''}")
         elif self.stopped == "max_steps":
             self.log(f"stopped after --max-steps {cfg.max_steps}; checkpoint {self.last_checkpoint} "

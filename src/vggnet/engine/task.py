@@ -118,6 +118,10 @@ class Task:
         """One phrase for the run's header line."""
         return self.name
 
+    def command(self) -> str:
+        """The command line that trains this task, with the task's own flags (for "resume with: ...")."""
+        return "vgg train"
+
     def summary(self, metrics: Mapping[str, float]) -> str:
         """The validation metrics in the epoch's log line."""
         return "  ".join(f"{name} {metrics[name]:.4g}{self.units.get(name, '')}" for name in self.metrics)
