@@ -222,6 +222,10 @@ class Trainer:
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         if cfg.sync_bn and self.info.distributed:
+            if self.device.type != "cuda":
+                raise UserError(f"--sync-bn: torch's SyncBatchNorm runs on CUDA devices only, and this run is on "
+                                f"{self.device.type}; leave it out (the processes' BN statistics are averaged "
+                                f"before each validation and checkpoint anyway)")
             # an extension: batch statistics over every process's micro-batch (same state-dict keys)
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model  # the bare VGG (checkpoints, validation)
