@@ -128,3 +128,28 @@ def test_create_model_takes_a_path_and_refuses_pretrained_true(ten_classes):
     assert torch.equal(model.features[0].weight, state["features.0.weight"])
     assert model.classifier[-1].out_features == 4 and model.pretrained_cfg["classes"] is None
     assert create_model("A", pretrained=False, width=1 / 16, fc_width=16, num_classes=3).num_classes == 3
+
+
+def test_the_readme_recipe_from_a_torchvision_weights_file(four_classes, tmp_path, capsys):
+    """import torchvision's layout -> train --init from: -> predict; the fine-tuned net keeps feeding its
+    layers the inputs they were trained on (torchvision's 0-1 pixels, ImageNet mean and std)."""
+    import vggnet
+
+    tv = vggnet.vgg("A", 1000, width=1 / 16, fc_width=16, crop_size=32)  # torchvision's keys and shapes
+    torch.save(tv.state_dict(), tmp_path / "vgg11-tiny.pth")
+    assert main(["import", "torchvision", str(tmp_path / "vgg11-tiny.pth"), "--out", str(tmp_path / "vgg11.pt")]) == 0
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(four_classes), "--init", f"from:{tmp_path / 'vgg11.pt'}", "--model", "A",
+                 "--width", "0.0625", "--fc-width", "16", "--crop-size", "32", "--batch-size", "8", "--epochs", "1",
+                 "--lr", "0.001", "--workers", "0", "--stats-sample", "8", "--device", "cpu", "--no-progress",
+                 "--output-dir", str(out)]) == 0
+    log = (out / "train.log").read_text()
+    assert "re-initialised gaussian: classifier.6 (1000, 16) -> (4, 16)" in log
+    assert "inputs normalised as the initial net's: pixels x 1, mean 0.485, 0.456, 0.406, std 0.229" in log
+    ckpt = load(out / "best.pt")
+    assert ckpt["preprocessing"] == load(tmp_path / "vgg11.pt")["preprocessing"]
+    capsys.readouterr()
+    image = four_classes / "val" / "blue" / "1.png"
+    assert main(["predict", str(out / "best.pt"), str(image), "--topk", "1", "--device", "cpu", "--json"]) == 0
+    (pred,) = json.loads(capsys.readouterr().out)
+    assert pred["top"][0]["class"] in COLOURS

@@ -155,6 +155,10 @@ class Trainer:
         self.stats, self.stats_source = self._statistics(train, resume, init_ckpt)
         if resume is not None:
             self.preprocessing = Preprocessing.from_dict(resume["preprocessing"])
+        elif isinstance((init_ckpt or {}).get("preprocessing"), Mapping):
+            # fine-tuning: the initial net's features were learned on inputs normalised its way
+            # (torchvision's weights: 0-1 pixels, ImageNet mean and std), so keep feeding them so
+            self.preprocessing = Preprocessing.from_dict(init_ckpt["preprocessing"])
         else:
             self.preprocessing = Preprocessing.caffe(mean=self.stats["mean"])
         extensions = {**({} if cfg.hflip else {"hflip": False}),
@@ -672,6 +676,10 @@ class Trainer:
         self.log(f"data: {self.data_text}: {len(self.train_set)} training / {len(self.val_set)} validation images; "
                  f"S={s}, crop {cfg.crop_size}, validation at Q={cfg.val_scale}; mean RGB "
                  f"{', '.join(f'{v:.1f}' for v in self.stats['mean'])} from {self.stats_source}")
+        if resume is None and parse_init(cfg.init)[1] is not None:
+            p = self.preprocessing
+            self.log(f"inputs normalised as the initial net's: pixels x {p.pixel_scale:g}, mean "
+                     f"{', '.join(f'{v:.4g}' for v in p.mean)}, std {', '.join(f'{v:.4g}' for v in p.std)}")
         self.log(f"batch {cfg.batch_size} = {w} process{'es' if w > 1 else ''} x {self.micro} images x {self.accum} "
                  f"accumulation step{'s' if self.accum > 1 else ''}; {self.steps_per_epoch} steps per epoch; "
                  f"SGD lr {cfg.lr:g} momentum {cfg.momentum:g} weight decay {cfg.weight_decay:g}")
