@@ -120,11 +120,15 @@ def lrs(run: Path) -> list[float]:
     return [row["lr"] for row in load(run / "last.pt")["train"]["history"]]
 
 
-def test_cosine_with_warmup_and_step_schedules(straight):
+def test_cosine_with_warmup_and_step_schedules(straight, tmp_path):
     # warm-up: epoch 1 at 1% of the lr; then cosine over the 2 remaining epochs: lr, lr/2
     assert lrs(straight("cosine+warmup")) == pytest.approx([1e-4, 1e-2, 5e-3])
     # step every epoch by --lr-factor; never ends the run the way a plateau does
     assert lrs(straight("step")) == pytest.approx([1e-2, 1e-3, 1e-4])
+    # the paper's plateau rule after a warm-up
+    train(tiny(tmp_path, epochs=2, warmup_epochs=1))
+    assert lrs(tmp_path) == pytest.approx([1e-4, 1e-2])
+    assert load(tmp_path / "last.pt")["train"]["scheduler"]["last_epoch"] == 1  # stepped after the warm-up only
 
 
 def test_adamw_and_no_decay_on_biases_and_norms(straight):
@@ -315,6 +319,11 @@ def test_threads_set_the_torch_threads(tmp_path):
 
 
 def test_a_big_net_on_a_cpu_says_what_an_epoch_will_take(tmp_path, monkeypatch, capsys):
+    from vggnet.models import count_macs, vgg
+
+    with torch.device("meta"):  # a plain `vgg train` (D at 224) is above the threshold; the quickstart's net is not
+        assert count_macs(vgg("D"), 224) >= loop.CPU_NOTE_MACS
+        assert count_macs(vgg("A", width=0.125, fc_width=256, crop_size=64), 64) < loop.CPU_NOTE_MACS
     train(tiny(tmp_path / "small", epochs=1))
     assert "s per step on this CPU" not in capsys.readouterr().out  # the tiny net: no note
     monkeypatch.setattr(loop, "CPU_NOTE_MACS", 0)  # every net counts as big

@@ -574,6 +574,23 @@ class Trainer:
         if self.ema is not None:
             distributed.average_buffers(self.ema.module)
 
+    def extensions_text(self) -> str:
+        """The settings beyond the paper that this run uses, in words ("" for the paper's protocol)."""
+        cfg = self.cfg
+        on = [f"{cfg.lr_scheduler} lr schedule" if cfg.lr_scheduler != "plateau" else "",
+              f"{cfg.warmup_epochs}-epoch warm-up" if cfg.warmup_epochs else "",
+              "AdamW" if cfg.optimizer == "adamw" else "",
+              "no weight decay on biases and norms" if not cfg.decay_norm_bias else "",
+              f"label smoothing {cfg.label_smoothing:g}" if cfg.label_smoothing else "",
+              f"mixup alpha {cfg.mixup_alpha:g}" if cfg.mixup_alpha else "",
+              f"cutmix alpha {cfg.cutmix_alpha:g}" if cfg.cutmix_alpha else "",
+              cfg.auto_augment if cfg.auto_augment != "none" else "",
+              "no horizontal flip" if not cfg.hflip else "",
+              f"EMA of the weights (decay {cfg.ema_decay:g}, ema.pt)" if cfg.ema_decay else "",
+              "SyncBatchNorm" if cfg.sync_bn and self.info.distributed else "",
+              "batch normalisation" if cfg.batch_norm else ""]
+        return ", ".join(t for t in on if t)
+
     def big_on_a_cpu(self) -> bool:
         """A net of the paper's size on a CPU: a run of days (a plain `vgg train` is the full D)."""
         from vggnet.models import count_macs
@@ -682,7 +699,11 @@ class Trainer:
                      f"{', '.join(f'{v:.4g}' for v in p.mean)}, std {', '.join(f'{v:.4g}' for v in p.std)}")
         self.log(f"batch {cfg.batch_size} = {w} process{'es' if w > 1 else ''} x {self.micro} images x {self.accum} "
                  f"accumulation step{'s' if self.accum > 1 else ''}; {self.steps_per_epoch} steps per epoch; "
-                 f"SGD lr {cfg.lr:g} momentum {cfg.momentum:g} weight decay {cfg.weight_decay:g}")
+                 f"{'AdamW' if cfg.optimizer == 'adamw' else 'SGD'} lr {cfg.lr:g}"
+                 f"{'' if cfg.optimizer == 'adamw' else f' momentum {cfg.momentum:g}'} weight decay {cfg.weight_decay:g}")
+        extensions = self.extensions_text()
+        if extensions:
+            self.log(f"extensions beyond the paper: {extensions}")
         self.log(f"device {self.device}{' (' + self.info.backend + ')' if self.info.backend else ''}, amp {self.amp}, "
                  f"channels_last {'on' if self.channels_last else 'off'}, compile {'on' if cfg.compile else 'off'}, "
                  f"workers {cfg.workers}; output {self.out}")
