@@ -435,26 +435,26 @@ def add_train_arguments(parser: argparse.ArgumentParser, **defaults: Any) -> Non
     g.add_argument("--lr-scheduler", default=d.lr_scheduler, metavar="{plateau,step,cosine}",
                    help="plateau: §3.1 (--lr-factor/--lr-patience/--lr-drops); step: x --lr-factor every "
                         "--lr-step-size epochs; cosine: to 0 at --epochs (default: %(default)s)")
-    g.add_argument("--lr-step-size", type=int, default=d.lr_step_size,
+    g.add_argument("--lr-step-size", type=int, default=d.lr_step_size, metavar="EPOCHS",
                    help="with --lr-scheduler step: epochs between reductions (default: %(default)s)")
-    g.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs,
+    g.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs, metavar="N",
                    help="linear lr warm-up from 1%% over N epochs (default: %(default)s)")
     g.add_argument("--optimizer", default=d.optimizer, metavar="{sgd,adamw}",
                    help="sgd: §3.1 with --momentum; adamw: torch.optim.AdamW (default: %(default)s)")
     g.add_argument("--no-decay-norm-bias", dest="decay_norm_bias", action="store_false",
                    help="no weight decay on biases and BatchNorm weights")
-    g.add_argument("--label-smoothing", type=float, default=d.label_smoothing,
+    g.add_argument("--label-smoothing", type=float, default=d.label_smoothing, metavar="EPS",
                    help="cross-entropy label smoothing (default: %(default)s)")
-    g.add_argument("--mixup-alpha", type=float, default=d.mixup_alpha,
+    g.add_argument("--mixup-alpha", type=float, default=d.mixup_alpha, metavar="ALPHA",
                    help="mixup of each batch, Beta(alpha, alpha) (default: %(default)s, off)")
-    g.add_argument("--cutmix-alpha", type=float, default=d.cutmix_alpha,
+    g.add_argument("--cutmix-alpha", type=float, default=d.cutmix_alpha, metavar="ALPHA",
                    help="cutmix of each batch; with --mixup-alpha one of the two per batch (default: %(default)s, "
                         "off)")
     g.add_argument("--auto-augment", default=d.auto_augment, metavar="{none,randaugment,trivialaugment}",
                    help="torchvision's RandAugment or TrivialAugmentWide after the crop (default: %(default)s)")
     g.add_argument("--no-hflip", dest="hflip", action="store_false",
                    help="no random horizontal flip (data where a mirror image is another class: digits, text)")
-    g.add_argument("--ema-decay", type=float, default=d.ema_decay,
+    g.add_argument("--ema-decay", type=float, default=d.ema_decay, metavar="DECAY",
                    help="keep an exponential moving average of the weights (e.g. 0.999), validated each epoch "
                         "and saved as ema.pt (default: %(default)s, off)")
     g.add_argument("--sync-bn", action="store_true",
@@ -469,7 +469,7 @@ def add_train_arguments(parser: argparse.ArgumentParser, **defaults: Any) -> Non
     g.add_argument("--deterministic", action="store_true", help="deterministic CUDA kernels (slower)")
     g.add_argument("--workers", type=int, default=d.workers,
                    help="data-loading processes per training process (default: min(4, cores - 1))")
-    g.add_argument("--threads", type=int, default=d.threads,
+    g.add_argument("--threads", type=int, default=d.threads, metavar="N",
                    help="CPU threads of the training process (torch.set_num_threads; default: PyTorch's)")
     g.add_argument("--val-batch-size", type=int, default=d.val_batch_size,
                    help="images per validation forward pass (default: %(default)s)")

@@ -50,7 +50,7 @@ __all__ = ["Trainer", "TrainingError", "train"]
 # A net this costly per image (multiply-accumulates) on a CPU gets a note and an epoch-time estimate
 # (D at 224 px: 15.5 G; the quickstart's net: 0.02 G).
 CPU_NOTE_MACS = 2e9
-ESTIMATE_AFTER_STEPS = 2
+ESTIMATE_AFTER_STEPS = 1  # one step of the paper's batch (256 images of D) takes minutes on a CPU
 
 
 class TrainingError(UserError):
@@ -709,8 +709,9 @@ class Trainer:
                  f"workers {cfg.workers}; output {self.out}")
         if self.big_on_a_cpu():
             self.log(f"note: this trains {cfg.model} at width {cfg.width:g} ({self.n_params:,} parameters, "
-                     f"{cfg.crop_size}-px crops) on a CPU; the time per epoch follows after the first "
-                     f"{ESTIMATE_AFTER_STEPS} steps (small runs: `vgg demo`, configs/quickstart.yaml)")
+                     f"{cfg.crop_size}-px crops, {self.steps_per_epoch} steps of {cfg.batch_size} images per epoch) "
+                     f"on a CPU; the time per epoch follows after the first step (small runs: `vgg demo`, "
+                     f"configs/quickstart.yaml)")
         if resume is not None:
             self.log(f"resuming {self.resume_path}: epoch {self.epoch + 1}, step {self.step_in_epoch}/"
                      f"{self.steps_per_epoch} (global step {self.global_step})")
