@@ -332,3 +332,18 @@ def test_a_big_net_on_a_cpu_says_what_an_epoch_will_take(tmp_path, monkeypatch, 
     assert "note: this trains A at width 0.0625" in out and "on a CPU" in out
     assert "s per step on this CPU, about" in out and "per epoch (4 steps)" in out
     assert "vgg demo" in out and "configs/quickstart.yaml" in out
+
+
+def test_a_checkpoint_from_before_these_settings_resumes(tmp_path):
+    """A checkpoint whose saved settings lack the new keys had their defaults: it resumes."""
+    train(tiny(tmp_path, epochs=1, max_steps=2))
+    path = tmp_path / "last.pt"
+    ckpt = load(path)
+    new = ("lr_scheduler", "lr_step_size", "warmup_epochs", "optimizer", "decay_norm_bias", "label_smoothing",
+           "mixup_alpha", "cutmix_alpha", "auto_augment", "hflip", "ema_decay", "sync_bn", "threads")
+    for key in new:
+        del ckpt["train"]["config"][key]
+    torch.save(ckpt, path)
+    assert train(tiny(tmp_path, epochs=1, resume=str(path)))["global_step"] == STEPS_PER_EPOCH
+    with pytest.raises(CheckpointError, match="--ema-decay 0.0 in the checkpoint, 0.5 now"):
+        train(tiny(tmp_path, epochs=1, resume=str(path), ema_decay=0.5))
