@@ -29,7 +29,7 @@ __all__ = ["create_model", "replace_classifier_head", "freeze_conv_layers"]
 
 def create_model(
     name: str,
-    pretrained: str | os.PathLike | None = None,
+    pretrained: str | os.PathLike | bool | None = None,
     num_classes: int | None = None,
     freeze_features: bool = False,
     **build: Any,
@@ -52,6 +52,18 @@ def create_model(
         letter = resolve_name(name)
     except ValueError as exc:
         raise UserError(str(exc)) from None
+    if pretrained is True:
+        # timm's and torchvision's habit: pretrained=True downloads. Nothing is downloaded here.
+        raise UserError(
+            f"create_model({name!r}, pretrained=True): vggnet downloads no weights; pass the path of a weights "
+            f"file. Bring the published ones in once with `vgg import` (e.g. torchvision's vgg16-397923af.pth: "
+            f"`vgg import torchvision vgg16-397923af.pth --out vgg16.pt`), then pretrained='vgg16.pt'; a vggnet "
+            f"checkpoint, a safetensors export or a torchvision .pth is read as it is")
+    if pretrained is False:
+        pretrained = None
+    if pretrained is not None and not isinstance(pretrained, (str, os.PathLike)):
+        raise UserError(f"create_model: pretrained must be the path of a weights file (or None), got "
+                        f"{type(pretrained).__name__}")
     if pretrained is None:
         try:
             model = vgg(letter, 1000 if num_classes is None else num_classes, **build)

@@ -545,7 +545,7 @@ class TrainPreset(_Preset):
 
     def __init__(self, *, crop_size: int, scale: int | Sequence[int], preprocessing: Preprocessing,
                  pca: Mapping[str, Any] | Sequence[Any] | None = None, pca_std: float = 0.1,
-                 hflip: bool = True) -> None:
+                 hflip: bool = True, auto_augment: str = "none") -> None:
         self.scale = parse_scale(scale)
         self.crop_size = int(crop_size)
         self.preprocessing = preprocessing
@@ -554,6 +554,12 @@ class TrainPreset(_Preset):
         steps: list[v2.Transform] = [RandomRescaleCrop(self.scale, self.crop_size)]
         if hflip:
             steps.append(v2.RandomHorizontalFlip(0.5))
+        # an extension beyond the paper (torchvision's references' order: crop, flip, then the policy on uint8)
+        policies = {"randaugment": v2.RandAugment, "trivialaugment": v2.TrivialAugmentWide}
+        if auto_augment != "none":
+            if auto_augment not in policies:
+                raise ValueError(f"auto_augment: expected none, {' or '.join(policies)}, got {auto_augment!r}")
+            steps.append(policies[auto_augment]())
         steps.append(ToNormalizedTensor(preprocessing, pca, pca_std))  # = ToFloat01, PCALighting, normalise
         self.transforms = v2.Compose(steps)
 
