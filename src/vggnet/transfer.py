@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from vggnet.errors import CheckpointError, DataError, UserError
 from vggnet.evaluate import (_identity_preprocessing, _load_nets, _parse_scales, _resolve_device, _run_pass,
-                             _with_transform)
+                             _with_transform, resolve_execution)
 from vggnet.models import VGG
 
 __all__ = [
@@ -220,14 +220,15 @@ class DescriptorExtractor:
         if self.scales[0] < crop:
             raise UserError(f"--test-scales: Q={self.scales[0]} is smaller than the crop size {crop}; the dense "
                             f"net needs Q >= crop_size")
-        self.flip, self.aggregation, self.amp = bool(flip), aggregation, amp
+        self.flip, self.aggregation = bool(flip), aggregation
+        self.amp, _ = resolve_execution(amp, False, self.device)  # auto: bf16 on CUDA, off (fp32) on CPUs
         self.batch_size, self.workers = int(batch_size), int(workers)
         self.checkpoints = [{"name": net.name, "path": None if isinstance(c, Mapping) else str(Path(c).resolve()),
                              "sha256": checkpoint_digest(c)} for net, c in zip(self.nets, checkpoints)]
         per_net = len(self.scales) if aggregation == "stack" else 1
         self.dim = sum(self._width(net) * per_net for net in self.nets)
         identity = {"format": FEATURES_FORMAT, "version": 1, "checkpoints": [c["sha256"] for c in self.checkpoints],
-                    "scales": self.scales, "flip": self.flip, "aggregation": aggregation}
+                    "scales": self.scales, "flip": self.flip, "aggregation": aggregation, "amp": self.amp}
         self.key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
     @staticmethod
@@ -236,7 +237,7 @@ class DescriptorExtractor:
 
     def settings(self) -> dict[str, Any]:
         return {"checkpoints": self.checkpoints, "scales": self.scales, "flip": self.flip,
-                "aggregation": self.aggregation, "dim": self.dim}
+                "aggregation": self.aggregation, "amp": self.amp, "dim": self.dim}
 
     def compute(self, images: ImageSet, rows: Sequence[int] | None = None, *, progress: bool = False,
                 desc: str = "") -> torch.Tensor:
@@ -328,11 +329,12 @@ class DescriptorExtractor:
             wanted = ", ".join(f"{c['path'] or c['name']} (sha256 {c['sha256'][:12]})" for c in self.checkpoints)
             raise UserError(f"{where}: descriptors of other nets: made with {made}, not {wanted}; "
                             f"recompute them with `vgg features` and these checkpoints")
-        for name, value in (("scales", self.scales), ("flip", self.flip), ("aggregation", self.aggregation)):
+        for name, value in (("scales", self.scales), ("flip", self.flip), ("aggregation", self.aggregation),
+                            ("amp", self.amp)):
             if s.get(name) != value:
                 raise UserError(f"{where}: descriptors computed with {name} {s.get(name)}, not {value} as asked "
-                                f"(--test-scales / --no-flip / --aggregate); recompute them or pass the same "
-                                f"settings")
+                                f"(--test-scales / --no-flip / --aggregate / --amp); recompute them or pass the "
+                                f"same settings")
         if features.images.paths != images.paths:
             raise UserError(f"{where}: descriptors of other images ({len(features.images.paths)} images from "
                             f"{features.images.source or '?'}), not the {len(images.paths)} images of "
@@ -697,7 +699,8 @@ def predict_transfer(output_dir: str | os.PathLike, images: Sequence[str | os.Pa
     if not files:
         raise UserError("no images to classify")
     extractor = DescriptorExtractor(ckpts, scales=settings["scales"], flip=settings["flip"],
-                                    aggregation=settings["aggregation"], device=device, batch_size=batch_size)
+                                    aggregation=settings["aggregation"], amp=settings.get("amp", "off"),
+                                    device=device, batch_size=batch_size)
     X = extractor.compute(ImageSet(files, np.zeros(len(files), dtype=np.int64), ["?"])).numpy()
     scores = svm.decision_function(X)
     classes = settings["classes"]
@@ -782,7 +785,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=2, help="data-loading processes (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: %(default)s)")
-    parser.add_argument("--amp", choices=["bf16", "off"], default="off", help="autocast to bfloat16")
+    parser.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default="auto",
+                        help="mixed precision as in vgg eval; auto = bf16 on CUDA, off on CPU; part of the "
+                             "descriptor cache's key (default: %(default)s)")
 
 
 def add_features_arguments(parser: argparse.ArgumentParser) -> None:
