@@ -42,6 +42,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from vggnet.errors import CheckpointError, DataError, UserError
+from vggnet.execution import choose_execution
 from vggnet.models import VGG
 
 __all__ = [
@@ -350,11 +351,19 @@ class _Net:
 
 
 def _amp_context(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    if amp == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    if amp in ("bf16", "fp16"):  # fp16: what --amp auto picks on a GPU without bf16; no scaler is needed to infer
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
     if amp not in ("off", None):
         raise ValueError(f"amp must be 'bf16' or 'off', got {amp!r}")
     return contextlib.nullcontext()
+
+
+def _execution(amp: str, channels_last: bool | str, device: torch.device) -> tuple[str, bool]:
+    """--amp / --channels-last, "auto" included, resolved for `device` as every command resolves them."""
+    if amp not in ("auto", "bf16", "off", None):
+        raise ValueError(f"amp must be 'auto', 'bf16' or 'off', got {amp!r}")
+    chosen = choose_execution(amp or "off", channels_last, device)
+    return chosen.amp, chosen.channels_last
 
 
 def _run_pass(
@@ -706,7 +715,7 @@ def evaluate(
     workers: int = 0,
     device: str | torch.device | None = None,
     amp: str = "off",
-    channels_last: bool = False,
+    channels_last: bool | str = False,
     preprocessing: Any = None,
     labels_file: str | os.PathLike | None = None,
     progress: bool = False,
@@ -723,6 +732,10 @@ def evaluate(
 
     Under torch.distributed each rank evaluates images rank, rank+W, ... and the
     posteriors are gathered: every rank returns the single-process result.
+
+    `amp` ("off", "bf16" or "auto") and `channels_last` (a bool or "auto"):
+    "auto" is `vggnet.execution.choose_execution`'s choice for the device (bf16
+    and channels_last on CUDA and on CPUs with native bf16, fp32 elsewhere).
     """
     from vggnet.data.transforms import DenseEvalPreset
 
@@ -734,6 +747,7 @@ def evaluate(
     if not items:
         raise ValueError("evaluate: no checkpoints or models given")
     dev = _resolve_device(device)
+    amp, channels_last = _execution(amp, channels_last, dev)
     nets = _load_nets(items, preprocessing=preprocessing, device=dev, channels_last=channels_last)
     classes = nets[0].classes
     for net in nets[1:]:
@@ -869,6 +883,7 @@ def predict(
     device: str | torch.device | None = None,
     amp: str = "off",
     batch_size: int = 64,
+    channels_last: bool | str = False,
 ) -> list[dict[str, Any]]:
     """Top-k classes of each image file: `[{"image", "top": [{"class", "index", "probability"}]}]`.
 
@@ -881,8 +896,10 @@ def predict(
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     dev = _resolve_device(device)
+    amp, channels_last = _execution(amp, channels_last, dev)
+    cl = torch.channels_last if channels_last else torch.contiguous_format
     model, ckpt = model_from_checkpoint(checkpoint)
-    model.eval().to(dev)
+    model.eval().to(dev, memory_format=cl)
     pre = Preprocessing.from_dict(ckpt["preprocessing"])
     classes = list(ckpt["classes"])
     qs = sorted(set(scales)) if scales else default_test_scales(_train_scale(ckpt), model.crop_size)
@@ -902,10 +919,11 @@ def predict(
         parts = []
         with torch.inference_mode(), _amp_context(dev, amp):
             if method in ("dense", "both"):
-                parts.append(torch.stack([dense_posterior(model, t(img).unsqueeze(0).to(dev), flip=flip)[0]
-                                          for t in dense]).mean(0))
+                parts.append(torch.stack([dense_posterior(model, t(img).unsqueeze(0).to(dev, memory_format=cl),
+                                                          flip=flip)[0] for t in dense]).mean(0))
             if method in ("multi-crop", "both"):
-                parts.append(torch.stack([multi_crop_posterior(model, t(img).to(dev), batch_size=batch_size)
+                parts.append(torch.stack([multi_crop_posterior(model, t(img).to(dev, memory_format=cl),
+                                                               batch_size=batch_size)
                                           for t in crops]).mean(0))
         post = torch.stack(parts).mean(0).cpu()
         values, indices = post.topk(k)
@@ -929,8 +947,11 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grid", type=int, default=5, help="multi-crop grid size per side (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: cuda if available; "
                                                          "under torchrun each process takes GPU LOCAL_RANK)")
-    parser.add_argument("--amp", choices=["bf16", "off"], default="off",
-                        help="autocast to bfloat16 (default: %(default)s)")
+    parser.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto",
+                        help="autocast to bfloat16; auto: on CUDA and on CPUs that compute bf16 natively "
+                             "(AVX512-BF16/AMX), off elsewhere (default: %(default)s)")
+    parser.add_argument("--channels-last", nargs="?", const="on", default="auto", choices=["auto", "on", "off"],
+                        help="channels-last (NHWC) memory format; auto: with bf16 (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
 
 
@@ -947,7 +968,6 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32,
                         help="images per dense forward pass / crops per multi-crop pass (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=4, help="data-loading processes (default: %(default)s)")
-    parser.add_argument("--channels-last", action="store_true", help="channels-last memory format")
     parser.add_argument("--output", metavar="FILE", help="also write the report: FILE.md (Markdown) or FILE.json")
     parser.add_argument("--save-posteriors", metavar="FILE",
                         help="write the per-image posteriors (.pt) so fusions can be recomputed with --posteriors")
@@ -984,9 +1004,12 @@ def run_eval(args: argparse.Namespace) -> int:
         info = setup(args.device)  # under torchrun: joins the process group, one GPU per process
         joined = joined and info.distributed
         try:
+            chosen = choose_execution(args.amp, args.channels_last, info.device)
+            if info.is_main:
+                print(f"vgg eval: {chosen.reason}", file=sys.stderr)
             result = evaluate(args.checkpoint, data, scales=scales, method=args.method or "dense", flip=args.flip,
                               grid=args.grid, batch_size=args.batch_size, workers=args.workers, device=info.device,
-                              amp=args.amp, channels_last=args.channels_last, labels_file=args.labels_file,
+                              amp=chosen.amp, channels_last=chosen.channels_last, labels_file=args.labels_file,
                               progress=sys.stderr.isatty())
         except ValueError as exc:
             raise UserError(str(exc)) from None
@@ -1028,8 +1051,11 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.topk < 1:
         raise UserError(f"--topk must be >= 1, got {args.topk}")
     try:
+        chosen = choose_execution(args.amp, args.channels_last, _resolve_device(args.device))
+        print(f"vgg predict: {chosen.reason}", file=sys.stderr)
         results = predict(args.checkpoint, args.images, scales=scales, method=args.method or "dense", flip=args.flip,
-                          grid=args.grid, topk=args.topk, device=args.device, amp=args.amp)
+                          grid=args.grid, topk=args.topk, device=args.device, amp=chosen.amp,
+                          channels_last=chosen.channels_last)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     failed = [r for r in results if "error" in r]
