@@ -283,6 +283,13 @@ def _pending(img: Image.Image) -> bool:
 def _ensure_decoded(image: Any, min_side: int | None) -> Any:
     if isinstance(image, Image.Image):
         if _pending(image) or image.mode != "RGB":
+            from vggnet.data.decode import fast_jpeg
+
+            pixels = fast_jpeg(image, min_side)  # TorchCodec where it wins and gives Pillow's pixels
+            if pixels is not None:
+                # (3, H, W) with (H, W, 3) strides, the layout of Pillow's pixels: torch's vectorised
+                # antialiased resize has its fast path for exactly this layout
+                return tv_tensors.Image(pixels.permute(1, 2, 0).contiguous().permute(2, 0, 1))
             return decode_image(image, min_side=min_side)
         return image
     if isinstance(image, (str, Path)):
