@@ -143,6 +143,8 @@ def _session(path: str, threads: int):
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads  # the same threads as PyTorch: a fair comparison
     options.inter_op_num_threads = 1
+    # onnxruntime's idle threads spin by default: interleaved with PyTorch they would take its cores
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
