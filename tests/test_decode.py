@@ -46,8 +46,8 @@ def spy(monkeypatch):
     calls = []
     real = decode.fast_jpeg
 
-    def counted(img, min_side):
-        out = real(img, min_side)
+    def counted(img, min_side, orientation):
+        out = real(img, min_side, orientation)
         calls.append((img.filename.rsplit("/", 1)[-1], out is not None))
         return out
 
@@ -82,7 +82,7 @@ def test_truncated_jpeg_gives_pillows_named_error(tmp_path):
     Image.fromarray(photo()).save(buf, "JPEG", quality=90)
     p = tmp_path / "cut.jpg"
     p.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
-    assert decode.fast_jpeg(open_image(p), 48) is None  # no end-of-image marker: left to Pillow
+    assert decode.fast_jpeg(open_image(p), 48, 1) is None  # no end-of-image marker: left to Pillow
     with pytest.raises(BadImageError, match=r"cut.jpg: truncated file"):
         DenseEvalPreset(scale=48, preprocessing=Preprocessing.caffe())(open_image(p))
 
@@ -98,7 +98,7 @@ def test_a_file_torchcodec_refuses_falls_back_to_pillow(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torchcodec.decoders, "decode_jpeg", refuse)
     img = open_image(p)
-    assert decode.fast_jpeg(img, 48) is None
+    assert decode.fast_jpeg(img, 48, 1) is None
     out = DenseEvalPreset(scale=48, preprocessing=Preprocessing.caffe())(img)
     assert out.shape == (3, 48, 64)
 
@@ -120,10 +120,10 @@ def test_decode_device_choice():
 
 @needs_torchcodec
 def test_decode_batch_on_cpu_matches_pillow_for_every_file(tmp_path):
-    from vggnet.data.transforms import _uint8_chw, load_image
+    from vggnet.data.transforms import _uint8_chw, decode_files, load_image
 
     d = files(tmp_path)
     paths = sorted(d.iterdir())
-    got = decode.decode_batch(paths, "cpu")
+    got = decode_files(paths, "cpu")
     for p, x in zip(paths, got):
         assert torch.equal(x, _uint8_chw(load_image(p))), p.name

@@ -17,21 +17,20 @@ image (one thread, measured in docs/benchmarks.md, "Data pipeline"):
 
 `DECODER = "pillow"` turns TorchCodec off (the benchmark compares the two).
 On a GPU, `choose_decode_device` decides whether JPEGs may be decoded on the
-GPU in batches (nvJPEG through TorchCodec, `decode_batch`).
+GPU in batches (nvJPEG through TorchCodec, `vggnet.data.transforms.decode_files`).
 """
 
 from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from PIL import Image
 
 from vggnet.errors import UserError
 
-__all__ = ["DECODER", "torchcodec_available", "fast_jpeg", "choose_decode_device", "decode_batch"]
+__all__ = ["DECODER", "torchcodec_available", "use_torchcodec", "fast_jpeg", "choose_decode_device"]
 
 DECODER = "auto"  # "auto": TorchCodec where it wins; "pillow": Pillow for everything
 
@@ -47,12 +46,11 @@ def torchcodec_available() -> bool:
     return True
 
 
-def fast_jpeg(img: Image.Image, min_side: int | None) -> torch.Tensor | None:
-    """The (3, H, W) uint8 pixels of a lazily opened JPEG decoded by TorchCodec, or None where Pillow must
-    decode it (then nothing was consumed: `img` is still pending). Closes `img` when it returns pixels."""
-    from vggnet.data.transforms import _orientation, _pending
-
-    if DECODER != "auto" or img.format != "JPEG" or img.mode not in ("RGB", "L") or not _pending(img):
+def fast_jpeg(img: Image.Image, min_side: int | None, orientation: int) -> torch.Tensor | None:
+    """The (3, H, W) uint8 pixels of a lazily opened, not yet decoded JPEG (`orientation`: its EXIF
+    orientation), decoded by TorchCodec; or None where Pillow must decode it (then nothing was consumed:
+    `img` is still pending). Closes `img` when it returns pixels."""
+    if not use_torchcodec(img, orientation):
         return None
     path = getattr(img, "filename", None)
     if not path:
@@ -60,8 +58,6 @@ def fast_jpeg(img: Image.Image, min_side: int | None) -> torch.Tensor | None:
     w, h = img.size
     if min_side is not None and min(w, h) >= 2 * min_side:
         return None  # Pillow's draft decode is faster here
-    if _orientation(img) != 1 or not torchcodec_available():
-        return None
     try:
         data = Path(path).read_bytes()
     except OSError:
@@ -78,6 +74,13 @@ def fast_jpeg(img: Image.Image, min_side: int | None) -> torch.Tensor | None:
         return None
     img.close()
     return pixels
+
+
+def use_torchcodec(img: Image.Image, orientation: int) -> bool:
+    """Whether TorchCodec gives this opened file's pixels as Pillow would: a baseline or progressive
+    JPEG in RGB (YCbCr) or grey, shown as stored (no EXIF rotation), read from a file."""
+    return (DECODER == "auto" and img.format == "JPEG" and img.mode in ("RGB", "L") and orientation == 1
+            and bool(getattr(img, "filename", None)) and torchcodec_available())
 
 
 def choose_decode_device(requested: str, device: torch.device | str, *, cuda_decoder: bool | None = None) -> str:
@@ -106,36 +109,3 @@ def choose_decode_device(requested: str, device: torch.device | str, *, cuda_dec
                             "with the CUDA build matching torch); use --decode-device cpu")
         return "cpu"
     return "cuda"
-
-
-def decode_batch(paths: Sequence[str | Path], device: torch.device | str) -> list[torch.Tensor]:
-    """Decode image files to (3, H, W) uint8 tensors on `device`: the JPEGs TorchCodec may take in one
-    batched call (one nvJPEG call on CUDA), the others with Pillow (`load_image`, its named errors)."""
-    from torchcodec.decoders import decode_jpeg
-
-    from vggnet.data.transforms import _as_uint8_tensor, load_image, open_image
-
-    device = torch.device(device)
-    out: list[torch.Tensor | None] = [None] * len(paths)
-    jpegs: list[int] = []
-    for i, p in enumerate(paths):
-        img = open_image(p)
-        ok = (img.format == "JPEG" and img.mode in ("RGB", "L") and DECODER == "auto"
-              and Path(p).read_bytes()[-2:] == _JPEG_EOI)
-        from vggnet.data.transforms import _orientation
-
-        if ok and _orientation(img) == 1:
-            jpegs.append(i)
-        img.close()
-    if jpegs:
-        data = [torch.frombuffer(bytearray(Path(paths[i]).read_bytes()), dtype=torch.uint8) for i in jpegs]
-        try:
-            decoded = decode_jpeg(data, mode="RGB", device=str(device))
-        except Exception:
-            decoded = [None] * len(jpegs)
-        for i, x in zip(jpegs, decoded):
-            out[i] = x
-    for i, p in enumerate(paths):
-        if out[i] is None:
-            out[i] = _as_uint8_tensor(load_image(p)).to(device)
-    return out  # type: ignore[return-value]
