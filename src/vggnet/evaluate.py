@@ -44,6 +44,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from vggnet.errors import CheckpointError, DataError, UserError
+from vggnet.execution import choose_execution
 from vggnet.models import VGG
 
 __all__ = [
@@ -399,6 +400,14 @@ def _amp_context(device: torch.device, amp: str) -> contextlib.AbstractContextMa
     return contextlib.nullcontext()
 
 
+def _execution(amp: str, channels_last: bool | str, device: torch.device) -> tuple[str, bool]:
+    """--amp / --channels-last, "auto" included, resolved for `device` as every command resolves them."""
+    if amp not in ("auto", "bf16", "fp16", "off", None):
+        raise ValueError(f"amp must be 'auto', 'bf16', 'fp16' or 'off', got {amp!r}")
+    chosen = choose_execution(amp or "off", channels_last, device)
+    return chosen.amp, chosen.channels_last
+
+
 def _run_pass(
     nets: Sequence[_Net],
     dataset: Any,
@@ -681,7 +690,7 @@ class EvalResult:
             lines.append(f"- data: `{self.data}`")
         lines += [f"- images: {o['images']}, classes: {len(self.classes)}",
                   f"- method: {self.method}; flip: {'on' if self.flip else 'off'}",
-                  f"- nets: " + "; ".join(f"{n['name']} ({n['checkpoint'] or 'in memory'})" for n in self.nets),
+                  "- nets: " + "; ".join(f"{n['name']} ({n['checkpoint'] or 'in memory'})" for n in self.nets),
                   "", self.table(), "",
                   f"Overall ({_METHOD_LABEL[self.method]}, {'fusion of ' if len(self.nets) > 1 else ''}"
                   f"{len(self.nets)} net{'s' if len(self.nets) > 1 else ''}): top-1 error {o['top1_error']:.2f}%, "
@@ -824,7 +833,7 @@ def evaluate(
     workers: int = 0,
     device: str | torch.device | None = None,
     amp: str = "off",
-    channels_last: bool = False,
+    channels_last: bool | str = False,
     preprocessing: Any = None,
     labels_file: str | os.PathLike | None = None,
     progress: bool = False,
@@ -846,6 +855,10 @@ def evaluate(
 
     Under torch.distributed each rank evaluates images rank, rank+W, ... and the
     posteriors are gathered: every rank returns the single-process result.
+
+    `amp` ("off", "bf16" or "auto") and `channels_last` (a bool or "auto"):
+    "auto" is `vggnet.execution.choose_execution`'s choice for the device (bf16
+    and channels_last on CUDA and on CPUs with native bf16, fp32 elsewhere).
     """
     from vggnet.data.transforms import DenseEvalPreset
 
@@ -857,6 +870,7 @@ def evaluate(
     if not items:
         raise ValueError("evaluate: no checkpoints or models given")
     dev = _resolve_device(device)
+    amp, channels_last = _execution(amp, channels_last, dev)
     nets = _load_nets(items, preprocessing=preprocessing, device=dev, channels_last=channels_last)
     classes = nets[0].classes
     for net in nets[1:]:
@@ -1006,7 +1020,7 @@ def predict(
     device: str | torch.device | None = None,
     amp: str = "off",
     batch_size: int = 64,
-    channels_last: bool = False,
+    channels_last: bool | str = False,
     crop_pct: float = CROP_PCT,
 ) -> list[dict[str, Any]]:
     """Top-k classes of each image file: `[{"image", "top": [{"class", "index", "probability"}]}]`.
@@ -1021,10 +1035,10 @@ def predict(
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     dev = _resolve_device(device)
+    amp, channels_last = _execution(amp, channels_last, dev)
+    cl = torch.channels_last if channels_last else torch.contiguous_format
     model, ckpt = model_from_checkpoint(checkpoint)
-    model.eval().to(dev)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
+    model.eval().to(dev, memory_format=cl)
     pre = Preprocessing.from_dict(ckpt["preprocessing"])
     classes = list(ckpt["classes"])
     descriptions = (ckpt.get("meta") or {}).get("class_descriptions")
@@ -1054,10 +1068,11 @@ def predict(
                 parts.append(torch.stack([model(t(img).unsqueeze(0).to(dev)).float().softmax(dim=1)[0]
                                           for t in centers]).mean(0))
             if method in ("dense", "both"):
-                parts.append(torch.stack([dense_posterior(model, t(img).unsqueeze(0).to(dev), flip=flip)[0]
-                                          for t in dense]).mean(0))
+                parts.append(torch.stack([dense_posterior(model, t(img).unsqueeze(0).to(dev, memory_format=cl),
+                                                          flip=flip)[0] for t in dense]).mean(0))
             if method in ("multi-crop", "both"):
-                parts.append(torch.stack([multi_crop_posterior(model, t(img).to(dev), batch_size=batch_size)
+                parts.append(torch.stack([multi_crop_posterior(model, t(img).to(dev, memory_format=cl),
+                                                               batch_size=batch_size)
                                           for t in crops]).mean(0))
         post = torch.stack(parts).mean(0).cpu()
         values, indices = post.topk(k)
@@ -1071,16 +1086,6 @@ def predict(
 
 
 # --------------------------------------------------------------------------- command line
-
-
-def resolve_execution(amp: str, channels_last: str | bool, device: torch.device) -> tuple[str, bool]:
-    """`--amp auto|bf16|fp16|off` and `--channels-last auto|on|off` -> (bf16 | fp16 | off, bool), as
-    `vgg train` resolves them: auto = bf16 (fp16 without bf16) and channels_last on CUDA, off on CPUs."""
-    if amp == "auto":
-        amp = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device.type == "cuda" else "off"
-    if isinstance(channels_last, bool):
-        return amp, channels_last
-    return amp, (device.type == "cuda") if channels_last == "auto" else channels_last == "on"
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -1101,9 +1106,11 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: cuda if available; "
                                                          "under torchrun each process takes GPU LOCAL_RANK)")
     parser.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default="auto",
-                        help="mixed precision as in vgg train; auto = bf16 on CUDA, off on CPU (default: %(default)s)")
+                        help="mixed precision as in vgg train; auto: bf16 on CUDA and on CPUs that compute bf16 "
+                             "natively (AVX512-BF16/AMX), off elsewhere (default: %(default)s)")
     parser.add_argument("--channels-last", nargs="?", const="on", default="auto", choices=["auto", "on", "off"],
-                        help="NHWC memory layout as in vgg train; auto = on for CUDA (default: %(default)s)")
+                        help="channels-last (NHWC) memory format as in vgg train; auto: with bf16 and on CUDA "
+                             "(default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
 
 
@@ -1160,12 +1167,14 @@ def run_eval(args: argparse.Namespace) -> int:
         joined = not (dist.is_available() and dist.is_initialized())
         info = setup(args.device)  # under torchrun: joins the process group, one GPU per process
         joined = joined and info.distributed
-        amp, channels_last = resolve_execution(args.amp, args.channels_last, info.device)
         tty = sys.stderr.isatty()  # a file or a CI log gets one line per pass, not progress-bar fragments
         try:
+            chosen = choose_execution(args.amp, args.channels_last, info.device)
+            if info.is_main:
+                print(f"vgg eval: {chosen.reason}", file=sys.stderr)
             result = evaluate(args.checkpoint, data, scales=scales, method=args.method or "dense", flip=args.flip,
                               grid=args.grid, batch_size=args.batch_size, workers=args.workers, device=info.device,
-                              amp=amp, channels_last=channels_last, labels_file=args.labels_file,
+                              amp=chosen.amp, channels_last=chosen.channels_last, labels_file=args.labels_file,
                               progress=tty, crop_pct=args.crop_pct,
                               log=None if tty else (lambda line: print(line, file=sys.stderr, flush=True)))
         except ValueError as exc:
@@ -1248,11 +1257,12 @@ def run_predict(args: argparse.Namespace) -> int:
               f"`vgg predict --checkpoint {checkpoint} IMAGE|DIR ...`", file=sys.stderr)
     images = image_files(inputs)
     dev = _resolve_device(args.device)
-    amp, channels_last = resolve_execution(args.amp, args.channels_last, dev)
     try:
+        chosen = choose_execution(args.amp, args.channels_last, dev)
+        print(f"vgg predict: {chosen.reason}", file=sys.stderr)
         results = predict(checkpoint, images, scales=scales, method=args.method or "dense", flip=args.flip,
-                          grid=args.grid, topk=args.topk, device=dev, amp=amp, channels_last=channels_last,
-                          crop_pct=args.crop_pct)
+                          grid=args.grid, topk=args.topk, device=dev, amp=chosen.amp,
+                          channels_last=chosen.channels_last, crop_pct=args.crop_pct)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     failed = [r for r in results if "error" in r]

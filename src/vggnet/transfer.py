@@ -43,7 +43,8 @@ import torch.nn.functional as F
 
 from vggnet.errors import CheckpointError, DataError, UserError
 from vggnet.evaluate import (_identity_preprocessing, _load_nets, _parse_scales, _resolve_device, _run_pass,
-                             _with_transform, resolve_execution)
+                             _with_transform)
+from vggnet.execution import choose_execution
 from vggnet.models import VGG
 
 __all__ = [
@@ -221,7 +222,7 @@ class DescriptorExtractor:
             raise UserError(f"--test-scales: Q={self.scales[0]} is smaller than the crop size {crop}; the dense "
                             f"net needs Q >= crop_size")
         self.flip, self.aggregation = bool(flip), aggregation
-        self.amp, _ = resolve_execution(amp, False, self.device)  # auto: bf16 on CUDA, off (fp32) on CPUs
+        self.amp = choose_execution(amp, False, self.device).amp  # auto: bf16 on CUDA and bf16-native CPUs
         self.batch_size, self.workers = int(batch_size), int(workers)
         self.checkpoints = [{"name": net.name, "path": None if isinstance(c, Mapping) else str(Path(c).resolve()),
                              "sha256": checkpoint_digest(c)} for net, c in zip(self.nets, checkpoints)]

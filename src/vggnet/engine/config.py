@@ -81,8 +81,8 @@ class TrainConfig:
     sync_bn: bool = False                # under DDP with --batch-norm: SyncBatchNorm (batch statistics over ranks)
     # -- execution
     device: str = "auto"                 # auto | cpu | cuda | cuda:N
-    amp: str = "auto"                    # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | off
-    channels_last: str = "auto"          # auto (on CUDA) | on | off
+    amp: str = "auto"                    # auto (bf16 on CUDA and native-bf16 CPUs, else off) | bf16 | fp16 | off
+    channels_last: str = "auto"          # auto (on CUDA, and with bf16 on a CPU) | on | off
     compile: bool = False                # torch.compile the model
     deterministic: bool = False          # deterministic CUDA kernels (slower); the CPU is deterministic anyway
     workers: int | None = None           # data-loading processes per training process; None: min(4, cores - 1)
@@ -462,9 +462,10 @@ def add_train_arguments(parser: argparse.ArgumentParser, **defaults: Any) -> Non
     g = parser.add_argument_group("execution")
     g.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:N (default: %(default)s)")
     g.add_argument("--amp", default=d.amp, metavar="{auto,bf16,fp16,off}",
-                   help="mixed precision; auto = bf16 on CUDA, off on CPU (default: %(default)s)")
+                   help="mixed precision; auto = bf16 on CUDA and on CPUs that compute it natively (AVX512-BF16/AMX), "
+                        "off on other CPUs (default: %(default)s)")
     g.add_argument("--channels-last", default=d.channels_last, metavar="{auto,on,off}",
-                   help="NHWC memory layout; auto = on for CUDA (default: %(default)s)")
+                   help="NHWC memory layout; auto = on for CUDA and with bf16 on a CPU (default: %(default)s)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g.add_argument("--deterministic", action="store_true", help="deterministic CUDA kernels (slower)")
     g.add_argument("--workers", type=int, default=d.workers,

@@ -39,10 +39,10 @@ from vggnet.engine.config import RESUME_MUST_MATCH, TrainConfig, parse_init, sho
 from vggnet.engine.data import build_datasets, make_train_loader
 from vggnet.engine.outputs import RunOutputs, duration
 from vggnet.engine.state import (StopRequest, agree_on_resume, capture_rng, init_from, link_or_copy,
-                                 make_optimizer, make_scheduler, plain, resolve_execution, restore_rng,
-                                 seed_everything)
+                                 make_optimizer, make_scheduler, plain, restore_rng, seed_everything)
 from vggnet.engine.task import ClassificationTask, Task
 from vggnet.errors import CheckpointError, UserError
+from vggnet.execution import choose_execution
 
 __all__ = ["Trainer", "TrainingError", "train"]
 
@@ -98,7 +98,8 @@ class Trainer:
         world = self.info.world_size
         self.micro = cfg.micro_batch_size or max(1, cfg.batch_size // world)
         self.accum = distributed.accumulation_steps(cfg.batch_size, self.micro, world)  # exact, or a UserError
-        self.amp, self.channels_last = resolve_execution(cfg.amp, cfg.channels_last, dev)
+        chosen = choose_execution(cfg.amp, cfg.channels_last, dev)
+        self.amp, self.channels_last, self.execution_reason = chosen.amp, chosen.channels_last, chosen.reason
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.amp)
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)
@@ -714,6 +715,7 @@ class Trainer:
                      f"{cfg.crop_size}-px crops, {self.steps_per_epoch} steps of {cfg.batch_size} images per epoch) "
                      f"on a CPU; the time per epoch follows after the first step (small runs: `vgg demo`, "
                      f"configs/quickstart.yaml)")
+        self.log(f"execution: {self.execution_reason}")
         if resume is not None:
             self.log(f"resuming {self.resume_path}: epoch {self.epoch + 1}, step {self.step_in_epoch}/"
                      f"{self.steps_per_epoch} (global step {self.global_step})")

@@ -29,6 +29,7 @@ from vggnet import distributed
 from vggnet.checkpoint import atomic_write, load_checkpoint
 from vggnet.engine.config import TrainConfig
 from vggnet.errors import CheckpointError, UserError
+from vggnet.execution import choose_execution
 
 __all__ = ["capture_rng", "restore_rng", "seed_everything", "find_checkpoints", "link_or_copy", "plain",
            "StopRequest", "locate_resume", "agree_on_resume", "init_from", "make_optimizer", "resolve_execution",
@@ -289,19 +290,15 @@ def _shape_note(key: str, state: Mapping[str, torch.Tensor], own: Mapping[str, t
 def resolve_execution(amp: str, channels_last: str, device: torch.device) -> tuple[str, bool]:
     """`--amp` and `--channels-last` (auto, or a choice) -> (bf16 | fp16 | off, channels_last) on `device`.
 
-    auto: bf16 autocast (fp16 with a gradient scaler where bf16 is missing) and
-    channels_last on CUDA, where they select cuDNN's tensor-core NHWC kernels;
-    fp32 and NCHW on CPUs, where bf16 is emulated without AVX512-BF16/AMX and
-    oneDNN's NHWC path was 0.91-1.12x NCHW for full-width D, within the noise of
-    our measurements (narrow nets gain more: `vgg demo` sets it; see
-    benchmarks/channels_last.py and docs/benchmarks.md, "Training step"). An explicit fp16 runs
-    anywhere (CPU autocast and GradScaler support it): slow on most CPUs, but the
-    same code path as on a GPU, scaler state in the checkpoints included.
+    The decision is `vggnet.execution.choose_execution` (bf16 and channels_last
+    on CUDA and on CPUs that compute bf16 natively, fp32 NCHW on the others),
+    shared with `vgg eval` and `vgg predict`; it also says why, for the run log.
+    An explicit fp16 runs anywhere (CPU autocast and GradScaler support it):
+    slow on most CPUs, but the same code path as on a GPU, scaler state in the
+    checkpoints included.
     """
-    if amp == "auto":
-        amp = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device.type == "cuda" else "off"
-    cl = (device.type == "cuda") if channels_last == "auto" else channels_last == "on"
-    return amp, cl
+    chosen = choose_execution(amp, channels_last, device)
+    return chosen.amp, chosen.channels_last
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, grad_scaler: bool = False) -> torch.optim.Optimizer:

@@ -87,6 +87,19 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--opset", type=int, default=18, help="ONNX opset (default: %(default)s)")
     g.add_argument("--dynamo", action="store_true", help="use the torch.export-based exporter (slower here)")
     g.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison with PyTorch")
+    g = parser.add_argument_group("int8 ONNX (onnxruntime static quantisation of the crop classifier)")
+    g.add_argument("--int8", action="store_true",
+                   help="write a statically quantised int8 model (QDQ, per-channel weights), after checking its "
+                        "accuracy and speed against fp32")
+    g.add_argument("--calibration", metavar="DIR", help="images whose activation ranges calibrate the int8 model")
+    g.add_argument("--calibration-images", type=int, default=300,
+                   help="images taken evenly from --calibration (default: %(default)s)")
+    g.add_argument("--val", metavar="DIR",
+                   help="labelled folder (class folders) for the accuracy check (default: --calibration)")
+    g.add_argument("--val-images", type=int, default=None, help="at most this many of --val (default: all)")
+    g.add_argument("--max-drop", type=float, default=1.0,
+                   help="refuse to write the file if int8 top-1 accuracy is lower than fp32's by more than this "
+                        "many percentage points (default: %(default)s)")
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -104,6 +117,8 @@ def run_export(args: argparse.Namespace) -> int:
               f"(num_classes={ckpt['build']['num_classes']}); the model expects inputs "
               f"(rgb01 * {p['pixel_scale']:g} - {p['mean']}) / {p['std']}")
         return 0
+    if args.int8 or args.calibration:
+        return _run_int8(args, ckpt)
     out = export_onnx(ckpt, args.out, dense=args.dense, opset=args.opset, dynamo=args.dynamo)
     print(f"wrote {out} ({'dense, dynamic height and width' if args.dense else 'crop classifier'})")
     if args.no_check:
@@ -120,4 +135,21 @@ def run_export(args: argparse.Namespace) -> int:
         return 1
     sizes = ", ".join(f"{h}x{w}: {d:.2g}" for (h, w), d in report.items())
     print(f"onnxruntime matches PyTorch (max |difference| {sizes})")
+    return 0
+
+
+def _run_int8(args: argparse.Namespace, ckpt: dict) -> int:
+    if not (args.int8 and args.calibration):
+        raise UserError("--int8 needs --calibration DIR (images to calibrate on), and --calibration needs --int8")
+    if args.dense or args.dynamo:
+        raise UserError("--int8 quantises the crop classifier: drop --dense and --dynamo")
+    try:
+        from vggnet.interop.quantize import quantize_onnx
+    except ImportError as exc:
+        raise UserError(f"--int8 needs onnx and onnxruntime ({exc}); pip install 'vggnet[export]'") from None
+    report = quantize_onnx(ckpt, args.out, args.calibration, val=args.val, calibration_images=args.calibration_images,
+                           val_images=args.val_images, max_drop=args.max_drop)
+    for line in report.lines():
+        print(line)
+    print(f"wrote {report.written} (int8 crop classifier)")
     return 0
