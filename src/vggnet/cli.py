@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("vggnet.evaluate", "top-5 classes for image files"),
     "import": ("vggnet.interop.cli", "torchvision .pth, Keras .h5, Caffe .caffemodel -> checkpoint"),
     "export": ("vggnet.interop.cli", "checkpoint -> safetensors, torchvision .pth, ONNX"),
+    "experiment": ("vggnet.experiments", "the paper's tables as cached, resumable experiment grids"),
     "demo": ("vggnet.demo", "the main job end to end on the synthetic dataset"),
 }
 
