@@ -95,26 +95,30 @@ def _overrides(args: argparse.Namespace):
 
 
 def _list(args: argparse.Namespace) -> int:
-    import json
     from pathlib import Path
 
     from vggnet.experiments.grid import known_grids, load_grid, needs_command
+    from vggnet.experiments.runner import _read_json
 
-    root = Path(args.output_dir)
+    print("grids (configs/experiments/):")
     for name, path in known_grids().items():
         grid = load_grid(path)
         missing = [c for c in grid.needs if needs_command(c)]
         need = f"  [needs `vgg {'`, `vgg '.join(missing)}`, not in this version]" if missing else ""
         trains = sum(c.kind in ("train", "localize-train") for c in grid.cells.values())
-        print(f"{name:<12} {grid.title}  ({len(grid.cells)} cells: {trains} training runs){need}")
-        plan_file = root / "reports" / name / "plan.json"
-        if args.output_dir and plan_file.is_file():
-            from vggnet.experiments.runner import _read_json
-
-            plan = _read_json(plan_file) or {}
-            for cell, info in (plan.get("cells") or {}).items():
-                status = _status_from_dir(Path(info["dir"]), info["kind"])
-                print(f"    {cell:<22} {status:<8} {info['dir']}")
+        print(f"  {name:<12} {grid.title}  ({len(grid.cells)} cells, {trains} training runs){need}")
+    plans = sorted(Path(args.output_dir).glob("reports/*/plan.json"))
+    if plans:
+        print(f"\nin {args.output_dir}:")
+    for plan_file in plans:
+        plan = _read_json(plan_file) or {}
+        cells = plan.get("cells") or {}
+        states = {cell: _status_from_dir(Path(info["dir"]), info["kind"]) for cell, info in cells.items()}
+        done = sum(s == "done" for s in states.values())
+        print(f"  {plan.get('grid', plan_file.parent.name)}: {done}/{len(states)} cells done "
+              f"(data {plan.get('data')})")
+        for cell, state in states.items():
+            print(f"    {cell:<24} {state:<8} {cells[cell]['dir']}")
     return 0
 
 
