@@ -56,6 +56,9 @@ def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--dropout", type=float, help="dropout after FC1 and FC2")
     g.add_argument("--lr-patience", type=int, help="epochs without improvement before the lr drops")
     g.add_argument("--seed", type=int, help="seed of every training run (a second seed = a second grid)")
+    g.add_argument("--init-scheme", metavar="SCHEME",
+                   help="gaussian | glorot | kaiming for every layer not copied from another cell (the grid's "
+                        "from-scratch cells and init_rest); the from:CELL chain is kept")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other `vgg train` setting, in every training cell (repeatable)")
     g = parser.add_argument_group("execution (not part of a cell's identity)")
@@ -91,7 +94,7 @@ def _overrides(args: argparse.Namespace):
     if "amp" in execution:
         train["amp"] = execution.pop("amp")  # precision changes the numbers: part of the cell's identity
     return Overrides(train=train, execution=execution, eval_batch_size=args.eval_batch_size,
-                     transfer_data=args.transfer_data)
+                     transfer_data=args.transfer_data, init_scheme=args.init_scheme)
 
 
 def _list(args: argparse.Namespace) -> int:

@@ -137,7 +137,9 @@ def build_report(plan: Plan, records: Mapping[str, Mapping[str, Any]] | None = N
     return {"grid": grid.name, "title": grid.title, "paper_source": grid.paper_source,
             "description": grid.description, "columns": grid.columns, "metrics": grid.metrics,
             "data": plan.data, "scale_factor": plan.factor,
-            "overrides": {"train": plan.overrides.train, "execution": plan.overrides.execution},
+            "overrides": {"train": {**plan.overrides.train, **({"init_scheme": plan.overrides.init_scheme}
+                                                             if plan.overrides.init_scheme else {})},
+                          "execution": plan.overrides.execution},
             "environment": environment(), "rows": rows, "cells": cells}
 
 

@@ -56,6 +56,7 @@ class Overrides:
     execution: dict[str, Any] = field(default_factory=dict)    # device, workers, amp, ... (not hashed, except amp)
     eval_batch_size: int | None = None
     transfer_data: str | None = None
+    init_scheme: str | None = None    # replaces the random initialisation of every cell (not the from:CELL chain)
 
 
 @dataclass
@@ -205,6 +206,11 @@ def _plan_train(cell: Cell, grid: Grid, planned: Mapping[str, PlannedCell], *, d
     for key in ("scale", "val_scale"):
         if settings.get(key) is not None:
             settings[key] = _scale_px(settings[key], factor, f"{where}: {key}")
+    if overrides.init_scheme:
+        # the layers no other cell provides: a from-scratch cell's init and a pre-initialised cell's init_rest
+        settings["init_rest"] = overrides.init_scheme
+        if not str(settings.get("init", "")).startswith("from:"):
+            settings["init"] = overrides.init_scheme
     init = settings.get("init")
     dep = None
     if cell.kind == "localize-train":
