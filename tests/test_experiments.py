@@ -323,3 +323,27 @@ def test_missing_dependency_and_bad_settings_are_refused(tmp_path, data):
     grid = load_grid(_grid(tmp_path, TWO_CELLS.replace("model: A,", "model: F,")))
     with pytest.raises(UserError, match=r"cell 'A-S256': --model"):
         plan_grid(grid, data=data, root=tmp_path)
+
+
+def test_init_scheme_replaces_random_init_but_keeps_the_chain(tmp_path, data):
+    from vggnet.experiments.runner import Overrides
+
+    plan = plan_grid(load_grid("table3"), data=data, root=tmp_path, overrides=Overrides(init_scheme="glorot"))
+    a, b = plan.cells["A-S256"].argv, plan.cells["B-S256"].argv
+    assert a[a.index("--init") + 1] == "glorot"
+    assert b[b.index("--init") + 1] == f"from:{plan.cells['A-S256'].run_dir / 'best.pt'}"
+    assert b[b.index("--init-rest") + 1] == "glorot"
+    plain = plan_grid(load_grid("table3"), data=data, root=tmp_path)
+    assert plain.cells["A-S256"].hash != plan.cells["A-S256"].hash  # a different experiment, another directory
+
+
+def test_settings_that_are_the_grids_design_cannot_be_overridden(data, capsys):
+    assert cli.main(["experiment", "table3", "--data", str(data), "--set", "lr=0.1", "--dry-run"]) == 2
+    assert "--set lr: this setting differs between cells" in capsys.readouterr().err
+    assert cli.main(["experiment", "table3", "--data", str(data), "--set", "pca_std", "--dry-run"]) == 2
+    assert "expected KEY=VALUE" in capsys.readouterr().err
+
+
+def test_transfer_grid_needs_the_target_dataset(tmp_path, data):
+    with pytest.raises(UserError, match="--transfer-data DIR"):
+        plan_grid(load_grid("appendix_b"), data=data, root=tmp_path)

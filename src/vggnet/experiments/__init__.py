@@ -85,7 +85,7 @@ def _overrides(args: argparse.Namespace):
             raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. --set pca_std=0")
         key, value = item.split("=", 1)
         key = key.strip().replace("-", "_")
-        if key in ("init", "output_dir", "resume", "data", "model", "scale"):
+        if key in ("init", "output_dir", "resume", "data", "model", "scale", "lr", "val_scale"):
             raise UserError(f"--set {key}: this setting differs between cells (it is the grid's design), "
                             f"it cannot be overridden alike")
         train[key] = yaml.safe_load(value) if ":" not in value else value
