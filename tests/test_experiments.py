@@ -39,10 +39,10 @@ rows:
 class Counter:
     """Counts the `vgg` commands the grid runs (by command), optionally failing or interrupting one."""
 
-    def __init__(self, monkeypatch, fail=None, interrupt=None):
+    def __init__(self, monkeypatch, fail=None, interrupt=None, signalled=None):
         self.real = cli.main
         self.calls: list[list[str]] = []
-        self.fail, self.interrupt = fail, interrupt
+        self.fail, self.interrupt, self.signalled = fail, interrupt, signalled
         monkeypatch.setattr(cli, "main", self)
 
     def __call__(self, argv):
@@ -54,6 +54,8 @@ class Counter:
             raise KeyboardInterrupt
         if self.fail and self.fail(argv):
             raise RuntimeError("boom: a cell that raises")
+        if self.signalled and self.signalled(argv):
+            return 130  # what `vgg train` returns after SIGINT (it checkpoints first)
         return self.real(argv)
 
     def count(self, command: str) -> int:
@@ -347,3 +349,12 @@ def test_settings_that_are_the_grids_design_cannot_be_overridden(data, capsys):
 def test_transfer_grid_needs_the_target_dataset(tmp_path, data):
     with pytest.raises(UserError, match="--transfer-data DIR"):
         plan_grid(load_grid("appendix_b"), data=data, root=tmp_path)
+
+
+def test_a_cell_stopped_by_a_signal_stops_the_grid(data, tmp_path, monkeypatch):
+    grid = _grid(tmp_path)
+    counter = Counter(monkeypatch, signalled=lambda argv: argv[0] == "train")
+    assert _run(grid, data, tmp_path / "run") == 130
+    assert [a[0] for a in counter.calls] == ["train"]  # the evaluation did not start
+    record = json.loads(next((tmp_path / "run" / "cells").glob("train-*/cell.json")).read_text())
+    assert record["status"] == "interrupted" and record["returncode"] == 130

@@ -475,6 +475,12 @@ def run_cell(pc: PlannedCell, *, quiet: bool = False) -> dict[str, Any]:
             log.write(traceback.format_exc())
             rc = 1
     record["seconds"] = round(time.perf_counter() - start, 2)
+    if rc is not None and rc >= 128:
+        # the command was stopped by SIGINT/SIGTERM (the engine checkpoints and returns 128 + signal):
+        # the grid stops too, and the cell resumes from its checkpoint next time
+        record.update(status="interrupted", returncode=rc, log=str(log_path))
+        _write_json(pc.dir / "cell.json", record)
+        raise KeyboardInterrupt
     if rc == 0 and pc.stdout_file is not None:
         text = captured.getvalue()
         try:
