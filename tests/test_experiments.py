@@ -26,6 +26,7 @@ TWO_CELLS = """
 name: tiny
 title: "A tiny grid"
 paper_source: "made up for the test"
+plots: [depth, test_scale]
 defaults: {lr: 0.01, init: glorot, dropout: 0.0}
 cells:
   A-S256: {settings: {model: A, scale: 256}}
@@ -114,6 +115,9 @@ def test_two_cell_grid_end_to_end(done_run):
     assert ours == ev["overall"]["top1_error"]
     assert ev["nets"][0]["test_scales"] == [37]
     assert report["environment"]["torch"] and report["environment"]["date"]
+    for png in ("depth.png", "test_scale.png"):  # the plots the grid asks for, drawn without a display
+        assert (run / "reports" / "tiny" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert report["plots"] == ["depth.png", "test_scale.png"]
     csv_text = (run / "reports" / "tiny" / "report.csv").read_text()
     assert f"{ours}" in csv_text and "29.6" in csv_text
 

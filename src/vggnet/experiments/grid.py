@@ -39,7 +39,7 @@ from typing import Any, Mapping, Sequence
 from vggnet.errors import UserError
 
 __all__ = ["GRID_DIR", "KINDS", "Cell", "Grid", "Row", "known_grids", "load_grid", "grid_path", "PAPER_CROP",
-           "EXECUTION_SETTINGS", "needs_command"]
+           "EXECUTION_SETTINGS", "needs_command", "digest"]
 
 #: where the grids live (the repository's configs/experiments/)
 GRID_DIR = Path(__file__).resolve().parents[3] / "configs" / "experiments"
@@ -176,7 +176,9 @@ def _looks_like_path(text: str) -> bool:
 
 def known_grids(directory: Path | None = None) -> dict[str, Path]:
     """Grid name -> YAML file, from `configs/experiments/`."""
-    directory = directory or GRID_DIR
+    if directory is None:
+        # the repository's grids (an editable or source install), else ./configs/experiments
+        directory = GRID_DIR if GRID_DIR.is_dir() else Path.cwd() / "configs" / "experiments"
     return {p.stem: p for p in sorted(directory.glob("*.yaml"))}
 
 
