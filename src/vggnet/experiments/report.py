@@ -258,7 +258,7 @@ def _plots(plan: Plan, report: Mapping[str, Any], out: Path) -> list[str]:
             series.setdefault(str(r.get("train S", "")), []).append(
                 (DEPTH[net], r["ours"]["top1_error"], r["paper"].get("top1_error")))
         for i, (s, pts) in enumerate(sorted(series.items())):
-            pts.sort()
+            pts.sort(key=lambda p: (p[0], p[1]))  # the paper's value may be None
             color = f"C{i}"
             ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=color, label=f"ours, train S={s}")
             paper = [(p[0], p[2]) for p in pts if p[2] is not None]
