@@ -1,0 +1,346 @@
+"""A grid's report: the paper's table with our numbers beside the paper's, and its plots.
+
+Written to `RUN/reports/<grid>/`: `report.md` (the table as printed), `report.json`
+(every number, unrounded, with each cell's status, directory and log),
+`report.csv` (one line per row of the table), and the plots the grid asks for:
+`depth.png` (top-1 error against weight layers, A/B/D/E, one line per training
+scale), `test_scale.png` (error against test scale Q, from the per-Q numbers of
+each evaluation) and `methods.png` (dense / multi-crop / both bars). Every file is
+stamped with the environment: torch and torchvision versions, device, date, git
+commit.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+from vggnet.experiments.grid import Grid, Row
+from vggnet.experiments.runner import Plan, _read_json, _write_json, cell_status
+
+__all__ = ["environment", "build_report", "write_report", "format_table", "METRIC_LABELS"]
+
+METRIC_LABELS = {"top1_error": "top-1 err (%)", "top5_error": "top-5 err (%)",
+                 "localisation_error": "loc. err (%)", "mAP": "mAP (%)",
+                 "mean_class_accuracy": "mean class acc (%)", "accuracy": "acc (%)"}
+
+#: weight layers of each configuration (Table 1), the x axis of the depth plot
+DEPTH = {"A": 11, "A-LRN": 11, "B": 13, "C": 16, "D": 16, "E": 19, "B-5x5": 8}
+
+
+def environment() -> dict[str, Any]:
+    """What produced the numbers: versions, device, date, git commit."""
+    import torch
+    import torchvision
+
+    if torch.cuda.is_available():
+        device = f"cuda: {torch.cuda.get_device_name(0)} x {torch.cuda.device_count()}"
+    else:
+        device = f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    commit = None
+    try:
+        here = Path(__file__).resolve().parent
+        out = subprocess.run(["git", "-C", str(here), "describe", "--always", "--dirty", "--abbrev=12"],
+                             capture_output=True, text=True, timeout=10)
+        if out.returncode == 0:
+            commit = out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "python": platform.python_version(), "device": device,
+            "platform": platform.platform(), "git_commit": commit}
+
+
+# --------------------------------------------------------------------------- numbers
+
+
+def _cell_result(plan: Plan, name: str) -> dict[str, Any] | None:
+    pc = plan.cells.get(name)
+    if pc is None:
+        return None
+    return _read_json(pc.result_file) if pc.cell.kind not in ("train", "localize-train") else None
+
+
+def _find(obj: Any, key: str) -> Any:
+    """The first value under `key`, searching the top level first, then nested objects."""
+    if isinstance(obj, Mapping):
+        if key in obj and isinstance(obj[key], (int, float)):
+            return obj[key]
+        for v in obj.values():
+            found = _find(v, key)
+            if found is not None:
+                return found
+    return None
+
+
+def row_numbers(plan: Plan, row: Row) -> dict[str, float | None]:
+    """Our numbers for one row, from the cell's own result file."""
+    result = _cell_result(plan, row.cell)
+    if result is None:
+        return {m: None for m in plan.grid.metrics}
+    kind = plan.cells[row.cell].cell.kind
+    if kind in ("eval", "fuse"):
+        if row.method:
+            if result.get("fusion"):
+                source = result["fusion"].get(row.method)
+            else:
+                source = (result["nets"][0]["results"].get(row.method) or {}).get("all")
+        else:
+            source = result.get("overall")
+        return {m: (float(source[m]) if source and m in source else None) for m in plan.grid.metrics}
+    out: dict[str, float | None] = {}
+    for m in plan.grid.metrics:
+        value = _find(result, m)
+        if value is not None and m in ("mAP", "mean_class_accuracy", "accuracy") and value <= 1.0:
+            value = 100.0 * value  # fractions to percent, the paper's unit
+        out[m] = None if value is None else float(value)
+    return out
+
+
+def per_scale_numbers(plan: Plan, name: str) -> dict[str, dict[int, float]]:
+    """For an eval cell: method -> {Q: top-1 error} (each test scale alone)."""
+    result = _cell_result(plan, name)
+    if not result or plan.cells[name].cell.kind != "eval" or len(result.get("nets", [])) != 1:
+        return {}
+    out: dict[str, dict[int, float]] = {}
+    for method, by_q in result["nets"][0]["results"].items():
+        out[method] = {int(q): float(v["top1_error"]) for q, v in by_q.items() if q != "all"}
+    return out
+
+
+def build_report(plan: Plan, records: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    grid = plan.grid
+    records = dict(records or {})
+    cells: dict[str, Any] = {}
+    for name, pc in plan.cells.items():
+        record = records.get(name) or _read_json(pc.dir / "cell.json") or {}
+        status = record.get("status") if record.get("status") in ("failed", "skipped") else cell_status(pc)
+        cells[name] = {"kind": pc.cell.kind, "status": status, "hash": pc.hash, "dir": str(pc.dir),
+                       "seconds": record.get("seconds"), "command": "vgg " + " ".join(pc.argv)}
+        if status in ("failed", "skipped"):
+            cells[name]["error"] = record.get("error")
+            cells[name]["log"] = record.get("log") or str(pc.dir / "log.txt")
+        if pc.cell.kind in ("train", "localize-train") and status == "done":
+            cells[name]["training"] = _training_summary(pc.run_dir)
+    rows = []
+    for row in grid.rows:
+        status = cells[row.cell]["status"] if row.cell in cells else "not run"
+        rows.append({**row.labels, "cell": row.cell, "method": row.method, "status": status,
+                     "ours": row_numbers(plan, row) if row.cell in plan.cells else {m: None for m in grid.metrics},
+                     "paper": row.paper, "note": row.note})
+    return {"grid": grid.name, "title": grid.title, "paper_source": grid.paper_source,
+            "description": grid.description, "columns": grid.columns, "metrics": grid.metrics,
+            "data": plan.data, "scale_factor": plan.factor,
+            "overrides": {"train": {**plan.overrides.train, **({"init_scheme": plan.overrides.init_scheme}
+                                                             if plan.overrides.init_scheme else {})},
+                          "execution": plan.overrides.execution},
+            "environment": environment(), "rows": rows, "cells": cells}
+
+
+def _training_summary(run_dir: Path) -> dict[str, Any]:
+    """Epochs and best validation numbers from metrics.csv (one-scale dense validation, no flip)."""
+    path = run_dir / "metrics.csv"
+    try:
+        rows = list(csv.DictReader(path.open(encoding="utf-8")))
+    except OSError:
+        return {}
+    if not rows:
+        return {}
+    errs = [float(r["val_top1_error"]) for r in rows if r.get("val_top1_error") not in (None, "")]
+    secs = [float(r["epoch_time_s"]) for r in rows if r.get("epoch_time_s") not in (None, "")]
+    return {"epochs": len(rows), "best_val_top1_error": min(errs) if errs else None,
+            "train_seconds": round(sum(secs), 1) if secs else None}
+
+
+# --------------------------------------------------------------------------- table
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, (int, float)):
+        return f"{value:.2f}"
+    return str(value)
+
+
+def format_table(report: Mapping[str, Any]) -> str:
+    """The paper's layout: its columns, then for each metric ours and the paper's side by side."""
+    head = list(report["columns"])
+    for m in report["metrics"]:
+        label = METRIC_LABELS.get(m, m)
+        head += [f"ours {label}", f"paper {label}"]
+    head.append("status")
+    body = []
+    for r in report["rows"]:
+        line = [str(r.get(c, "")) for c in report["columns"]]
+        for m in report["metrics"]:
+            paper = r["paper"].get(m)
+            line += [_fmt(r["ours"].get(m)), "-" if paper is None else str(paper)]  # as the paper prints it
+        line.append(r["status"])
+        body.append(line)
+    widths = [max(len(x[i]) for x in [head] + body) for i in range(len(head))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(head, widths)) + " |",
+             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(x, widths)) + " |" for x in body]
+    return "\n".join(lines)
+
+
+def to_markdown(report: Mapping[str, Any]) -> str:
+    env = report["environment"]
+    lines = [f"# {report['title']}", ""]
+    if report.get("description"):
+        lines += [report["description"].strip(), ""]
+    lines += [f"Ours: `{report['data']}`, pixel sizes x {report['scale_factor']:g} of the paper's; training "
+              f"overrides {json.dumps(report['overrides']['train']) or '{}'}. "
+              f"Paper: {report['paper_source']} — the paper's numbers, not ours.", "",
+              format_table(report), ""]
+    notes = [f"- {r['cell']}: {r['note']}" for r in report["rows"] if r.get("note")]
+    if notes:
+        lines += ["Notes:", *notes, ""]
+    failed = {n: c for n, c in report["cells"].items() if c["status"] in ("failed", "skipped")}
+    if failed:
+        lines += ["Failed cells:", *[f"- {n} ({c['status']}): {c.get('error')} — log `{c.get('log')}`"
+                                     for n, c in failed.items()], ""]
+    trained = {n: c["training"] for n, c in report["cells"].items() if c.get("training")}
+    if trained:
+        lines += ["Training runs:", "", "| cell | epochs | best val top-1 err (%, one scale, no flip) | time (s) |",
+                  "|---|---|---|---|"]
+        lines += [f"| {n} | {t.get('epochs')} | {_fmt(t.get('best_val_top1_error'))} | {_fmt(t.get('train_seconds'))} |"
+                  for n, t in trained.items()]
+        lines.append("")
+    lines += [f"Environment: torch {env['torch']}, torchvision {env['torchvision']}, Python {env['python']}, "
+              f"{env['device']}; {env['date']}; git {env['git_commit'] or 'unknown'}."]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(report: Mapping[str, Any]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    metrics = report["metrics"]
+    w.writerow(list(report["columns"]) + ["cell", "method", "status"] + [f"ours_{m}" for m in metrics]
+               + [f"paper_{m}" for m in metrics])
+    for r in report["rows"]:
+        w.writerow([r.get(c, "") for c in report["columns"]] + [r["cell"], r["method"] or "", r["status"]]
+                   + ["" if r["ours"].get(m) is None else r["ours"][m] for m in metrics]
+                   + ["" if r["paper"].get(m) is None else r["paper"][m] for m in metrics])
+    env = report["environment"]
+    w.writerow([f"# torch {env['torch']} torchvision {env['torchvision']} {env['device']} {env['date']} "
+                f"git {env['git_commit']}"])
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def _plots(plan: Plan, report: Mapping[str, Any], out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display
+    import matplotlib.pyplot as plt
+
+    written: list[str] = []
+    rows = report["rows"]
+    stamp = (f"{report['grid']}; ours: {Path(report['data']).name}, x{report['scale_factor']:g} pixels; "
+             f"{report['environment']['date'][:10]}")
+    if "depth" in plan.grid.plots:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        series: dict[str, list[tuple[int, float, float | None]]] = {}
+        for r in rows:
+            net = r.get("net")
+            if net not in ("A", "B", "D", "E") or r["ours"].get("top1_error") is None:
+                continue
+            series.setdefault(str(r.get("train S", "")), []).append(
+                (DEPTH[net], r["ours"]["top1_error"], r["paper"].get("top1_error")))
+        for i, (s, pts) in enumerate(sorted(series.items())):
+            pts.sort(key=lambda p: (p[0], p[1]))  # the paper's value may be None
+            color = f"C{i}"
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=color, label=f"ours, train S={s}")
+            paper = [(p[0], p[2]) for p in pts if p[2] is not None]
+            if paper:
+                ax.plot([p[0] for p in paper], [p[1] for p in paper], "x--", color=color, alpha=0.6,
+                        label=f"paper, train S={s}")
+        ax.set_xlabel("weight layers (A=11, B=13, D=16, E=19)")
+        ax.set_ylabel("top-1 error (%)")
+        ax.set_title("Top-1 error against depth", fontsize=10)
+        ax.legend(fontsize=7)
+        fig.text(0.01, 0.01, stamp, fontsize=6, color="gray")
+        fig.tight_layout()
+        fig.savefig(out / "depth.png", dpi=100)
+        plt.close(fig)
+        written.append("depth.png")
+    if "test_scale" in plan.grid.plots:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        seen = set()
+        for i, r in enumerate(rows):
+            if r["cell"] in seen:
+                continue
+            seen.add(r["cell"])
+            per_q = per_scale_numbers(plan, r["cell"]).get("dense")
+            if not per_q:
+                continue
+            qs = sorted(per_q)
+            label = f"{r.get('net', r['cell'])}, S={r.get('train S', '?')}"
+            line, = ax.plot(qs, [per_q[q] for q in qs], "o-", label=label)
+            all_q = r["ours"].get("top1_error")
+            if all_q is not None and len(qs) > 1:
+                ax.axhline(all_q, color=line.get_color(), ls=":", lw=1)
+        ax.set_xlabel("test scale Q (pixels, ours)")
+        ax.set_ylabel("top-1 error (%), dense")
+        ax.set_title("Error against test scale (dotted: the scales averaged)", fontsize=10)
+        ax.legend(fontsize=7)
+        fig.text(0.01, 0.01, stamp, fontsize=6, color="gray")
+        fig.tight_layout()
+        fig.savefig(out / "test_scale.png", dpi=100)
+        plt.close(fig)
+        written.append("test_scale.png")
+    if "methods" in plan.grid.plots:
+        groups: dict[str, dict[str, tuple[float | None, float | None]]] = {}
+        for r in rows:
+            if r["ours"].get("top1_error") is None and r["paper"].get("top1_error") is None:
+                continue
+            groups.setdefault(str(r.get("net", r["cell"])), {})[str(r.get("method") or r.get("test method", ""))] = (
+                r["ours"].get("top1_error"), r["paper"].get("top1_error"))
+        methods = ["dense", "multi-crop", "both"]
+        fig, axes = plt.subplots(1, 2, figsize=(8, 3.5), sharey=False)
+        for ax, which, title in ((axes[0], 0, "ours"), (axes[1], 1, "paper (ILSVRC-2012 val)")):
+            for j, m in enumerate(methods):
+                xs = [i + (j - 1) * 0.27 for i in range(len(groups))]
+                vals = [g.get(m, (None, None))[which] for g in groups.values()]
+                ax.bar([x for x, v in zip(xs, vals) if v is not None], [v for v in vals if v is not None],
+                       width=0.25, label=m)
+            ax.set_xticks(range(len(groups)), list(groups))
+            ax.set_title(title, fontsize=10)
+            ax.set_ylabel("top-1 error (%)")
+            vals = [v[which] for g in groups.values() for v in g.values() if v[which] is not None]
+            if vals:
+                lo, hi = min(vals), max(vals)
+                ax.set_ylim(max(0.0, lo - max(1.0, hi - lo)), hi + max(0.5, (hi - lo) / 2))
+        axes[0].legend(fontsize=7)
+        fig.text(0.01, 0.01, stamp, fontsize=6, color="gray")
+        fig.tight_layout()
+        fig.savefig(out / "methods.png", dpi=100)
+        plt.close(fig)
+        written.append("methods.png")
+    return written
+
+
+def write_report(plan: Plan, records: Mapping[str, Mapping[str, Any]] | None = None) -> tuple[dict[str, Any], Path]:
+    """Write report.md / .json / .csv and the plots; returns the report and its folder."""
+    from vggnet.checkpoint import atomic_write
+
+    report = build_report(plan, records)
+    out = plan.root / "reports" / plan.grid.name
+    out.mkdir(parents=True, exist_ok=True)
+    report["plots"] = _plots(plan, report, out)
+    _write_json(out / "report.json", report)
+    md = to_markdown(report)
+    atomic_write(out / "report.md", lambda f: f.write(md.encode("utf-8")))
+    text = to_csv(report)
+    atomic_write(out / "report.csv", lambda f: f.write(text.encode("utf-8")))
+    return report, out
