@@ -58,6 +58,7 @@ __all__ = [
     "validate",
     "load_posteriors",
     "predict",
+    "dense_pass_bytes",
     "add_eval_arguments",
     "run_eval",
     "add_predict_arguments",
@@ -677,6 +678,7 @@ def _load_nets(items: Sequence[Any], *, preprocessing: Any, device: torch.device
         except ValueError as exc:
             raise CheckpointError(f"{item if not isinstance(item, Mapping) else 'checkpoint'}: "
                                   f"bad preprocessing entry: {exc}") from None
+        _check_net(model, list(ckpt["classes"]), "checkpoint" if isinstance(item, Mapping) else str(item))
         nets.append(_Net(model=model, preprocessing=pre, classes=list(ckpt["classes"]), name=model.name,
                          checkpoint=None if isinstance(item, Mapping) else str(item), train_scale=_train_scale(ckpt),
                          from_checkpoint=True))
@@ -748,6 +750,8 @@ def evaluate(
         if small:
             raise UserError(f"--test-scales: Q={small[0]} is smaller than the crop size {net.crop_size} of "
                             f"net {net.name}; every test scale must be >= crop_size")
+        _check_scales_fit(net.model, net.test_scales, dev, method=method, flip=flip, amp=amp,
+                          where=f"net {net.name}")
 
     methods = ["dense", "multi-crop"] if method == "both" else [method]
     rank, world = _rank_world()
@@ -854,6 +858,82 @@ def validate(
             "images": int(n)}
 
 
+# --------------------------------------------------------------------------- checks before a pass
+
+
+def _check_net(model: VGG, classes: Sequence[str], where: str) -> None:
+    """Refuse a net whose answers would be meaningless: non-finite weights, or fewer class names than outputs."""
+    bad = [k for k, t in model.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise CheckpointError(f"{where}: {len(bad)} weight tensor(s) hold NaN or infinite values "
+                              f"({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}); the run that wrote it had "
+                              f"diverged: use an earlier checkpoint (e.g. best.pt or a numbered one)")
+    if len(classes) != model.num_classes:
+        raise CheckpointError(f"{where}: lists {len(classes)} class names for the net's {model.num_classes} "
+                              f"outputs; a checkpoint needs one name per output (its 'classes' entry)")
+
+
+def dense_pass_bytes(model: VGG, height: int, width: int, *, images: int = 2, bytes_per_value: int = 4) -> int:
+    """Peak activation memory (bytes) of `model.dense` on `images` images of height x width.
+
+    The largest input + output pair of any layer (ReLUs work in place), FC layers
+    applied as convolutions included; weights and framework workspace are not
+    counted, so the real peak is higher.
+    """
+    h, w, c, peak = int(height), int(width), 3, 0
+    for m in model.features:
+        if isinstance(m, nn.Conv2d):
+            peak = max(peak, (c + m.out_channels) * h * w)
+            c = m.out_channels
+        elif isinstance(m, nn.MaxPool2d):
+            peak = max(peak, c * (h * w + (h // 2) * (w // 2)))
+            h, w = h // 2, w // 2
+        elif isinstance(m, (nn.BatchNorm2d, nn.LocalResponseNorm)):
+            peak = max(peak, 2 * c * h * w)
+    h, w = max(h - model.grid + 1, 1), max(w - model.grid + 1, 1)  # FC1 as a grid x grid conv
+    for m in model.classifier:
+        if isinstance(m, nn.Linear):
+            peak = max(peak, c * h * w + m.out_features * h * w)
+            c = m.out_features
+    return peak * images * bytes_per_value
+
+
+def _available_bytes(device: torch.device) -> int | None:
+    """Free memory of `device` (CUDA: free GPU memory; CPU: MemAvailable), None when unknown."""
+    try:
+        if device.type == "cuda":
+            return int(torch.cuda.mem_get_info(device)[0])
+        if device.type == "cpu":
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+    except (OSError, RuntimeError, ValueError):
+        pass
+    return None
+
+
+def _check_scales_fit(model: VGG, scales: Sequence[int], device: torch.device, *, method: str, flip: bool,
+                      amp: str, where: str) -> None:
+    """Refuse a test scale whose pass cannot fit in memory, with the estimate, before any work.
+
+    The estimate is for the smallest image at Q (Q x Q): the rescaled image as
+    8-bit RGB and as a float tensor, plus a dense pass over it (and its flip).
+    """
+    available = _available_bytes(device)
+    if available is None:
+        return
+    q = max(scales)
+    need = (3 + 3 * 4) * q * q
+    if method in ("dense", "both") and isinstance(model, VGG):  # a foreign module: only the image is estimated
+        need += dense_pass_bytes(model, q, q, images=2 if flip else 1, bytes_per_value=2 if amp == "bf16" else 4)
+    if need > available:
+        fits = int(q * math.sqrt(available / need))
+        raise UserError(f"--test-scales: Q={q} needs at least {need / 2**30:.1f} GiB for the {method} pass of a "
+                        f"{q}x{q} image{' and its flip' if flip else ''} through {where}, more than the "
+                        f"{available / 2**30:.1f} GiB free on {device}; use test scales up to about {fits}")
+
+
 # --------------------------------------------------------------------------- predict
 
 
@@ -875,6 +955,7 @@ def predict(
     Dense multi-scale evaluation by default. A file that cannot be read gives
     `{"image", "error"}` and the others are still predicted.
     """
+    from vggnet.data.datasets import image_file_problem
     from vggnet.data.transforms import DenseEvalPreset, MultiCropEvalPreset, Preprocessing, load_image
     from vggnet.weights import model_from_checkpoint
 
@@ -882,18 +963,25 @@ def predict(
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     dev = _resolve_device(device)
     model, ckpt = model_from_checkpoint(checkpoint)
-    model.eval().to(dev)
     pre = Preprocessing.from_dict(ckpt["preprocessing"])
     classes = list(ckpt["classes"])
+    where = "checkpoint" if isinstance(checkpoint, Mapping) else str(checkpoint)
+    _check_net(model, classes, where)
+    model.eval().to(dev)
     qs = sorted(set(scales)) if scales else default_test_scales(_train_scale(ckpt), model.crop_size)
     if qs[0] < model.crop_size:
         raise UserError(f"--test-scales: Q={qs[0]} is smaller than the crop size {model.crop_size}")
+    _check_scales_fit(model, qs, dev, method=method, flip=flip, amp=amp, where=f"net {model.name} of {where}")
     dense = [DenseEvalPreset(scale=q, preprocessing=pre) for q in qs]
     crops = [MultiCropEvalPreset(scale=q, crop_size=model.crop_size, preprocessing=pre, grid=grid, flip=flip)
              for q in qs]
     k = min(topk, len(classes))
     out: list[dict[str, Any]] = []
     for path in images:
+        problem = image_file_problem(path)  # the rule training lists files by; a FIFO would block forever
+        if problem is not None:
+            out.append({"image": str(path), "error": f"{path}: {problem}"})
+            continue
         try:
             img = load_image(path, min_side=qs[-1])  # decoded once (at reduced size if large), rescaled to every Q
         except DataError as exc:
