@@ -219,8 +219,8 @@ class VGG(nn.Module):
                 weight = module.weight.view(module.out_features, -1, k, k)
                 x = F.conv2d(x, weight, module.bias)
                 first = False
-            elif isinstance(module, nn.Dropout) and stop_before_last and module is modules[end - 1]:
-                continue  # the descriptor is taken after FC2's ReLU, before its dropout
+            elif isinstance(module, nn.Dropout) and stop_before_last:
+                continue  # descriptors are deterministic whatever the mode: no dropout (FC1's or FC2's)
             else:
                 x = module(x)
         return x
@@ -238,7 +238,11 @@ class VGG(nn.Module):
         return self._dense_head(self.features(x), stop_before_last=False)
 
     def features_map(self, x: torch.Tensor) -> torch.Tensor:
-        """The penultimate layer applied densely: `(N, fc_width, H', W')`, FC2 after ReLU (Appendix B)."""
+        """The penultimate layer applied densely: `(N, fc_width, H', W')`, FC2 after ReLU (Appendix B).
+
+        Deterministic in train mode too: the dropout layers are skipped, so a
+        descriptor never depends on whether the caller remembered `eval()`.
+        """
         self._check_size(x, "VGG.features_map")
         if min(x.shape[-2:]) < self.crop_size:
             raise ValueError(
