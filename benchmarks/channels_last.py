@@ -2,7 +2,7 @@
 
 What `--channels-last` changes: the memory layout of the activations and conv
 weights, and with it which oneDNN (CPU) or cuDNN (GPU) kernels run. The same
-net, weights, batch and fused SGD step (`vggnet.train.make_optimizer`) in both
+net, weights, batch and fused SGD step (`vggnet.engine.make_optimizer`) in both
 layouts; the two interleaved, round by round, and the median kept.
 
     python benchmarks/channels_last.py                                   # D, crop 128, batch 8
@@ -22,7 +22,7 @@ import torch
 
 from train_step import make_step, time_interleaved  # benchmarks/ is on sys.path when run as a script
 from vggnet.models import vgg
-from vggnet.train import TrainConfig, make_optimizer
+from vggnet.engine import TrainConfig, make_optimizer
 
 
 def build_step(state: dict[str, torch.Tensor], args: argparse.Namespace, channels_last: bool,

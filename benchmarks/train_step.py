@@ -12,7 +12,7 @@ Three settings per pair:
                      implementation: ours must not be slower (ratio >= 1.0);
   equal, fast path   both nets with our training defaults (what `vgg train`
                      resolves for --amp auto, --channels-last auto, and
-                     `vggnet.train.make_optimizer`): the net itself still must
+                     `vggnet.engine.make_optimizer`): the net itself still must
                      not be slower;
   default vs default our training defaults against torchvision's defaults
                      (fp32, NCHW, default SGD): the speed-up a user gets.
@@ -48,7 +48,7 @@ import torch.nn.functional as F
 import torchvision
 
 from vggnet.models import vgg
-from vggnet.train import TrainConfig, make_optimizer, resolve_execution
+from vggnet.engine import TrainConfig, make_optimizer, resolve_execution
 
 PAIRS = {"D": "vgg16", "A": "vgg11"}
 

@@ -5,10 +5,15 @@ import os
 import pytest
 import torch
 
+from vggnet.checkpoint import (
+    CAFFE_PREPROCESSING,
+    load_checkpoint,
+    make_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+)
 from vggnet.errors import CheckpointError
 from vggnet.models import vgg
-from vggnet.weights import (CAFFE_PREPROCESSING, load_checkpoint, make_checkpoint, model_from_checkpoint,
-                            save_checkpoint)
 
 BUILD = dict(num_classes=4, width=1 / 16, fc_width=16, crop_size=32)
 

@@ -8,12 +8,12 @@ import pytest
 import torch
 from PIL import Image
 
+from vggnet.checkpoint import make_checkpoint, save_checkpoint
 from vggnet.cli import main
 from vggnet.data.datasets import build_dataset
 from vggnet.data.synthetic import SyntheticShapes, write_synthetic
 from vggnet.evaluate import EvalResult, evaluate, load_posteriors, validate
 from vggnet.models import vgg
-from vggnet.weights import make_checkpoint, save_checkpoint
 
 TINY = dict(width=1 / 16, fc_width=16, crop_size=32, dropout=0.0)
 CLASSES = SyntheticShapes(0, classes=7).classes  # the synthetic generator's first 7 shapes
@@ -171,7 +171,7 @@ def test_crop_grid_and_dense_input_geometry(tmp_path):
 
 
 def test_validate_matches_dense_evaluation_and_restores_mode(data, ckpt):
-    from vggnet.weights import model_from_checkpoint
+    from vggnet.checkpoint import model_from_checkpoint
 
     model, c = model_from_checkpoint(ckpt)
     model.train()
@@ -277,7 +277,7 @@ def _worker(rank, world, rdzv, data, ckpt, out):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{rdzv}", rank=rank, world_size=world)
     try:
-        from vggnet.weights import model_from_checkpoint
+        from vggnet.checkpoint import model_from_checkpoint
 
         res = evaluate(ckpt, data, method="both", scales=[40, 48], batch_size=2)
         model, c = model_from_checkpoint(ckpt)
@@ -297,7 +297,7 @@ def test_distributed_evaluation_equals_single_process(data, ckpt, tmp_path):
     mp.start_processes(_worker, args=(2, str(tmp_path / "rdzv"), str(data), str(ckpt), str(tmp_path)), nprocs=2,
                        join=True, start_method="fork")
     single = evaluate(ckpt, data, method="both", scales=[40, 48], batch_size=2)
-    from vggnet.weights import model_from_checkpoint
+    from vggnet.checkpoint import model_from_checkpoint
 
     model, c = model_from_checkpoint(ckpt)
     ds = build_dataset(data, None, split="val", classes=CLASSES, strict=True)

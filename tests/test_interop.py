@@ -14,15 +14,31 @@ import numpy as np
 import pytest
 import torch
 
-from vggnet import caffe_pb
+from vggnet.checkpoint import (
+    CAFFE_PREPROCESSING,
+    TORCHVISION_PREPROCESSING,
+    load_checkpoint,
+    make_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+)
 from vggnet.cli import main
 from vggnet.errors import CheckpointError, UserError
 from vggnet.hub import create_model
+from vggnet.interop import (
+    caffe_pb,
+    check_onnx,
+    export_onnx,
+    export_safetensors,
+    export_torchvision,
+    import_caffe,
+    import_keras,
+    import_safetensors,
+    import_torchvision,
+    load_weights,
+    sidecar_path,
+)
 from vggnet.models import vgg
-from vggnet.weights import (CAFFE_PREPROCESSING, TORCHVISION_PREPROCESSING, check_onnx, export_onnx,
-                            export_safetensors, export_torchvision, import_caffe, import_keras, import_safetensors,
-                            import_torchvision, load_checkpoint, load_weights, make_checkpoint,
-                            model_from_checkpoint, save_checkpoint, sidecar_path)
 
 TINY = dict(width=1 / 16, fc_width=32, crop_size=64)  # crop 64: FC1 sees a 2x2 grid, so flatten order matters
 MEAN_BGR = torch.tensor([103.939, 116.779, 123.68]).view(1, 3, 1, 1)

@@ -22,7 +22,8 @@ import pytest
 import torch
 import yaml
 
-import vggnet.train as train_module
+import vggnet.engine.loop as train_module
+import vggnet.engine.task as task_module
 from vggnet.cli import main, parse_args_with_config
 from vggnet.errors import CheckpointError, UserError
 from vggnet.train import TrainConfig, TrainingError, add_train_arguments, find_checkpoints, train
@@ -315,8 +316,8 @@ def test_checkpoint_of_another_configuration_is_refused(tmp_path, change, flag):
 
 
 def test_weights_only_checkpoint_cannot_be_resumed(tmp_path):
+    from vggnet.checkpoint import CAFFE_PREPROCESSING, make_checkpoint, save_checkpoint
     from vggnet.models import vgg
-    from vggnet.weights import CAFFE_PREPROCESSING, make_checkpoint, save_checkpoint
 
     path = save_checkpoint(tmp_path / "w.pt", make_checkpoint(vgg("A", 4, width=1 / 16, fc_width=16, crop_size=32),
                                                               preprocessing=CAFFE_PREPROCESSING))
@@ -336,7 +337,7 @@ def nan_at_step(monkeypatch, bad_step: int) -> None:
         loss = torch.nn.functional.cross_entropy(logits, target, **kw)
         return loss * float("nan") if len(calls) == bad_step else loss
 
-    monkeypatch.setattr(train_module, "F", types.SimpleNamespace(cross_entropy=cross_entropy))
+    monkeypatch.setattr(task_module, "F", types.SimpleNamespace(cross_entropy=cross_entropy))
 
 
 def test_nan_loss_stops_with_the_step_lr_and_last_good_checkpoint(tmp_path, monkeypatch):
@@ -550,7 +551,7 @@ def test_checkpoint_contents_are_plain_containers(reference):
     assert t["optimizer"]["param_groups"][0]["weight_decay"] == 5e-4
     assert t["scheduler"]["patience"] == 2 and t["scheduler"]["factor"] == 0.1
     # the best checkpoint is an ordinary model checkpoint for `vgg eval`
-    from vggnet.weights import model_from_checkpoint
+    from vggnet.checkpoint import model_from_checkpoint
 
     model, _ = model_from_checkpoint(reference() / "best.pt")
     assert model.num_classes == 4

@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 
-import vggnet.train as train_module
+import vggnet.engine.loop as train_module
 from test_train import STEPS_PER_EPOCH, read_metrics, tiny  # tests/ is on sys.path (rootdir conftest)
 from vggnet import distributed
 from vggnet.train import train

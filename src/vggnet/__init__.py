@@ -3,16 +3,49 @@
     >>> import vggnet
     >>> model = vggnet.vgg("D", num_classes=10, width=1/16, crop_size=64)
     >>> scores = model.dense(torch.randn(1, 3, 96, 128))  # (1, 10, 2, 3) class-score map
+
+The public names resolve lazily (PEP 562): `import vggnet` does not import
+torch, so `vgg --help` starts in a fraction of a second; the first use of
+`vggnet.vgg` (or any name below) imports its module.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from vggnet.errors import CheckpointError, DataError, UserError
-from vggnet.hub import create_model
-from vggnet.init import init_from_a, init_weights
-from vggnet.models import ALIASES, CONFIGS, NAMES, VGG, count_macs, count_parameters, resolve_name, vgg
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ALIASES", "CONFIGS", "NAMES", "VGG", "vgg", "resolve_name", "count_parameters", "count_macs",
-    "init_weights", "init_from_a", "create_model", "UserError", "DataError", "CheckpointError", "__version__",
-]
+# public name -> the module that defines it
+_LAZY = {
+    "ALIASES": "vggnet.models", "CONFIGS": "vggnet.models", "NAMES": "vggnet.models", "VGG": "vggnet.models",
+    "vgg": "vggnet.models", "resolve_name": "vggnet.models", "count_parameters": "vggnet.models",
+    "count_macs": "vggnet.models",
+    "init_weights": "vggnet.init", "init_from_a": "vggnet.init",
+    "create_model": "vggnet.hub",
+    "load_checkpoint": "vggnet.checkpoint", "save_checkpoint": "vggnet.checkpoint",
+    "model_from_checkpoint": "vggnet.checkpoint",
+}
+
+__all__ = [*_LAZY, "UserError", "DataError", "CheckpointError", "__version__"]
+
+if TYPE_CHECKING:
+    from vggnet.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+    from vggnet.hub import create_model
+    from vggnet.init import init_from_a, init_weights
+    from vggnet.models import ALIASES, CONFIGS, NAMES, VGG, count_macs, count_parameters, resolve_name, vgg
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'vggnet' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # resolved once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

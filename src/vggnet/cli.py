@@ -19,7 +19,8 @@ from vggnet.errors import UserError
 
 __all__ = ["COMMANDS", "main", "parse_args_with_config", "add_model_arguments"]
 
-# name -> (module, one-line help)
+# name -> (module, one-line help): the commands that work in this version, and only those
+# (tests/test_cli.py runs `--help` of each)
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("vggnet.cli", "Table 1 and Table 2 from the code: layers, parameters, MACs"),
     "synth": ("vggnet.data.synthetic", "write the synthetic shapes dataset to disk"),
@@ -27,12 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("vggnet.train", "train with the paper's protocol (§3.1)"),
     "eval": ("vggnet.evaluate", "dense / multi-crop / multi-scale / fused evaluation (§3.2)"),
     "predict": ("vggnet.evaluate", "top-5 classes for image files"),
-    "localize": ("vggnet.localize", "localisation (Appendix A): train, eval, predict"),
-    "features": ("vggnet.features", "Appendix B descriptors"),
-    "transfer": ("vggnet.features", "Appendix B: linear SVM on descriptors"),
-    "import": ("vggnet.weights", "torchvision .pth, Keras .h5, Caffe .caffemodel -> checkpoint"),
-    "export": ("vggnet.weights", "checkpoint -> safetensors, torchvision .pth, ONNX"),
-    "experiment": ("vggnet.experiments", "the paper's tables as experiment grids"),
+    "import": ("vggnet.interop.cli", "torchvision .pth, Keras .h5, Caffe .caffemodel -> checkpoint"),
+    "export": ("vggnet.interop.cli", "checkpoint -> safetensors, torchvision .pth, ONNX"),
     "demo": ("vggnet.demo", "the main job end to end on the synthetic dataset"),
 }
 

@@ -582,7 +582,7 @@ class EvalResult:
 
     def save_posteriors(self, path: str | os.PathLike) -> Path:
         """Write the per-image posteriors (plain tensors, `torch.load(weights_only=True)`-safe), atomically."""
-        from vggnet.weights import atomic_write
+        from vggnet.checkpoint import atomic_write
 
         blob = {
             "format": POSTERIORS_FORMAT, "version": 1,
@@ -659,7 +659,7 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
 
 def _load_nets(items: Sequence[Any], *, preprocessing: Any, device: torch.device, channels_last: bool) -> list[_Net]:
     from vggnet.data.transforms import Preprocessing
-    from vggnet.weights import model_from_checkpoint, unwrap
+    from vggnet.checkpoint import model_from_checkpoint, unwrap
 
     nets: list[_Net] = []
     for item in items:
@@ -821,7 +821,7 @@ def validate(
     of the counts; a strict one raises `DataError` naming the file.
     """
     from vggnet.data.transforms import DenseEvalPreset, Preprocessing
-    from vggnet.weights import unwrap
+    from vggnet.checkpoint import unwrap
 
     net_model = unwrap(model)
     if scale < net_model.crop_size:
@@ -957,7 +957,7 @@ def predict(
     """
     from vggnet.data.datasets import image_file_problem
     from vggnet.data.transforms import DenseEvalPreset, MultiCropEvalPreset, Preprocessing, load_image
-    from vggnet.weights import model_from_checkpoint
+    from vggnet.checkpoint import model_from_checkpoint
 
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -1095,7 +1095,7 @@ def run_eval(args: argparse.Namespace) -> int:
             for name, acc in o["per_class_accuracy"].items():
                 print(f"  {name:<24} {'-' if acc is None else f'{acc:6.2f}%'}")
     if args.output:
-        from vggnet.weights import atomic_write
+        from vggnet.checkpoint import atomic_write
 
         text = (json.dumps(report, indent=2) + "\n") if args.output.lower().endswith(".json") else result.to_markdown()
         atomic_write(args.output, lambda f: f.write(text.encode("utf-8")))

@@ -21,7 +21,8 @@ from torch import nn
 
 from vggnet.errors import UserError
 from vggnet.models import VGG, resolve_name, vgg
-from vggnet.weights import load_weights, model_from_checkpoint
+from vggnet.checkpoint import model_from_checkpoint
+from vggnet.interop import load_weights
 
 __all__ = ["create_model", "replace_classifier_head", "freeze_conv_layers"]
 

@@ -13,12 +13,13 @@ the deeper nets from scratch, without the chain; and torchvision uses He
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import torch
 from torch import nn
 
-from vggnet.models import VGG
+if TYPE_CHECKING:  # models.py calls init_weights: no import cycle at run time
+    from vggnet.models import VGG
 
 __all__ = ["SCHEMES", "GAUSSIAN_STD", "init_weights", "init_from_a", "conv_positions"]
 
@@ -89,7 +90,7 @@ def init_from_a(model: VGG, source: VGG | Mapping[str, torch.Tensor], *, source_
     filters see the same inputs they were trained on. The rest of `model` is
     left as it is (initialise it first). Returns the state-dict keys copied.
     """
-    if isinstance(source, VGG):
+    if isinstance(source, nn.Module):
         a_state = source.state_dict()
     else:
         a_state = dict(source)

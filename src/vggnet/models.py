@@ -180,7 +180,7 @@ class VGG(nn.Module):
             nn.Dropout(p=dropout),
             nn.Linear(fc_width, num_classes),
         )
-        from vggnet.init import init_weights  # local import: init imports this module
+        from vggnet.init import init_weights  # local import: keeps `import vggnet.models` light
 
         init_weights(self, "kaiming")
 

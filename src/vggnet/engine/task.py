@@ -46,6 +46,8 @@ class Task:
     metrics: tuple[str, ...] = ()
     #: units of each metric in the epoch log line ("%" for errors in percent)
     units: Mapping[str, str] = {}
+    #: the monitor's name in the log
+    monitor_label: str = "loss"
     #: the datasets must carry boxes (`vggnet.data` items `(image, label, boxes)`)
     needs_boxes: bool = False
 
@@ -116,6 +118,10 @@ class Task:
         """One phrase for the run's header line."""
         return self.name
 
+    def summary(self, metrics: Mapping[str, float]) -> str:
+        """The validation metrics in the epoch's log line."""
+        return "  ".join(f"{name} {metrics[name]:.4g}{self.units.get(name, '')}" for name in self.metrics)
+
 
 def checkpoint_task(ckpt: Mapping[str, Any]) -> str:
     """The task a checkpoint was trained for ("classification" when it does not say)."""
@@ -130,6 +136,7 @@ class ClassificationTask(Task):
 
     name = "classification"
     monitor = "top1_error"
+    monitor_label = "top-1 error"
     metrics = ("top1_error", "top5_error")
     units = {"top1_error": "%", "top5_error": "%"}
 
@@ -141,6 +148,9 @@ class ClassificationTask(Task):
 
     def loss(self, output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(output.float(), targets, reduction="sum")
+
+    def summary(self, metrics: Mapping[str, float]) -> str:
+        return f"top-1 err {metrics['top1_error']:5.2f}%  top-5 err {metrics['top5_error']:5.2f}%"
 
     def validate(self, model: nn.Module, dataset: Any, *, preprocessing: Any, scale: int, device: torch.device,
                  batch_size: int, workers: int, amp: str) -> dict[str, float]:
@@ -154,5 +164,5 @@ class ClassificationTask(Task):
 
         theirs = checkpoint_task(ckpt)
         if theirs != self.name:
-            raise CheckpointError(f"{path} is a {theirs} checkpoint, not a classification net; "
-                                  f"{'resume it with its own command' if purpose == 'resume' else 'start from a classification checkpoint'}")
+            what = "resume it with its own command" if purpose == "resume" else "start from a classification net"
+            raise CheckpointError(f"{path} is a {theirs} checkpoint, not a classification net; {what}")

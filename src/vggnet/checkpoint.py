@@ -1,0 +1,242 @@
+"""Our checkpoint format: make, atomic save, safe load, model from checkpoint.
+
+A checkpoint is a `torch.save` of plain containers only (tensors, numbers,
+strings, lists, dicts), so `torch.load(weights_only=True)` reads it and loading
+a file never runs code from it. It carries everything needed to use the weights
+correctly: the model's build arguments, the preprocessing it was trained with,
+the class names and, for training checkpoints, the complete training state
+(`TRAIN_STATE_KEYS`, written by `vggnet.engine`). Every part of vggnet reads and
+writes weights through this module; foreign formats live in `vggnet.interop`.
+See docs/architecture.md for the layout.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from vggnet.errors import CheckpointError
+from vggnet.models import VGG, vgg
+
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "CAFFE_PREPROCESSING",
+    "TORCHVISION_PREPROCESSING",
+    "TRAIN_STATE_KEYS",
+    "make_checkpoint",
+    "checkpoint_from_state",
+    "save_checkpoint",
+    "load_checkpoint",
+    "model_from_checkpoint",
+    "atomic_write",
+    "unwrap",
+    "is_checkpoint",
+]
+
+FORMAT = "vggnet.checkpoint"
+VERSION = 1
+
+# The paper's preprocessing: 0-255 pixels minus the training set's mean RGB
+# (here ImageNet's, as in the released Caffe models; training replaces it with
+# the statistics of its own training set).
+CAFFE_PREPROCESSING = {"pixel_scale": 255.0, "mean": [123.68, 116.779, 103.939], "std": [1.0, 1.0, 1.0]}
+# torchvision's weights expect 0-1 pixels normalised by ImageNet mean and std.
+TORCHVISION_PREPROCESSING = {"pixel_scale": 1.0, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+
+
+# What `ckpt["train"]` of a training checkpoint holds (vggnet.engine writes and reads it):
+TRAIN_STATE_KEYS = (
+    "epoch", "step_in_epoch", "steps_per_epoch", "global_step",  # where the run stands
+    "sampler",                                                    # data order: seed, epoch, position
+    "optimizer", "scheduler", "scaler",                           # optimisation state
+    "rng",                                                        # every RNG of every process
+    "world_size", "config", "task", "stats",                      # the run's settings and statistics
+    "history", "lr_reductions", "best_metric", "best_epoch",     # validation so far
+    "epoch_totals", "finished", "stopped",
+)
+
+def make_checkpoint(
+    model: VGG,
+    *,
+    preprocessing: Mapping[str, Any],
+    classes: list[str] | None = None,
+    meta: Mapping[str, Any] | None = None,
+    train: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A checkpoint dict for `model` (weights moved to CPU; DDP/compile wrappers unwrapped)."""
+    model = unwrap(model)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return checkpoint_from_state(model.build_args, state, preprocessing=preprocessing, classes=classes,
+                                 meta=meta, train=train)
+
+
+def checkpoint_from_state(
+    build: Mapping[str, Any],
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    preprocessing: Mapping[str, Any],
+    classes: Sequence[str] | None = None,
+    meta: Mapping[str, Any] | None = None,
+    train: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The checkpoint dict for a model given by its build arguments and weights (no model needed)."""
+    num_classes = int(build["num_classes"])
+    if classes is None:
+        classes = [str(i) for i in range(num_classes)]
+    task = (meta or {}).get("task", "classification")
+    if len(classes) != num_classes and task == "classification":
+        raise ValueError(f"{len(classes)} class names for a model with {num_classes} outputs")
+    ckpt: dict[str, Any] = {
+        "format": FORMAT,
+        "version": VERSION,
+        "build": dict(build),
+        "state_dict": dict(state_dict),
+        "preprocessing": {"pixel_scale": float(preprocessing["pixel_scale"]),
+                          "mean": [float(v) for v in preprocessing["mean"]],
+                          "std": [float(v) for v in preprocessing["std"]]},
+        "classes": [str(c) for c in classes],
+        "meta": dict(meta or {}),
+    }
+    if train is not None:
+        ckpt["train"] = dict(train)
+    return ckpt
+
+
+def unwrap(model: torch.nn.Module) -> VGG:
+    """The VGG inside DistributedDataParallel and/or torch.compile wrappers."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model  # type: ignore[return-value]
+
+
+def atomic_write(path: str | os.PathLike, write) -> Path:
+    """Call `write(file_object)` on a temporary file beside `path`, fsync it, then rename over `path`.
+
+    A crash at any moment leaves either the old file or the new one, never half of one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        # mkstemp makes the file private (0600); give it the mode open() would (0666 less the umask).
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        try:  # make the rename itself durable
+            dfd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError:
+            pass
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def save_checkpoint(path: str | os.PathLike, ckpt: Mapping[str, Any]) -> Path:
+    """Write `ckpt` to `path` atomically (temporary file, fsync, rename)."""
+    return atomic_write(path, lambda f: torch.save(dict(ckpt), f))
+
+
+def torch_load(path: Path, map_location: str | torch.device = "cpu", what: str = "checkpoint") -> Any:
+    """`torch.load(weights_only=True)` with a `CheckpointError` naming the file for anything unreadable."""
+    if not path.exists():
+        raise CheckpointError(f"{what} {path} does not exist")
+    if path.is_dir():
+        raise CheckpointError(f"{what} {path} is a directory; give the file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{what} {path} is empty (0 bytes): it was not written completely")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types for damaged files
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        first = lines[0] if lines else type(exc).__name__
+        if first.startswith("Weights only load failed"):
+            # torch's advice to retry with weights_only=False is wrong for damaged files and unsafe for others
+            detail = next((lines[i + 1] for i, line in enumerate(lines[:-1]) if "WeightsUnpickler" in line), "")
+            first = ("a safe (weights_only) load refuses it: it is damaged, not a PyTorch file, or pickles "
+                     f"Python objects{f' ({detail})' if detail else ''}")
+        raise CheckpointError(
+            f"{what} {path} cannot be read (truncated, corrupt, or not a vggnet/PyTorch file): {first}") from None
+
+
+def is_checkpoint(obj: Any) -> bool:
+    return isinstance(obj, dict) and obj.get("format") == FORMAT
+
+
+def check_checkpoint(ckpt: Any, path: Path) -> dict[str, Any]:
+    if not is_checkpoint(ckpt):
+        hint = ""
+        if isinstance(ckpt, dict) and any(str(k).startswith("features.") for k in ckpt):
+            hint = "; it looks like a bare state dict: convert it with `vgg import torchvision FILE --out CKPT`"
+        raise CheckpointError(f"{path} is not a vggnet checkpoint (no format={FORMAT!r} entry){hint}")
+    if ckpt.get("version", 0) > VERSION:
+        raise CheckpointError(f"checkpoint {path} has format version {ckpt['version']}; this vggnet reads "
+                              f"up to {VERSION}: upgrade vggnet")
+    for key in ("build", "state_dict", "preprocessing", "classes"):
+        if key not in ckpt:
+            raise CheckpointError(f"checkpoint {path} has no {key!r} entry")
+    return ckpt
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a vggnet checkpoint safely; a `CheckpointError` naming the file if it is not one."""
+    path = Path(path)
+    return check_checkpoint(torch_load(path, map_location), path)
+
+
+def model_from_checkpoint(
+    ckpt: Mapping[str, Any] | str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> tuple[VGG, dict[str, Any]]:
+    """Rebuild the model a checkpoint describes and load its weights (strict).
+
+    The model is built on the meta device and takes CPU copies of the
+    checkpoint's tensors (in the model's dtypes), so no time goes into an
+    initialisation that would be overwritten (about 1 s for net D), and the
+    model shares no memory with `ckpt`.
+    """
+    source = "checkpoint"
+    if not isinstance(ckpt, Mapping):
+        source = str(ckpt)
+        ckpt = load_checkpoint(ckpt, map_location=map_location)
+    try:
+        with torch.device("meta"):
+            model = vgg(**ckpt["build"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{source} has invalid build arguments {ckpt['build']}: {exc}") from None
+    expected = model.state_dict()
+    state = {k: v.to(device="cpu", dtype=expected[k].dtype, copy=True) if k in expected else v
+             for k, v in ckpt["state_dict"].items()}  # a CPU model, as before, whatever map_location says
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        raise CheckpointError(f"{source} does not match the model it describes "
+                              f"({ckpt['build']}): {' '.join(lines[1:3])[:300]} ...") from None
+    return model, dict(ckpt)
+
+
+# =========================================================================== interop
+#
+# Foreign weights in (`vgg import`), our weights out (`vgg export`). Every
+# importer turns a file into the same two things — the build arguments of the
+# net it holds (inferred from the shapes, or given) and a state dict in our
+# (= torchvision's) layout — checks every tensor against `vgg(**build)` and

@@ -1,0 +1,641 @@
+"""The training loop: one engine for every head (§3.1 training, §3.3 data parallelism).
+
+`train(config, task)` runs epochs of mini-batch SGD with momentum and weight
+decay on the task's loss, validates after every epoch with the task's metric,
+divides the learning rate when that metric stops improving (`lr_drops` times,
+then stops), and writes a checkpoint after every epoch (and every
+`checkpoint_every` steps or `checkpoint_minutes`). What the head predicts is the
+task's business (`vggnet.engine.task`); everything that makes a run trustworthy
+is here, once:
+
+- the global batch of the paper over processes and accumulation steps, so that
+  1 process x 8 micro-batches and 8 processes x 1 take the same step;
+- DDP under torchrun, AMP (bf16, or fp16 with a gradient scaler), channels_last;
+- exact resume: model, optimizer, scheduler, scaler, RNGs, sampler position and
+  the epoch's running sums are in every checkpoint;
+- SIGTERM/SIGINT finish the step and checkpoint; a non-finite loss or weight
+  stops every process before anything bad is written;
+- checkpoints written atomically, `keep` numbered ones, `last.pt` and `best.pt`.
+
+Each optimizer step is one all-reduce of the loss and of the stop/checkpoint
+requests, so every rank takes every decision at the same step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from vggnet import distributed
+from vggnet.engine.config import RESUME_MUST_MATCH, TrainConfig, parse_init, show_setting
+from vggnet.engine.data import build_datasets, make_train_loader
+from vggnet.engine.outputs import RunOutputs, duration
+from vggnet.engine.state import (StopRequest, agree_on_resume, capture_rng, init_from, link_or_copy,
+                                 make_optimizer, plain, resolve_execution, restore_rng, seed_everything)
+from vggnet.engine.task import ClassificationTask, Task
+from vggnet.errors import CheckpointError, UserError
+
+__all__ = ["Trainer", "TrainingError", "train"]
+
+
+class TrainingError(UserError):
+    """Training cannot go on (a non-finite loss, too many bad images); the message says where it stopped."""
+
+
+class Trainer:
+    """One run: `Trainer(cfg, info, task).run()`. Rank 0 writes every file; every rank computes."""
+
+    def __init__(self, cfg: TrainConfig, info: distributed.DistInfo, task: Task) -> None:
+        self.cfg = cfg
+        self.info = info
+        self.task = task
+        self.device = info.device
+        self.out = Path(cfg.output_dir)
+        self.outputs = RunOutputs(self.out, is_main=info.is_main)
+        self.log = self.outputs.log
+        self.history: list[dict[str, Any]] = []
+        self.epoch = 0               # the epoch in progress (0-based)
+        self.step_in_epoch = 0       # optimizer steps done in it
+        self.global_step = 0
+        self.lr_reductions = 0
+        self.best: float | None = None      # the best validation value of task.monitor so far
+        self.best_epoch: int | None = None
+        self.last_checkpoint: Path | None = None
+        self.resume_path: Path | None = None
+        self.stopped: str | None = None
+        self.last_save_time = time.monotonic()
+        self.finished_before = False
+        self.signal: int | None = None
+        self._reset_epoch_totals()
+
+    def _reset_epoch_totals(self) -> None:
+        # running sums of the epoch in progress; checkpointed, so a resumed epoch reports the same numbers
+        self.totals = {"loss_sum": 0.0, "steps": 0, "seen": 0, "bad": 0, "seconds": 0.0}
+
+    @property
+    def best_key(self) -> str:
+        return f"best_{self.task.monitor}"
+
+    # ----------------------------------------------------------------- set-up
+
+    def resolve_execution(self) -> None:
+        cfg, dev = self.cfg, self.device
+        world = self.info.world_size
+        self.micro = cfg.micro_batch_size or max(1, cfg.batch_size // world)
+        self.accum = distributed.accumulation_steps(cfg.batch_size, self.micro, world)  # exact, or a UserError
+        self.amp, self.channels_last = resolve_execution(cfg.amp, cfg.channels_last, dev)
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.amp)
+        if dev.type == "cuda":
+            torch.backends.cudnn.benchmark = not cfg.deterministic
+        if cfg.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+
+    def check_resumable(self, ckpt: Mapping[str, Any], path: Path) -> None:
+        """A `CheckpointError` unless `ckpt` is a training checkpoint of this task with this run's settings."""
+        train = ckpt.get("train")
+        if not isinstance(train, Mapping) or "optimizer" not in train:
+            raise CheckpointError(f"{path} holds weights only, no training state; to start a new run from these "
+                                  f"weights use --init from:{path}")
+        self.task.check_checkpoint(ckpt, str(path), purpose="resume")
+        saved = train.get("config", {})
+        mismatched = []
+        for key in RESUME_MUST_MATCH:
+            mine, theirs = plain(getattr(self.cfg, key)), plain(saved.get(key))
+            if key == "model" and isinstance(theirs, str):
+                from vggnet.models import resolve_name
+
+                theirs = resolve_name(theirs)
+            if mine != theirs and not (isinstance(mine, (int, float)) and isinstance(theirs, (int, float))
+                                       and float(mine) == float(theirs)):
+                mismatched.append(f"--{key.replace('_', '-')} {show_setting(theirs)} in the checkpoint, "
+                                  f"{show_setting(mine)} now")
+        theirs_task = dict(train.get("task") or {})
+        for key, mine in plain(self.task.settings()).items():
+            if key in theirs_task and theirs_task[key] != mine:
+                mismatched.append(f"{self.task.name} setting {key} {theirs_task[key]} in the checkpoint, {mine} now")
+        if mismatched:
+            raise CheckpointError(f"{path} was written by a run with other settings ({'; '.join(mismatched)}); "
+                                  f"resume it with its own settings (its config.yaml), or start a new run from "
+                                  f"its weights with --init from:{path} and a new --output-dir")
+
+    def build_data(self, resume: Mapping[str, Any] | None, init_ckpt: Mapping[str, Any] | None) -> None:
+        from vggnet.data.transforms import Preprocessing
+
+        cfg = self.cfg
+        train, val, self.data_text = build_datasets(cfg, boxes=self.task.needs_boxes)
+        if len(train) < cfg.batch_size:
+            raise UserError(f"--batch-size {cfg.batch_size} is larger than the training set ({len(train)} images); "
+                            f"an epoch must hold at least one global batch")
+        self.classes = list(train.classes)
+        if resume is not None and list(resume["classes"]) != self.classes:
+            raise CheckpointError(f"{self.resume_path} was trained on {len(resume['classes'])} classes "
+                                  f"({', '.join(resume['classes'][:4])}, ...) but the training set has "
+                                  f"{len(self.classes)} ({', '.join(self.classes[:4])}, ...)")
+        self.stats, self.stats_source = self._statistics(train, resume, init_ckpt)
+        if resume is not None:
+            self.preprocessing = Preprocessing.from_dict(resume["preprocessing"])
+        else:
+            self.preprocessing = Preprocessing.caffe(mean=self.stats["mean"])
+        train.transform = self.task.train_transform(
+            crop_size=cfg.crop_size, scale=cfg.scale, preprocessing=self.preprocessing,
+            pca=self.stats if cfg.pca_std > 0 else None, pca_std=cfg.pca_std)
+        self.train_set, self.val_set = train, val
+        self.sampler = distributed.ResumableDistributedSampler(
+            train, global_batch=cfg.batch_size, num_replicas=self.info.world_size, rank=self.info.rank,
+            seed=cfg.seed)
+        self.steps_per_epoch = self.sampler.steps_per_epoch
+        self.loader = make_train_loader(train, self.sampler, seed=cfg.seed, micro_batch=self.micro,
+                                        workers=cfg.workers, collate=self.task.collate,
+                                        pin_memory=self.device.type == "cuda")
+
+    def _statistics(self, train: Any, resume: Mapping[str, Any] | None,
+                    init_ckpt: Mapping[str, Any] | None) -> tuple[dict[str, Any], str]:
+        """Mean RGB and PCA: the run's own (resume), a `vgg stats` file, the initial net's, or computed now."""
+        cfg = self.cfg
+        stats, source = None, ""
+        if resume is not None:
+            stats, source = resume["train"].get("stats"), f"the checkpoint {self.resume_path}"
+        elif cfg.stats is not None:
+            from vggnet.data.stats import load_stats
+
+            stats, source = load_stats(cfg.stats), cfg.stats
+        elif init_ckpt is not None and isinstance(init_ckpt.get("meta", {}).get("stats"), Mapping) \
+                and list(init_ckpt.get("classes", [])) == self.classes:
+            stats, source = init_ckpt["meta"]["stats"], f"the initial net {parse_init(cfg.init)[1]}"
+        if stats is None:
+            from vggnet.data.stats import compute_stats
+
+            n = min(cfg.stats_sample, len(train))
+            if self.info.is_main:
+                self.log(f"computing the training set's mean RGB and PCA on {n} images (pass --stats FILE from "
+                         f"`vgg stats` to skip this)")
+                stats = compute_stats(train, sample=n, seed=cfg.seed, workers=min(cfg.workers, 4))
+            stats = distributed.broadcast_object(stats)
+            source = f"{n} training images"
+        return ({"mean": [float(v) for v in stats["mean"]], "eigval": [float(v) for v in stats["eigval"]],
+                 "eigvec": [[float(v) for v in row] for row in stats["eigvec"]]}, source)
+
+    def build_model(self, init_ckpt: Mapping[str, Any] | None) -> None:
+        from vggnet.init import init_weights
+        from vggnet.models import count_parameters, vgg
+
+        cfg = self.cfg
+        # the same seed on every rank: identical initial weights (DDP also broadcasts rank 0's)
+        seed_everything(cfg.seed)
+        model = vgg(cfg.model, self.task.output_size(len(self.classes)), crop_size=cfg.crop_size,
+                    width=float(cfg.width), fc_width=cfg.fc_width, dropout=float(cfg.dropout),
+                    batch_norm=cfg.batch_norm)
+        scheme, path = parse_init(cfg.init)
+        if init_ckpt is None:
+            init_weights(model, scheme)
+            self.init_text = scheme
+        else:
+            self.init_text = init_from(model, init_ckpt, path, rest=cfg.init_rest)
+        if cfg.freeze == "features":
+            model.features.requires_grad_(False)
+            self.init_text += "; conv layers frozen (--freeze features)"
+        self.n_params = count_parameters(model)
+        model.to(self.device)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.model = model  # the bare VGG (checkpoints, validation)
+        self.net = distributed.wrap_ddp(model, self.info)  # what the training step runs
+        if cfg.compile:
+            self.net = torch.compile(self.net)
+        self.optimizer = make_optimizer(model, cfg, grad_scaler=self.amp == "fp16")
+        # "decreased by a factor of 10 when the validation set accuracy stopped improving" (§3.1)
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, mode="min" if self.task.lower_is_better else "max", factor=cfg.lr_factor,
+            patience=cfg.lr_patience)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
+        # each rank its own dropout stream from here on (rank 0's is the single-process one)
+        seed_everything(cfg.seed + 1_000_003 * self.info.rank)
+
+    def restore(self, ckpt: Mapping[str, Any]) -> None:
+        """Continue exactly where `ckpt` stopped."""
+        train = ckpt["train"]
+        try:
+            self.model.load_state_dict(ckpt["state_dict"], strict=True)
+            self.optimizer.load_state_dict(train["optimizer"])
+            self.scheduler.load_state_dict(train["scheduler"])
+            if train.get("scaler"):
+                self.scaler.load_state_dict(train["scaler"])
+        except (RuntimeError, KeyError, ValueError) as exc:
+            raise CheckpointError(f"{self.resume_path}: cannot restore the training state: "
+                                  f"{str(exc).splitlines()[0]}") from None
+        self.epoch = int(train["epoch"])
+        self.step_in_epoch = int(train["step_in_epoch"])
+        self.global_step = int(train["global_step"])
+        self.lr_reductions = int(train.get("lr_reductions", 0))
+        self.best = train.get(self.best_key)
+        self.best_epoch = train.get("best_epoch")
+        self.history = [dict(h) for h in train.get("history", [])]
+        self.sampler.set_epoch(self.epoch)
+        self.sampler.set_position(self.step_in_epoch * self.cfg.batch_size)
+        rng = list(train["rng"])
+        if len(rng) != self.info.world_size:
+            self.log(f"note: the checkpoint was written by {len(rng)} process(es), this run has "
+                     f"{self.info.world_size}: data order and augmentation continue exactly, dropout does not")
+        restore_rng(rng[self.info.rank] if self.info.rank < len(rng) else rng[0])
+        if int(train.get("steps_per_epoch", self.steps_per_epoch)) != self.steps_per_epoch:
+            raise CheckpointError(f"{self.resume_path}: its epochs had {train['steps_per_epoch']} steps, this "
+                                  f"training set gives {self.steps_per_epoch}: the training set or --batch-size "
+                                  f"changed, so the run cannot continue exactly")
+        self.totals = {k: type(v)(train.get("epoch_totals", {}).get(k, v)) for k, v in self.totals.items()}
+        self.last_checkpoint = self.resume_path
+        self.finished_before = bool(train.get("finished"))
+        self.stopped = train.get("stopped")
+
+    def _remedy(self) -> str:
+        tips = ["a lower --lr", "--clip-grad 10"]
+        if self.amp != "off":
+            tips.append("--amp off")
+        if self.cfg.init == "gaussian":
+            tips.append("--init glorot")
+        return f"Try {', '.join(tips[:-1])} or {tips[-1]}."
+
+    # ----------------------------------------------------------------- checkpoints
+
+    def save(self, *, best: bool = False, finished: bool = False) -> Path | None:
+        """Write a checkpoint of the state after the last step (collective: every rank calls it)."""
+        from vggnet.checkpoint import make_checkpoint, save_checkpoint
+
+        # A finite loss does not guarantee finite weights after the step (a huge
+        # gradient times the lr): never write such a checkpoint over good ones. The
+        # weights are the same on every rank, so every rank stops here together.
+        bad = [name for name, t in self.model.state_dict().items()
+               if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        if bad:
+            raise TrainingError(
+                f"the weights became non-finite ({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}) at step "
+                f"{self.global_step} (epoch {self.epoch + 1}) with lr {self.optimizer.param_groups[0]['lr']:g}; "
+                f"not saved. Last good checkpoint: {self.last_checkpoint or 'none written yet'}. {self._remedy()}")
+        rng = distributed.all_gather_object(capture_rng())
+        if not self.info.is_main:
+            return None
+        cfg = self.cfg
+        train_state = {
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "steps_per_epoch": self.steps_per_epoch,
+            "global_step": self.global_step,
+            # the sampler's own position is only set when an epoch starts: record where this epoch stands now
+            "sampler": {**self.sampler.state_dict(), "epoch": self.epoch,
+                        "position": self.step_in_epoch * cfg.batch_size},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": plain(self.scheduler.state_dict()),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
+            "rng": rng,
+            "world_size": self.info.world_size,
+            "config": plain(cfg.to_dict()),
+            "task": plain(self.task.settings()),
+            "stats": self.stats,
+            "history": self.history,
+            "lr_reductions": self.lr_reductions,
+            self.best_key: self.best,
+            "best_epoch": self.best_epoch,
+            "epoch_totals": dict(self.totals),
+            "finished": finished,
+            "stopped": self.stopped,
+        }
+        last = self.history[-1] if self.history else {}
+        meta = {"task": self.task.name, "task_settings": plain(self.task.settings()), "scale": cfg.scale,
+                "val_scale": cfg.val_scale, "source": "vgg train", "epoch": self.epoch,
+                "global_step": self.global_step, "init": cfg.init, "stats": self.stats,
+                **{f"val_{m}": last.get(f"val_{m}") for m in self.task.metrics}}
+        ckpt = make_checkpoint(self.model, preprocessing=self.preprocessing.to_dict(), classes=self.classes,
+                               meta=meta, train=train_state)
+        path = self.out / f"checkpoint_{self.global_step:08d}.pt"
+        save_checkpoint(path, ckpt)
+        link_or_copy(path, self.out / "last.pt")
+        if best:
+            link_or_copy(path, self.out / "best.pt")
+        self.last_checkpoint = path
+        self.last_save_time = time.monotonic()
+        numbered = sorted(self.out.glob("checkpoint_*.pt"), key=lambda p: p.name, reverse=True)
+        for old in numbered[cfg.keep:]:
+            old.unlink(missing_ok=True)
+        return path
+
+    # ----------------------------------------------------------------- the loop
+
+    def train_epoch(self, stop: StopRequest) -> bool:
+        """Run the remaining steps of the current epoch; True if training must stop now."""
+        cfg, dev, task = self.cfg, self.device, self.task
+        self.sampler.set_epoch(self.epoch)
+        self.sampler.set_position(self.step_in_epoch * cfg.batch_size)
+        self.net.train()
+        if cfg.freeze == "features":
+            self.model.features.eval()  # frozen layers: batch-norm statistics stay as initialised too
+        cl = torch.channels_last if self.channels_last else torch.contiguous_format
+        ddp = self.info.distributed
+        start_step = self.step_in_epoch
+        if start_step == 0:
+            self._reset_epoch_totals()
+        totals = self.totals
+        t0 = time.perf_counter() - totals["seconds"]
+        if self.info.is_main and cfg.progress:
+            self.outputs.open_bar(total=self.steps_per_epoch, initial=start_step,
+                                  desc=f"epoch {self.epoch + 1}/{cfg.epochs}")
+        bar = self.outputs.bar
+        batches = iter(self.loader)
+        try:
+            for step in range(start_step, self.steps_per_epoch):
+                step_loss = torch.zeros((), dtype=torch.float64, device=dev)
+                for k in range(self.accum):
+                    batch = next(batches)
+                    skipped = getattr(batch, "skipped", 0)
+                    if len(batch) == 0:
+                        # every image of this micro-batch was a bad file: a zero-weight step on a blank
+                        # image keeps this rank's forward/backward (and DDP's all-reduce) in step
+                        weight = 0.0
+                        x = torch.zeros(1, 3, cfg.crop_size, cfg.crop_size, device=dev)
+                        targets = task.empty_targets(1, dev)
+                    else:
+                        weight = 1.0
+                        x, targets = task.inputs_targets(batch, dev)
+                    totals["bad"] += skipped
+                    totals["seen"] += (int(x.shape[0]) if weight else 0) + skipped
+                    x = x.contiguous(memory_format=cl)
+                    # DDP all-reduces gradients only on the last micro-batch of the step
+                    sync = k == self.accum - 1
+                    with (self.net.no_sync() if ddp and not sync else contextlib.nullcontext()):
+                        with torch.autocast(dev.type, dtype=self.amp_dtype or torch.float32,
+                                            enabled=self.amp_dtype is not None):
+                            output = self.net(x)
+                        # sum over the micro-batch / images per process per step = this process's
+                        # mean; DDP then averages the processes: the mean over the global batch
+                        loss = task.loss(output, targets) * (weight / (self.micro * self.accum))
+                        self.scaler.scale(loss).backward()
+                    step_loss += loss.detach().double()
+                # One all-reduce per step carries the loss and the stop/checkpoint
+                # requests, so that every rank takes the same decision at the same step.
+                minutes_due = (cfg.checkpoint_minutes > 0
+                               and time.monotonic() - self.last_save_time >= 60 * cfg.checkpoint_minutes)
+                loss_sum, stop_flag, save_flag = distributed.all_reduce_sum(
+                    [float(step_loss), float(stop.signal is not None), float(minutes_due)])
+                loss_value = loss_sum / self.info.world_size
+                lr = self.optimizer.param_groups[0]["lr"]
+                if not math.isfinite(loss_value):
+                    where = self.last_checkpoint or "none written yet"
+                    raise TrainingError(
+                        f"the loss became {loss_value} at step {self.global_step + 1} (epoch {self.epoch + 1}, "
+                        f"step {step + 1}/{self.steps_per_epoch} of the epoch) with lr {lr:g}; training stopped on "
+                        f"every process and no checkpoint was written for this step. Last good checkpoint: {where}. "
+                        f"{self._remedy()}")
+                if cfg.clip_grad is not None:
+                    self.scaler.unscale_(self.optimizer)
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.global_step += 1
+                self.step_in_epoch = step + 1
+                totals["loss_sum"] += loss_value
+                totals["steps"] += 1
+                totals["seconds"] = elapsed = time.perf_counter() - t0
+                ips = totals["steps"] * cfg.batch_size / max(elapsed, 1e-9)
+                if bar is not None:
+                    bar.set_postfix_str(f"loss {totals['loss_sum'] / totals['steps']:.4f} lr {lr:.2g} "
+                                        f"{ips:.1f} img/s", refresh=False)
+                    bar.update(1)
+                if self.global_step % cfg.log_every == 0:
+                    self.outputs.scalars("train", {"loss": loss_value, "lr": lr, "images_per_s": ips},
+                                         self.global_step)
+                max_reached = cfg.max_steps is not None and self.global_step >= cfg.max_steps
+                every_due = cfg.checkpoint_every > 0 and self.global_step % cfg.checkpoint_every == 0
+                if stop_flag or max_reached:
+                    self.stopped = "signal" if stop_flag else "max_steps"
+                    self.save()
+                    return True
+                if save_flag or every_due:
+                    self.save()
+        finally:
+            del batches  # shuts the loader workers down now, also when an exception passes
+            self.outputs.close_bar()
+        return False
+
+    def end_epoch(self, stop: StopRequest) -> bool:
+        """Validate, adjust the learning rate, log, checkpoint; True if training ends here."""
+        from vggnet.data.datasets import check_bad_fraction
+
+        cfg, task = self.cfg, self.task
+        t = self.totals
+        loss_total, done, elapsed = t["loss_sum"], t["steps"], t["seconds"]
+        seen, bad = (int(v) for v in distributed.all_reduce_sum([t["seen"], t["bad"]]))
+        check_bad_fraction(bad, seen, cfg.max_bad_fraction, where=f"epoch {self.epoch + 1} of the training set")
+        t0 = time.perf_counter()
+        # fork_rng: validation's data loader must not move the training RNG streams
+        try:
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                metrics = task.validate(self.model, self.val_set, preprocessing=self.preprocessing,
+                                        scale=cfg.val_scale, device=self.device, batch_size=cfg.val_batch_size,
+                                        workers=cfg.workers, amp="bf16" if self.amp == "bf16" else "off")
+        except (RuntimeError, KeyboardInterrupt):
+            if stop.signal is None:
+                raise
+            # a signal to every process (Ctrl-C, SLURM) also reached validation's loader
+            # workers: keep the trained epoch; the resumed run validates it
+            self.stopped = "signal"
+            self.save()
+            return True
+        val_time = time.perf_counter() - t0
+        lr = self.optimizer.param_groups[0]["lr"]
+        row = {
+            "epoch": self.epoch + 1,
+            "global_step": self.global_step,
+            "lr": lr,
+            "train_loss": loss_total / done if done else float("nan"),
+            "val_loss": float(metrics["loss"]),
+            **{f"val_{m}": float(metrics[m]) for m in task.metrics},
+            "train_images_per_s": done * cfg.batch_size / elapsed if elapsed > 0 else float("nan"),
+            "epoch_time_s": elapsed + val_time,
+            "bad_images": bad,
+        }
+        self.history.append(row)
+        value = float(metrics[task.monitor])
+        improved = self.best is None or (value < self.best if task.lower_is_better else value > self.best)
+        if improved:
+            self.best, self.best_epoch = value, self.epoch + 1
+        # §3.1: divide the lr by 10 when the validation metric stops improving
+        self.scheduler.step(value)
+        new_lr = self.optimizer.param_groups[0]["lr"]
+        finished = False
+        note = ""
+        if new_lr < lr:
+            self.lr_reductions += 1
+            if self.lr_reductions > cfg.lr_drops:
+                # a plateau after the last allowed reduction: training is over (keep the old lr)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                self.lr_reductions -= 1
+                finished, self.stopped = True, "plateau"
+                note = f"  (plateau after {cfg.lr_drops} lr reductions: done)"
+            else:
+                note = f"  (lr -> {new_lr:g})"
+        self.epoch += 1
+        self.step_in_epoch = 0
+        self._reset_epoch_totals()
+        if self.epoch >= cfg.epochs:
+            finished, self.stopped = True, self.stopped or "epochs"
+        self.log(f"epoch {row['epoch']:>3}/{cfg.epochs}  train loss {row['train_loss']:.4f}  val loss "
+                 f"{row['val_loss']:.4f}  {task.summary(metrics)}  lr {lr:.3g}  "
+                 f"{row['train_images_per_s']:.1f} img/s  "
+                 f"{duration(row['epoch_time_s'])}{'  *best*' if improved else ''}{note}")
+        # at the global step, as train/*: one x-axis, so that purge_step on a resume covers these too
+        keys = ("train_loss", "val_loss", *(f"val_{m}" for m in task.metrics), "lr")
+        self.outputs.scalars("epoch", {k: row[k] for k in keys}, row["global_step"], flush=True)
+        self.save(best=improved, finished=finished)
+        self.outputs.write_metrics(self.history)
+        return finished
+
+    def write_config(self) -> None:
+        head = (f"# vgg train: the resolved settings of this run (vgg train --config-file {self.out}/config.yaml).\n"
+                f"# task: {self.task.name} {plain(self.task.settings()) or ''}\n"
+                f"# processes: {self.info.world_size}, device: {self.device}, micro-batch: {self.micro}, "
+                f"accumulation steps: {self.accum}, amp: {self.amp}, channels_last: {self.channels_last}\n")
+        self.outputs.write_config(plain(self.cfg.to_dict()), header=head)
+
+    # ----------------------------------------------------------------- run
+
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        self.resolve_execution()
+        resume, self.resume_path = agree_on_resume(cfg, self.info, self.out, self.log, self.check_resumable)
+        init_ckpt = None
+        scheme, init_path = parse_init(cfg.init)
+        if resume is None and init_path is not None:
+            from vggnet.checkpoint import load_checkpoint
+
+            try:
+                init_ckpt = load_checkpoint(init_path)
+            except CheckpointError as exc:
+                raise CheckpointError(f"--init from:{init_path}: {exc}") from None
+            self.task.check_checkpoint(init_ckpt, init_path, purpose="init")
+        if self.info.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            # a run killed while saving leaves its temporary file (a GB for VGG-16): remove them
+            for stale in self.out.glob(".*.pt.*.tmp"):
+                self.log(f"removing {stale.name}, the partial file of a checkpoint interrupted while being written")
+                stale.unlink(missing_ok=True)
+        distributed.barrier()
+        self.build_data(resume, init_ckpt)
+        self.build_model(init_ckpt)
+        if resume is not None:
+            self.restore(resume)
+        if self.info.is_main:
+            self.write_config()
+            self.outputs.open_tensorboard(self.global_step)
+        self.print_header(resume)
+        if self.finished_before and (self.stopped == "plateau" or self.epoch >= cfg.epochs):
+            self.log(f"the run in {self.out} is already finished ({self.stopped}, {self.epoch} epochs); "
+                     f"nothing to do (raise --epochs to train on)")
+            return self.result()
+        stop = StopRequest(self.log)
+        stop.install()
+        self.stopped = None
+        try:
+            while True:
+                if self.train_epoch(stop):
+                    break
+                if self.end_epoch(stop):
+                    break
+                if distributed.all_reduce_sum([float(stop.signal is not None)])[0]:
+                    self.stopped = "signal"  # arrived during validation: the epoch checkpoint is written
+                    break
+        finally:
+            stop.uninstall()
+            self.outputs.close_tensorboard()
+        self.outputs.write_metrics(self.history)
+        self.outputs.write_curves(self.history, self.task.metrics)
+        if self.stopped == "signal":
+            name = signal.Signals(stop.signal).name if stop.signal else "a signal"
+            self.log(f"stopped by {name} at epoch {self.epoch + 1}, step {self.step_in_epoch}/{self.steps_per_epoch} "
+                     f"(global step {self.global_step}); checkpoint {self.last_checkpoint}\n"
+                     f"resume with:  vgg train --config-file {self.out / 'config.yaml'} --resume auto"
+                     f"{'   (with the same torchrun command)' if self.info.distributed else ''}")
+        elif self.stopped == "max_steps":
+            self.log(f"stopped after --max-steps {cfg.max_steps}; checkpoint {self.last_checkpoint} "
+                     f"(continue with --resume auto)")
+        else:
+            how = (f"validation plateau after {cfg.lr_drops} lr reductions" if self.stopped == "plateau"
+                   else f"{self.epoch} epochs")
+            self.log(f"done ({how}): best {self.task.monitor_label} {self.best:.2f}"
+                     f"{self.task.units.get(self.task.monitor, '')} at epoch {self.best_epoch}; {self.out / 'best.pt'}")
+        self.signal = stop.signal
+        return self.result()
+
+    def print_header(self, resume: Mapping[str, Any] | None) -> None:
+        cfg = self.cfg
+        w = self.info.world_size
+        s = cfg.scale if isinstance(cfg.scale, int) else f"[{cfg.scale[0]}, {cfg.scale[1]}] (jittered per image)"
+        task = "" if isinstance(self.task, ClassificationTask) else f"; task {self.task.describe()}"
+        self.log(f"vgg train: {cfg.model} (width {cfg.width:g}, fc {cfg.fc_width}, {self.n_params:,} parameters, "
+                 f"{len(self.classes)} classes), init {self.init_text}{task}")
+        self.log(f"data: {self.data_text}: {len(self.train_set)} training / {len(self.val_set)} validation images; "
+                 f"S={s}, crop {cfg.crop_size}, validation at Q={cfg.val_scale}; mean RGB "
+                 f"{', '.join(f'{v:.1f}' for v in self.stats['mean'])} from {self.stats_source}")
+        self.log(f"batch {cfg.batch_size} = {w} process{'es' if w > 1 else ''} x {self.micro} images x {self.accum} "
+                 f"accumulation step{'s' if self.accum > 1 else ''}; {self.steps_per_epoch} steps per epoch; "
+                 f"SGD lr {cfg.lr:g} momentum {cfg.momentum:g} weight decay {cfg.weight_decay:g}")
+        self.log(f"device {self.device}{' (' + self.info.backend + ')' if self.info.backend else ''}, amp {self.amp}, "
+                 f"channels_last {'on' if self.channels_last else 'off'}, compile {'on' if cfg.compile else 'off'}, "
+                 f"workers {cfg.workers}; output {self.out}")
+        if resume is not None:
+            self.log(f"resuming {self.resume_path}: epoch {self.epoch + 1}, step {self.step_in_epoch}/"
+                     f"{self.steps_per_epoch} (global step {self.global_step})")
+
+    def result(self) -> dict[str, Any]:
+        return {
+            "output_dir": str(self.out),
+            "checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
+            "best": str(self.out / "best.pt") if (self.out / "best.pt").exists() else None,
+            "epochs": self.epoch,
+            "global_step": self.global_step,
+            "task": self.task.name,
+            "monitor": self.task.monitor,
+            "best_metric": self.best,
+            self.best_key: self.best,
+            "best_epoch": self.best_epoch,
+            "history": list(self.history),
+            "stopped": self.stopped,
+            "classes": list(self.classes),
+            "preprocessing": self.preprocessing.to_dict(),
+        }
+
+
+def train(config: TrainConfig | Mapping[str, Any], task: Task | None = None) -> dict[str, Any]:
+    """Train with the settings of `config` (a `TrainConfig` or a mapping of its fields) on `task`
+    (default: §3.1 classification).
+
+    Returns the final state: `output_dir`, `checkpoint` (the last one written),
+    `best`, `epochs`, `global_step`, `task`, `monitor` (the validation metric
+    that chose `best`), `best_metric` (also as `best_<monitor>`, e.g.
+    `best_top1_error`), `best_epoch`, `history` (one dict per epoch, as in
+    metrics.csv), `stopped` ("epochs", "plateau", "max_steps" or "signal"),
+    `classes`, `preprocessing`, `signal`. Settings are checked before any work.
+    Under torchrun it joins (and finally leaves) the process group.
+    """
+    cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
+    cfg = dataclasses.replace(cfg).validate()  # a copy: the caller's config is not normalised in place
+    task = task if task is not None else ClassificationTask()
+    owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
+    info = distributed.setup(cfg.device)
+    try:
+        trainer = Trainer(cfg, info, task)
+        out = trainer.run()
+        out["signal"] = trainer.signal
+        distributed.barrier()
+        return out
+    finally:
+        if owns_group:
+            distributed.cleanup()

@@ -1,0 +1,329 @@
+"""Run state: what a checkpoint must capture to continue exactly, and how a run finds where to continue.
+
+- every RNG of the process (Python, numpy, torch CPU and CUDA) as plain
+  containers (`capture_rng`, `restore_rng`);
+- the run folder's checkpoints, newest first (`find_checkpoints`), and
+  `last.pt`/`best.pt` as hard links made atomically (`link_or_copy`);
+- the choice of the checkpoint to resume, made once on rank 0 and shared with
+  every rank (`agree_on_resume`);
+- the start from another net's weights (`--init from:CKPT`, `init_from`):
+  every layer that fits is kept, the rest is initialised afresh and named;
+- SIGTERM/SIGINT turned into "finish the step, checkpoint, stop" (`StopRequest`);
+- the optimizer and the execution settings (`make_optimizer`, `resolve_execution`).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from vggnet import distributed
+from vggnet.checkpoint import atomic_write, load_checkpoint
+from vggnet.engine.config import TrainConfig
+from vggnet.errors import CheckpointError, UserError
+
+__all__ = ["capture_rng", "restore_rng", "seed_everything", "find_checkpoints", "link_or_copy", "plain",
+           "StopRequest", "locate_resume", "agree_on_resume", "init_from", "make_optimizer", "resolve_execution"]
+
+
+def capture_rng() -> dict[str, Any]:
+    """Every RNG state as plain containers (torch.load(weights_only=True) reads them)."""
+    version, state, gauss = random.getstate()
+    np_state = np.random.get_state()
+    out: dict[str, Any] = {
+        "python": [int(version), [int(v) for v in state], gauss],
+        "numpy": {"name": str(np_state[0]), "keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+        "cuda": [],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda"] = [s.cpu() for s in torch.cuda.get_rng_state_all()]
+    return out
+
+
+def restore_rng(state: Mapping[str, Any]) -> None:
+    version, values, gauss = state["python"]
+    random.setstate((int(version), tuple(int(v) for v in values), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), int(n["pos"]), int(n["has_gauss"]),
+                         float(n["cached_gaussian"])))
+    torch.set_rng_state(state["torch"].cpu())
+    if state.get("cuda") and torch.cuda.is_available():
+        cuda = list(state["cuda"])
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+        else:
+            torch.cuda.set_rng_state(cuda[0])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def find_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """Training checkpoints of a run directory, newest first: checkpoint_*.pt by step, then last.pt.
+
+    last.pt is a link to the newest numbered checkpoint, made just after it is
+    written; a run killed between the two has a numbered checkpoint newer than
+    last.pt, so the numbered ones come first.
+    """
+    out = Path(output_dir)
+    found = sorted(out.glob("checkpoint_*.pt"), key=lambda p: p.name, reverse=True)
+    last = out / "last.pt"
+    return found + ([last] if last.is_file() else [])
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Make `dst` the same file as `src`, atomically: a hard link (no extra space), or a copy."""
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    try:
+        tmp.unlink(missing_ok=True)
+        os.link(src, tmp)
+    except OSError:
+        import shutil
+
+        with open(src, "rb") as f:
+            atomic_write(dst, lambda out: shutil.copyfileobj(f, out))
+        return
+    os.replace(tmp, dst)
+
+
+def plain(value: Any) -> Any:
+    """Config values as YAML/checkpoint-safe plain containers."""
+    if isinstance(value, tuple):
+        return [plain(v) for v in value]
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    return value
+
+
+class StopRequest:
+    """SIGTERM/SIGINT -> finish the step, checkpoint, exit. A second signal stops at once."""
+
+    def __init__(self, log: Callable[[str], None]) -> None:
+        self.signal: int | None = None
+        self._log = log
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal is not None:  # second signal: give up on the clean stop
+            self.uninstall()
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            os.kill(os.getpid(), signum)
+            return
+        self.signal = signum
+        self._log(f"received {signal.Signals(signum).name}: finishing the current step and writing a checkpoint "
+                  f"(send it again to stop at once)")
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signals can only be handled in the main thread (e.g. not under some test runners)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
+
+def locate_resume(cfg: TrainConfig, out: Path, log: Callable[[str], None],
+                  check: Callable[[Mapping[str, Any], Path], None]) -> tuple[dict[str, Any] | None, Path | None]:
+    """(the checkpoint to continue, loaded; its path), or (None, None) for a fresh run.
+
+    `check(ckpt, path)` raises `CheckpointError` for a checkpoint this run cannot
+    continue (weights only, other settings, another task); `--resume auto` then
+    tries the previous one. Errors name the file."""
+    if cfg.resume is None:
+        existing = find_checkpoints(out)
+        if existing:
+            raise UserError(f"--output-dir {out} already holds checkpoints of a run ({existing[0].name}); "
+                            f"pass --resume auto to continue it, or choose another --output-dir")
+        return None, None
+    if cfg.resume == "auto" or Path(cfg.resume).is_dir():
+        folder = out if cfg.resume == "auto" else Path(cfg.resume)
+        candidates = find_checkpoints(folder)
+        if not candidates:
+            log(f"--resume auto: no checkpoint in {folder}; starting a new run")
+            return None, None
+        errors = []
+        for path in candidates:
+            try:
+                ckpt = load_checkpoint(path)
+                check(ckpt, path)
+            except CheckpointError as exc:
+                errors.append(str(exc))
+                log(f"warning: --resume auto: skipping {exc}; trying the previous checkpoint")
+                continue
+            return ckpt, path
+        raise CheckpointError(f"--resume auto: none of the {len(candidates)} checkpoints in {folder} can be "
+                              f"used:\n  " + "\n  ".join(errors))
+    path = Path(cfg.resume)
+    try:
+        ckpt = load_checkpoint(path)
+        check(ckpt, path)
+    except CheckpointError as exc:
+        others = [p.name for p in find_checkpoints(path.parent) if p.resolve() != path.resolve()]
+        hint = (f"; the other checkpoints in {path.parent} are kept: {', '.join(others[:5])} "
+                f"(--resume auto tries them newest first)") if others else ""
+        raise CheckpointError(f"--resume: {exc}{hint}") from None
+    return ckpt, path
+
+
+def agree_on_resume(cfg: TrainConfig, info: distributed.DistInfo, out: Path, log: Callable[[str], None],
+                    check: Callable[[Mapping[str, Any], Path], None]) -> tuple[dict[str, Any] | None, Path | None]:
+    """`locate_resume` decided once, on rank 0, and the same checkpoint loaded on every rank.
+
+    Each rank looking in its own --output-dir would let the ranks of a multi-node
+    run disagree (a node with its own disk finds no checkpoint and starts over)
+    and an error raised on rank 0 alone would leave the others waiting forever.
+    """
+    if not distributed.is_distributed():
+        return locate_resume(cfg, out, log, check)
+    chosen, error, ckpt, path = None, None, None, None
+    if info.is_main:
+        try:
+            ckpt, path = locate_resume(cfg, out, log, check)
+            chosen = None if ckpt is None else str(path)
+        except UserError as exc:
+            error = (isinstance(exc, CheckpointError), str(exc))
+    chosen, error = distributed.broadcast_object((chosen, error))
+    if error is not None:
+        raise (CheckpointError if error[0] else UserError)(error[1] if info.is_main else f"(from rank 0) {error[1]}")
+    problem = None
+    if chosen is not None and not info.is_main:
+        try:
+            ckpt, path = load_checkpoint(chosen), Path(chosen)
+        except CheckpointError as exc:
+            problem = f"rank {info.rank}: {exc}"
+    problems = [p for p in distributed.all_gather_object(problem) if p]
+    if problems:
+        raise CheckpointError(
+            f"rank 0 resumes from {chosen}, but not every process can read it; a multi-node run needs its "
+            f"--output-dir on a filesystem that every node shares:\n  " + "\n  ".join(problems))
+    return ckpt, path
+
+
+def describe_build(build: Mapping[str, Any]) -> str:
+    return (f"{build.get('name')} width {build.get('width')} fc {build.get('fc_width')} crop {build.get('crop_size')} "
+            f"outputs {build.get('num_classes')}")
+
+
+def _layers(keys: list[str]) -> list[str]:
+    """State-dict keys -> their layers, in order (classifier.6.weight, classifier.6.bias -> classifier.6)."""
+    return list(dict.fromkeys(k.rsplit(".", 1)[0] for k in keys))
+
+
+@torch.no_grad()
+def init_from(model: nn.Module, ckpt: Mapping[str, Any], path: str, *, rest: str) -> str:
+    """Start `model` from the weights of checkpoint `ckpt` (`--init from:CKPT`); returns what was done, in words.
+
+    - A net of the same configuration (the paper's S=384 from S=256, multi-scale
+      from S=384; a localisation net from its classification net; a net for
+      other classes): every tensor whose name and shape fit is copied; the
+      layers that do not fit (the last FC when the number of outputs differs,
+      FC1 when the crop differs) are initialised with `rest` and named.
+    - A net A for a deeper configuration (§3.1's pre-initialisation): A's first
+      four conv layers and its three FC layers; the rest `rest`.
+    """
+    from vggnet.init import init_from_a, init_weights
+
+    build = dict(ckpt["build"])
+    mine = dict(model.build_args)
+    state = ckpt["state_dict"]
+    if build.get("name") == mine["name"]:
+        own = model.state_dict()
+        # a layer is copied whole or not at all (FC1's bias fits at another crop; its weight does not)
+        misfit = {k.rsplit(".", 1)[0] for k in own
+                  if k not in state or tuple(state[k].shape) != tuple(own[k].shape)}
+        fits = [k for k in own if k.rsplit(".", 1)[0] not in misfit]
+        missing = [k for k in own if k not in fits]
+        if len(fits) == len(own) and len(state) == len(own):
+            model.load_state_dict(state, strict=True)
+            return f"all weights of {path}"
+        convs = [k for k in own if k.startswith("features.")]
+        if any(k in missing for k in convs):
+            raise UserError(f"--init from:{path}: its conv layers do not fit the model ({describe_build(build)} in "
+                            f"the checkpoint, {describe_build(mine)} now): the same --width and --batch-norm are "
+                            f"needed")
+        init_weights(model, rest)
+        for k in fits:
+            own[k].copy_(state[k])
+        redone = _layers(missing)
+        return (f"{path}, except {', '.join(redone)} (re-initialised {rest}: "
+                f"{', '.join(_shape_note(k, state, own) for k in missing if k.endswith('weight'))})")
+    if build.get("name") != "A":
+        raise UserError(f"--init from:{path}: the checkpoint is configuration {build.get('name')} "
+                        f"({describe_build(build)}) and the model is {describe_build(mine)}; from:CKPT takes "
+                        f"either a net of the same configuration (all weights that fit) or a net A (§3.1's "
+                        f"pre-initialisation)")
+    init_weights(model, rest)
+    try:
+        copied = init_from_a(model, state, source_name=path)
+    except ValueError as exc:
+        raise UserError(f"--init from:{path}: {exc}") from None
+    return f"net A's first 4 conv and 3 FC layers from {path} ({len(copied)} tensors), the rest {rest}"
+
+
+def _shape_note(key: str, state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> str:
+    theirs = tuple(state[key].shape) if key in state else "absent"
+    return f"{key.rsplit('.', 1)[0]} {theirs} -> {tuple(own[key].shape)}"
+
+
+def resolve_execution(amp: str, channels_last: str, device: torch.device) -> tuple[str, bool]:
+    """`--amp` and `--channels-last` (auto, or a choice) -> (bf16 | fp16 | off, channels_last) on `device`.
+
+    auto: bf16 autocast (fp16 with a gradient scaler where bf16 is missing) and
+    channels_last on CUDA, where they select cuDNN's tensor-core NHWC kernels;
+    fp32 and NCHW on CPUs, where bf16 is emulated without AVX512-BF16/AMX and
+    oneDNN's NHWC path was 0.91-1.12x NCHW for full-width D, within the noise of
+    our measurements (narrow nets gain more: `vgg demo` sets it; see
+    benchmarks/channels_last.py and docs/benchmarks.md, "Training step"). An explicit fp16 runs
+    anywhere (CPU autocast and GradScaler support it): slow on most CPUs, but the
+    same code path as on a GPU, scaler state in the checkpoints included.
+    """
+    if amp == "auto":
+        amp = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device.type == "cuda" else "off"
+    cl = (device.type == "cuda") if channels_last == "auto" else channels_last == "on"
+    return amp, cl
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig, grad_scaler: bool = False) -> torch.optim.SGD:
+    """SGD with momentum and weight decay (§3.1), as `torch.optim.SGD` defines them.
+
+    The fused implementation (weight decay, momentum and update in one pass over
+    each tensor) where this torch and device have it: the same update as the
+    default implementation up to rounding, and about 3x faster on a CPU, where
+    the optimizer step over VGG's 100M+ FC weights is a real part of a step
+    (docs/benchmarks.md, "Training step").
+
+    Not with a gradient scaler (`--amp fp16`, `grad_scaler=True`): the scaler
+    then hands overflow steps to the fused kernel instead of skipping them, and
+    fused SGD allocates its momentum buffers uninitialised on the first step
+    and leaves them so when that step overflows (as fp16 runs do at the start,
+    while the scale settles), so the next step adds 0.9 x garbage to every
+    weight. The default implementation is never called on a skipped step.
+    """
+    kwargs = dict(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    params = [p for p in model.parameters() if p.requires_grad]  # frozen layers (--freeze) are not optimised
+    if grad_scaler:
+        return torch.optim.SGD(params, **kwargs)
+    try:
+        return torch.optim.SGD(params, fused=True, **kwargs)
+    except (RuntimeError, TypeError, ValueError):  # an older torch, or a device without the fused kernel
+        return torch.optim.SGD(params, **kwargs)

@@ -1,0 +1,117 @@
+"""Keras VGG16/VGG19 `.h5` weights in (`keras.applications` layout, TensorFlow kernel order).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from vggnet.checkpoint import CAFFE_PREPROCESSING, checkpoint_from_state
+from vggnet.errors import CheckpointError, UserError
+from vggnet.interop._common import BGR_TO_RGB, Layer, check_build_keys, class_names, fill_state, infer_builds
+
+__all__ = ["import_keras"]
+
+
+def _h5_names(group: Any, attr: str) -> list[str] | None:
+    """A list-of-strings attribute, also when Keras split a long one into `attr0`, `attr1`, ..."""
+    if attr in group.attrs:
+        values = list(group.attrs[attr])
+    elif f"{attr}0" in group.attrs:
+        values, i = [], 0
+        while f"{attr}{i}" in group.attrs:
+            values += list(group.attrs[f"{attr}{i}"])
+            i += 1
+    else:
+        return None
+    return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
+
+
+def _read_keras(path: Path) -> list[tuple[str, list[np.ndarray]]]:
+    """(layer name, [weight arrays in Keras order]) of every layer with weights, in the file's order."""
+    try:
+        import h5py
+    except ImportError:
+        raise UserError("importing Keras weights needs h5py: pip install 'vggnet[import]'") from None
+    if not path.is_file():
+        raise CheckpointError(f"Keras weights {path} " + ("is a directory" if path.is_dir() else "does not exist"))
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise CheckpointError(f"{path} is not an HDF5 file (Keras .h5 weights expected): {exc}") from None
+    layers = []
+    with f:
+        root = f
+        if "layer_names" not in f.attrs and "model_weights" in f:  # a whole model saved with model.save()
+            root = f["model_weights"]
+        names = _h5_names(root, "layer_names")
+        if names is None:
+            raise CheckpointError(f"{path} is an HDF5 file but not a Keras h5 weights file (no 'layer_names' "
+                                  f"attribute); save with the Keras 2 h5 format (model.save_weights('w.h5'))")
+        for layer in names:
+            try:
+                group = root[layer]
+                weight_names = _h5_names(group, "weight_names") or []
+                arrays = [np.asarray(group[w], dtype=np.float32) for w in weight_names]
+            except (KeyError, OSError, ValueError) as exc:
+                raise CheckpointError(f"Keras weights {path}: layer {layer!r} cannot be read: {exc}") from None
+            if arrays:
+                layers.append((layer, arrays))
+    return layers
+
+
+def import_keras(
+    path: str | os.PathLike,
+    *,
+    name: str | None = None,
+    classes: Sequence[str] | str | os.PathLike | None = None,
+    **build: Any,
+) -> dict[str, Any]:
+    """A checkpoint from Keras VGG16/VGG19 `.h5` weights (`keras.applications` layout, TF kernel order).
+
+    Conv kernels (h, w, in, out) become (out, in, h, w); FC1's rows, which Keras
+    orders as the channels-last flatten (h, w, c) of the last conv map, are
+    permuted to our (c, h, w) flatten; the first conv's input channels are
+    flipped BGR -> RGB, so the model takes RGB with Keras' own 'caffe'
+    preprocessing (0-255 pixels minus the ImageNet mean pixel).
+    """
+    path = Path(path)
+    where = f"Keras weights {path}"
+    check_build_keys(build)
+    if build.get("batch_norm"):
+        raise UserError("Keras VGG weights have no batch normalisation: drop --batch-norm")
+    convs, fcs = [], []
+    for label, arrays in _read_keras(path):
+        if len(arrays) != 2:
+            raise CheckpointError(f"{where}: layer {label!r} has {len(arrays)} weight arrays; expected a kernel and "
+                                  f"a bias (conv or dense layers only, no batch normalisation)")
+        kernel, bias = arrays
+        if kernel.ndim == 4:
+            if kernel.shape[0] != kernel.shape[1] and kernel.shape[2] == kernel.shape[3]:
+                raise CheckpointError(f"{where}: layer {label!r} has a kernel of shape {kernel.shape}, in Theano "
+                                      f"order (out, in, h, w); use the TensorFlow-ordered file "
+                                      f"('..._tf_dim_ordering_tf_kernels.h5'), kernels (h, w, in, out)")
+            weight = torch.from_numpy(kernel).permute(3, 2, 0, 1)  # (h, w, in, out) -> (out, in, h, w)
+            convs.append(Layer(label, weight, torch.from_numpy(bias), tuple(kernel.shape)))
+        elif kernel.ndim == 2:
+            fcs.append(Layer(label, torch.from_numpy(kernel).t(), torch.from_numpy(bias), tuple(kernel.shape)))
+        else:
+            raise CheckpointError(f"{where}: layer {label!r} has a kernel of shape {kernel.shape}; expected a "
+                                  f"conv kernel (h, w, in, out) or a dense kernel (in, out)")
+    chosen = infer_builds(where, [(c.label, tuple(c.weight.shape)) for c in convs],
+                           [(f.label, tuple(f.weight.shape)) for f in fcs], name=name, build=build)[0]
+    grid, channels = chosen["crop_size"] // 32, convs[-1].weight.shape[0]
+    fc1 = fcs[0]
+    if fc1.weight.shape[1] == grid * grid * channels:  # (out, h*w*c) channels-last -> (out, c*h*w)
+        out = fc1.weight.shape[0]
+        fc1.weight = fc1.weight.reshape(out, grid, grid, channels).permute(0, 3, 1, 2).reshape(out, -1)
+    convs[0].weight = convs[0].weight[:, BGR_TO_RGB]
+    state = fill_state(where, chosen, convs, fcs)
+    return checkpoint_from_state(chosen, state, preprocessing=CAFFE_PREPROCESSING,
+                                 classes=class_names(classes, chosen["num_classes"]),
+                                 meta={"source": "keras", "source_file": str(path)})
+
