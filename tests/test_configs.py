@@ -9,7 +9,7 @@ import pytest
 
 from vggnet.cli import parse_args_with_config
 from vggnet.errors import UserError
-from vggnet.train import TrainConfig, add_train_arguments
+from vggnet.engine import TrainConfig, add_train_arguments
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PRESETS = sorted(CONFIGS.glob("*.yaml"))

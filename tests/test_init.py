@@ -28,7 +28,7 @@ def test_gaussian_is_n0_001_with_zero_biases():
 def test_both_readings_of_the_papers_variance(scheme, std):
     """§3.1: "zero mean and 10^-2 variance". `gaussian` is std 1e-2 (the released prototxts),
     `gaussian-var` the literal variance 1e-2 (std 0.1); both are chosen by name on the command line."""
-    from vggnet.train import parse_init
+    from vggnet.engine import parse_init
 
     assert parse_init(scheme) == (scheme, None)
     model = init_weights(vgg("D", **BUILD), scheme)

@@ -46,7 +46,7 @@ def no_hang():
 
 
 def _checkpoint(path: Path, *, classes=None, nan=False) -> Path:
-    from vggnet.weights import make_checkpoint, save_checkpoint
+    from vggnet.checkpoint import make_checkpoint, save_checkpoint
 
     torch.manual_seed(0)
     model = vgg("A", num_classes=3, **TINY)
