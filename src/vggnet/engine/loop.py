@@ -351,6 +351,7 @@ class Trainer:
         try:
             for step in range(start_step, self.steps_per_epoch):
                 step_loss = torch.zeros((), dtype=torch.float64, device=dev)
+                good = 0  # images of this step that were read (bad files are skipped)
                 for k in range(self.accum):
                     batch = next(batches)
                     skipped = getattr(batch, "skipped", 0)
@@ -364,6 +365,7 @@ class Trainer:
                         weight = 1.0
                         x, targets = task.inputs_targets(batch, dev)
                     totals["bad"] += skipped
+                    good += int(x.shape[0]) if weight else 0
                     totals["seen"] += (int(x.shape[0]) if weight else 0) + skipped
                     x = x.contiguous(memory_format=cl)
                     # DDP all-reduces gradients only on the last micro-batch of the step
@@ -381,8 +383,9 @@ class Trainer:
                 # requests, so that every rank takes the same decision at the same step.
                 minutes_due = (cfg.checkpoint_minutes > 0
                                and time.monotonic() - self.last_save_time >= 60 * cfg.checkpoint_minutes)
-                loss_sum, stop_flag, save_flag = distributed.all_reduce_sum(
-                    [float(step_loss), float(stop.signal is not None), float(minutes_due)])
+                loss_sum, stop_flag, save_flag, good_sum = distributed.all_reduce_sum(
+                    [float(step_loss), float(stop.signal is not None), float(minutes_due), float(good)])
+                loss_sum *= self._mean_over_read_images(good_sum)
                 loss_value = loss_sum / self.info.world_size
                 lr = self.optimizer.param_groups[0]["lr"]
                 if not math.isfinite(loss_value):
@@ -423,6 +426,25 @@ class Trainer:
             del batches  # shuts the loader workers down now, also when an exception passes
             self.outputs.close_bar()
         return False
+
+    def _mean_over_read_images(self, read: float) -> float:
+        """Make the step's gradient the mean over the images that were read; returns the factor applied.
+
+        Each image's loss was divided by the full global batch; when bad files
+        were skipped, the gradients (already summed over processes) are scaled
+        by batch / read, so a skipped image does not shrink the step: the step
+        is the paper's mean over its mini-batch, of the images it has. A step
+        whose images were all bad keeps its zero gradient (momentum and weight
+        decay still act, as for any step).
+        """
+        expected = self.micro * self.accum * self.info.world_size
+        if not 0 < read < expected:
+            return 1.0
+        factor = expected / read
+        for p in self.model.parameters():
+            if p.grad is not None:
+                p.grad.mul_(factor)
+        return factor
 
     def end_epoch(self, stop: StopRequest) -> bool:
         """Validate, adjust the learning rate, log, checkpoint; True if training ends here."""
