@@ -129,6 +129,8 @@ _FALSE_WORDS = {"false", "no", "off"}
 def _config_value(path: str, key: str, action: argparse.Action, value: Any) -> Any:
     """`value` of setting `key` checked (and converted) for the flag `action` it stands for."""
     where = f"{path}: {key!r}"
+    if value is None:
+        return None  # `micro_batch_size: null`: unset, as the flag's default (the command checks the rest)
     if isinstance(value, dict):
         raise UserError(f"{where} expects a single value, got a mapping {value!r}")
     if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction)):
@@ -140,9 +142,6 @@ def _config_value(path: str, key: str, action: argparse.Action, value: Any) -> A
     if isinstance(value, bool):
         raise UserError(f"{where} is not an on/off setting: expected "
                         f"{_expected(action)}, got {str(value).lower()}")
-    many = action.nargs not in (None, "?") or isinstance(action, argparse._AppendAction)
-    if isinstance(value, list) and not many and action.type is None and not isinstance(action.default, (int, float)):
-        raise UserError(f"{where} expects a single value, got a list {value!r}")
     if action.type in (int, float):
         if isinstance(value, str):
             try:

@@ -38,8 +38,8 @@ from vggnet import distributed
 from vggnet.engine.config import RESUME_MUST_MATCH, TrainConfig, parse_init, show_setting
 from vggnet.engine.data import build_datasets, make_train_loader
 from vggnet.engine.outputs import RunOutputs, duration
-from vggnet.engine.state import (StopRequest, agree_on_resume, capture_rng, init_from, link_or_copy,
-                                 make_optimizer, plain, resolve_execution, restore_rng, seed_everything)
+from vggnet.engine.state import (StopRequest, agree_on_resume, capture_rng, claim_run_folder, init_from,
+                                 link_or_copy, make_optimizer, plain, resolve_execution, restore_rng, seed_everything)
 from vggnet.engine.task import ClassificationTask, Task
 from vggnet.errors import CheckpointError, UserError
 
@@ -74,6 +74,7 @@ class Trainer:
         self.last_save_time = time.monotonic()
         self.finished_before = False
         self.signal: int | None = None
+        self.folder_lock: Any = None  # rank 0's lock on the run folder (`claim_run_folder`)
         self._reset_epoch_totals()
 
     def _reset_epoch_totals(self) -> None:
@@ -315,16 +316,35 @@ class Trainer:
         ckpt = make_checkpoint(self.model, preprocessing=self.preprocessing.to_dict(), classes=self.classes,
                                meta=meta, train=train_state)
         path = self.out / f"checkpoint_{self.global_step:08d}.pt"
-        save_checkpoint(path, ckpt)
-        link_or_copy(path, self.out / "last.pt")
+        with self.writing(path):
+            save_checkpoint(path, ckpt)
+        with self.writing(self.out / "last.pt"):
+            link_or_copy(path, self.out / "last.pt")
         if best:
-            link_or_copy(path, self.out / "best.pt")
+            with self.writing(self.out / "best.pt"):
+                link_or_copy(path, self.out / "best.pt")
         self.last_checkpoint = path
         self.last_save_time = time.monotonic()
         numbered = sorted(self.out.glob("checkpoint_*.pt"), key=lambda p: p.name, reverse=True)
         for old in numbered[cfg.keep:]:
             old.unlink(missing_ok=True)
         return path
+
+    @contextlib.contextmanager
+    def writing(self, path: Path):
+        """A failed write (disk full, read-only folder, a quota) as a `TrainingError` that names the file and
+        the last good checkpoint, which the atomic writes leave intact, instead of torch's or the OS's traceback."""
+        try:
+            yield
+        except (OSError, RuntimeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+            if isinstance(exc, OSError) and exc.errno == 28 or "file write failed" in reason:
+                reason = f"no space left on the device ({reason})"
+            raise TrainingError(
+                f"cannot write {path}: {reason}; training stopped at step {self.global_step} (epoch "
+                f"{self.epoch + 1}). Last good checkpoint: {self.last_checkpoint or 'none written yet'} (intact: "
+                f"checkpoints are written to a temporary file and renamed). Free space or fix the folder, then "
+                f"continue with --resume auto") from None
 
     # ----------------------------------------------------------------- the loop
 
@@ -454,7 +474,11 @@ class Trainer:
         t = self.totals
         loss_total, done, elapsed = t["loss_sum"], t["steps"], t["seconds"]
         seen, bad = (int(v) for v in distributed.all_reduce_sum([t["seen"], t["bad"]]))
-        check_bad_fraction(bad, seen, cfg.max_bad_fraction, where=f"epoch {self.epoch + 1} of the training set")
+        try:  # raised only once this epoch's checkpoint is written: the epoch's work is kept
+            check_bad_fraction(bad, seen, cfg.max_bad_fraction, where=f"epoch {self.epoch + 1} of the training set")
+            too_many_bad = None
+        except UserError as exc:
+            too_many_bad = exc
         t0 = time.perf_counter()
         # fork_rng: validation's data loader must not move the training RNG streams
         try:
@@ -517,7 +541,12 @@ class Trainer:
         keys = ("train_loss", "val_loss", *(f"val_{m}" for m in task.metrics), "lr")
         self.outputs.scalars("epoch", {k: row[k] for k in keys}, row["global_step"], flush=True)
         self.save(best=improved, finished=finished)
-        self.outputs.write_metrics(self.history)
+        with self.writing(self.out / "metrics.csv"):
+            self.outputs.write_metrics(self.history)
+        if too_many_bad is not None:
+            raise TrainingError(f"{too_many_bad}. The epoch's checkpoint is written ({self.last_checkpoint}); "
+                                f"fix or remove the files, or raise --max-bad-fraction, and continue with "
+                                f"--resume auto")
         return finished
 
     def write_config(self) -> None:
@@ -529,9 +558,35 @@ class Trainer:
 
     # ----------------------------------------------------------------- run
 
+    def claim_folder(self) -> None:
+        """Rank 0 locks the run folder (and checks it) before anything looks for checkpoints in it."""
+        error = None
+        if self.info.is_main:
+            try:
+                self.folder_lock = claim_run_folder(self.out)
+            except UserError as exc:
+                error = str(exc)
+        if distributed.is_distributed():
+            error = distributed.broadcast_object(error)
+        if error is not None:
+            raise UserError(error)
+
     def run(self) -> dict[str, Any]:
+        self.resolve_execution()  # its errors (a batch that does not split) come before the folder is made
+        created = not self.out.exists()
+        self.claim_folder()
+        try:
+            return self._run()
+        except BaseException:
+            if self.folder_lock is not None and created:
+                self.folder_lock.remove_if_unused()  # a start that failed leaves no empty folder behind
+            raise
+        finally:
+            if self.folder_lock is not None:
+                self.folder_lock.release()
+
+    def _run(self) -> dict[str, Any]:
         cfg = self.cfg
-        self.resolve_execution()
         resume, self.resume_path = agree_on_resume(cfg, self.info, self.out, self.log, self.check_resumable)
         init_ckpt = None
         scheme, init_path = parse_init(cfg.init)
@@ -560,7 +615,7 @@ class Trainer:
         self.print_header(resume)
         if self.finished_before and (self.stopped == "plateau" or self.epoch >= cfg.epochs):
             self.log(f"the run in {self.out} is already finished ({self.stopped}, {self.epoch} epochs); "
-                     f"nothing to do (raise --epochs to train on)")
+                     f"nothing to do ({self._train_on_hint()})")
             return self.result()
         stop = StopRequest(self.log)
         stop.install()
@@ -595,6 +650,13 @@ class Trainer:
                      f"{self.task.units.get(self.task.monitor, '')} at epoch {self.best_epoch}; {self.out / 'best.pt'}")
         self.signal = stop.signal
         return self.result()
+
+    def _train_on_hint(self) -> str:
+        """What would let a finished run train on: more epochs, or (after its last plateau) more lr drops."""
+        if self.stopped == "plateau":
+            return (f"it ended at a plateau after its {self.cfg.lr_drops} lr reductions: raise --lr-drops to train "
+                    f"on at a lower lr")
+        return "raise --epochs to train on"
 
     def print_header(self, resume: Mapping[str, Any] | None) -> None:
         cfg = self.cfg
