@@ -71,3 +71,126 @@ def test_all_bad_micro_batch_runs_a_zero_weight_step_and_the_step_is_the_mean_of
     assert totals["loss_sum"] == pytest.approx(0.693147, abs=1e-4)  # ln 2: the mean over the image read
     bias = ckpt["state_dict"]["classifier.6.bias"]
     torch.testing.assert_close(bias, torch.tensor([0.05, -0.05]), atol=1e-5, rtol=0)
+
+
+def _tiny_synthetic(out: Path, **overrides) -> TrainConfig:
+    return TrainConfig(**{**TINY, "scale": [32, 48], "synthetic_classes": 3, "synthetic_train": 12,
+                          "synthetic_val": 3, "synthetic_image_size": [32, 48], "batch_size": 4, **overrides,
+                          "output_dir": str(out)})
+
+
+# --------------------------------------------------------------------------- 3, 4, 8: the run folder
+
+
+def test_a_second_run_in_a_locked_folder_is_refused_naming_the_holder(tmp_path):
+    from vggnet.engine.state import claim_run_folder
+
+    holder = claim_run_folder(tmp_path / "run")  # as a running `vgg train` holds it
+    try:
+        with pytest.raises(UserError, match=rf"run is in use by another run \(process {os.getpid()}"):
+            train(_tiny_synthetic(tmp_path / "run"))
+    finally:
+        holder.release()
+    assert train(_tiny_synthetic(tmp_path / "run", max_steps=1))["global_step"] == 1
+
+
+def test_the_lock_of_a_killed_run_does_not_block_its_resume(tmp_path):
+    """kill -9 while holding the lock: the lock file stays, the lock does not (the kernel drops it)."""
+    code = ("import sys, os; from pathlib import Path; from vggnet.engine.state import claim_run_folder; "
+            "lock = claim_run_folder(Path(sys.argv[1])); print(os.getpid(), flush=True); os.kill(os.getpid(), 9)")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert proc.returncode == -9 and (tmp_path / "run" / ".vggnet.lock").read_text().strip() == proc.stdout.strip()
+    assert train(_tiny_synthetic(tmp_path / "run", max_steps=1))["global_step"] == 1
+
+
+def test_a_folder_of_other_files_is_not_overwritten(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "config.yaml").write_text("my: own settings\n")
+    (out / "metrics.csv").write_text("a,b\n1,2\n")
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(UserError, match=r"mine is not a vggnet run folder but holds config.yaml, metrics.csv, "
+                                        r"notes.txt; the run would overwrite config.yaml, metrics.csv"):
+        train(_tiny_synthetic(out, max_steps=1))
+    assert (out / "config.yaml").read_text() == "my: own settings\n"
+    # a folder of unrelated things that the run does not write over is fine (data beside the run)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "data").mkdir()
+    assert train(_tiny_synthetic(tmp_path / "other", max_steps=1))["global_step"] == 1
+
+
+def test_output_dir_that_is_a_file_or_unwritable(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match=r"--output-dir .*file is a file, not a folder"):
+        train(_tiny_synthetic(tmp_path / "file"))
+    real_open = open
+
+    def read_only(path, *args, **kwargs):  # root ignores chmod: the OS's refusal is simulated
+        if ".vggnet-write-test" in str(path):
+            raise OSError(30, "Read-only file system", str(path))
+        return real_open(path, *args, **kwargs)
+
+    import builtins
+
+    monkeypatch.setattr(builtins, "open", read_only)
+    with pytest.raises(UserError, match=r"--output-dir .*ro: cannot write there \(Read-only file system\)"):
+        train(_tiny_synthetic(tmp_path / "ro"))
+
+
+def test_disk_full_while_saving_names_the_file_and_the_last_good_checkpoint(tmp_path, monkeypatch):
+    import vggnet.checkpoint as checkpoint_module
+
+    out = tmp_path / "run"
+    real_save = torch.save
+    saves = []
+
+    def full_disk(obj, f, *args, **kwargs):
+        saves.append(1)
+        if len(saves) == 3:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing "
+                               "file data/12: file write failed")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", full_disk)
+    from vggnet.engine import TrainingError
+
+    with pytest.raises(TrainingError) as info:
+        train(_tiny_synthetic(out, checkpoint_every=1, max_steps=5))
+    message = str(info.value)
+    assert "cannot write" in message and "checkpoint_00000003.pt" in message and "no space left" in message
+    assert "Last good checkpoint: " + str(out / "checkpoint_00000002.pt") in message
+    monkeypatch.setattr(checkpoint_module.torch, "save", real_save)
+    assert torch.load(out / "last.pt", weights_only=True)["train"]["global_step"] == 2  # intact, resumable
+    assert train(_tiny_synthetic(out, checkpoint_every=1, max_steps=3, resume="auto"))["global_step"] == 3
+
+
+# --------------------------------------------------------------------------- 5: settings, and the epoch's work
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"val_scale": 40.5}, "--val-scale must be an integer"), ({"batch_norm": "no"}, "--batch-norm must be true"),
+    ({"lr": "0.1"}, "--lr must be a number"), ({"seed": 1.5}, "--seed must be an integer"),
+    ({"data": 12}, "--data must be text"), ({"epochs": True}, "--epochs must be an integer")])
+def test_every_setting_is_type_checked_before_any_work(tmp_path, change, match):
+    with pytest.raises(UserError, match=match):
+        train(_tiny_synthetic(tmp_path / "run", **change))
+    assert not (tmp_path / "run").exists()
+
+
+def test_integral_float_settings_are_taken_as_integers(tmp_path):
+    result = train(_tiny_synthetic(tmp_path / "run", val_scale=40.0, max_steps=1))
+    assert result["global_step"] == 1
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["meta"]["val_scale"] == 40
+
+
+def test_too_many_bad_images_stop_the_run_after_the_epochs_checkpoint(tmp_path):
+    data = _flat_images(tmp_path / "data", {"a": ["x.png", "bad1.jpg"], "b": ["y.png", "bad2.jpg"]})
+    from vggnet.engine import TrainingError
+
+    with pytest.raises(TrainingError, match=r"could not be decoded.*The epoch's checkpoint is written \(.*"
+                                            r"checkpoint_00000001.pt\)"):
+        train(TrainConfig(**TINY, batch_size=4, micro_batch_size=2, max_bad_fraction=0.1, data=str(data),
+                          output_dir=str(tmp_path / "run")))
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert ckpt["train"]["epoch"] == 1 and ckpt["train"]["history"][0]["bad_images"] == 2
