@@ -194,3 +194,56 @@ def test_too_many_bad_images_stop_the_run_after_the_epochs_checkpoint(tmp_path):
                           output_dir=str(tmp_path / "run")))
     ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert ckpt["train"]["epoch"] == 1 and ckpt["train"]["history"][0]["bad_images"] == 2
+
+
+# --------------------------------------------------------------------------- 12, 13: what the run says
+
+
+def test_bad_validation_images_are_counted_in_metrics_csv(tmp_path):
+    data = _flat_images(tmp_path / "data", {"a": ["x.png", "x2.png"], "b": ["y.png", "y2.png"]})
+    (data / "val" / "b" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    result = train(TrainConfig(**TINY, batch_size=4, data=str(data), output_dir=str(tmp_path / "run")))
+    row = result["history"][0]
+    assert (row["bad_images"], row["val_bad_images"]) == (0, 1)
+    text = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    assert text[0].split(",")[-2:] == ["bad_images", "val_bad_images"] and text[1].split(",")[-2:] == ["0", "1"]
+
+
+def test_left_out_files_are_named_in_train_log_even_with_warnings_silenced(tmp_path):
+    data = _flat_images(tmp_path / "data", {"a": ["x.png", "x2.png"], "b": ["y.png", "y2.png"]})
+    os.mkfifo(data / "train" / "a" / "pipe.jpg")
+    (data / "train" / "b" / "loop").symlink_to("..")
+    code = ("import sys; from vggnet.engine import TrainConfig, train; "
+            f"train(TrainConfig(**{TINY!r}, batch_size=4, max_steps=1, data=sys.argv[1], output_dir=sys.argv[2]))")
+    proc = subprocess.run([sys.executable, "-W", "ignore", "-c", code, str(data), str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "PYTHONWARNINGS": "ignore"})
+    assert proc.returncode == 0, proc.stderr
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert f"{data / 'train' / 'a' / 'pipe.jpg'}: a FIFO (named pipe), not a regular file" in log
+    assert f"{data / 'train' / 'b' / 'loop'}: a link to {data / 'train'}, a folder already listed" in log
+    assert "2 file(s) of" in proc.stdout and "Warning" not in proc.stderr
+
+
+def test_resume_with_changed_settings_says_it_once_naming_the_setting(tmp_path, capsys):
+    out = tmp_path / "run"
+    train(_tiny_synthetic(out, checkpoint_every=1, max_steps=3, keep=3))
+    capsys.readouterr()
+    with pytest.raises(CheckpointError) as info:
+        train(_tiny_synthetic(out, lr=0.1, resume="auto"))
+    printed = capsys.readouterr().out
+    assert printed.count("warning: --resume auto: skipping") == 1
+    assert "--lr 0.01 in the checkpoint, 0.1 now" in printed
+    message = str(info.value)
+    assert message.count("--lr 0.01 in the checkpoint, 0.1 now") == 1
+    assert "(also checkpoint_00000002.pt, checkpoint_00000001.pt, last.pt)" in message
+
+
+def test_a_run_finished_at_its_last_plateau_points_at_lr_drops():
+    from types import SimpleNamespace
+
+    from vggnet.engine import Trainer
+
+    plateau = SimpleNamespace(stopped="plateau", cfg=SimpleNamespace(lr_drops=3))
+    assert "raise --lr-drops" in Trainer._train_on_hint(plateau) and "--epochs" not in Trainer._train_on_hint(plateau)
+    assert Trainer._train_on_hint(SimpleNamespace(stopped="epochs", cfg=None)) == "raise --epochs to train on"

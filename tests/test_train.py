@@ -487,7 +487,7 @@ def test_cli_yaml_setting_is_checked_and_flags_win(tmp_path, capsys):
 # --------------------------------------------------------------------------- what a user sees (item 7)
 
 METRIC_COLUMNS = ["epoch", "global_step", "lr", "train_loss", "val_loss", "val_top1_error", "val_top5_error",
-                  "train_images_per_s", "epoch_time_s", "bad_images"]
+                  "train_images_per_s", "epoch_time_s", "bad_images", "val_bad_images"]
 
 
 def read_metrics(out):

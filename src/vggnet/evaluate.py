@@ -811,7 +811,7 @@ def validate(
     """One-scale dense validation, as the training loop runs it every epoch.
 
     Returns `{"top1_error", "top5_error" (percent), "loss" (mean NLL of the
-    posterior), "images"}`. `dataset` is a `vggnet.data` dataset (its transform
+    posterior), "images", "bad_images" (files left out as unreadable)}`. `dataset` is a `vggnet.data` dataset (its transform
     is replaced by the dense test transform at Q = `scale` in a copy). The flip
     is off by default (half the cost); `flip=True` gives the numbers of
     `vgg eval --method dense --test-scales Q`. Under torch.distributed the images
@@ -839,23 +839,24 @@ def validate(
                                   skip_bad=True)
     finally:
         net_model.train(was_training)
-    kept = labels >= 0  # a non-strict dataset's unreadable files are not counted
+    kept = labels >= 0  # a non-strict dataset's unreadable files are not counted (but reported: bad_images)
+    bad_local = float((~kept).sum())
     post, labels = local[(0, "dense")][kept], labels[kept]
     n_local = int(labels.numel())
     if n_local:
         correct = topk_correct(post, labels, (1, 5))
         # -log p(label); the floor keeps an underflowed posterior finite
         nll = -post.gather(1, labels.view(-1, 1)).double().clamp_min(torch.finfo(torch.float32).tiny).log()
-        sums = [float(n_local), float(correct[1].sum()), float(correct[5].sum()), float(nll.sum())]
+        sums = [float(n_local), float(correct[1].sum()), float(correct[5].sum()), float(nll.sum()), bad_local]
     else:
-        sums = [0.0, 0.0, 0.0, 0.0]
+        sums = [0.0, 0.0, 0.0, 0.0, bad_local]
     from vggnet.distributed import all_reduce_sum
 
-    n, c1, c5, loss = all_reduce_sum(sums)  # float64: counts stay exact
+    n, c1, c5, loss, bad = all_reduce_sum(sums)  # float64: counts stay exact
     if n == 0:
         raise DataError("validate: the validation set has no images")
     return {"top1_error": 100.0 * (n - c1) / n, "top5_error": 100.0 * (n - c5) / n, "loss": loss / n,
-            "images": int(n)}
+            "images": int(n), "bad_images": int(bad)}
 
 
 # --------------------------------------------------------------------------- checks before a pass

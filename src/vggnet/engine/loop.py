@@ -137,6 +137,7 @@ class Trainer:
             raise UserError(f"--batch-size {cfg.batch_size} is larger than the training set ({len(train)} images); "
                             f"an epoch must hold at least one global batch")
         self.classes = list(train.classes)
+        self._log_left_out(train, val)
         if resume is not None and list(resume["classes"]) != self.classes:
             raise CheckpointError(f"{self.resume_path} was trained on {len(resume['classes'])} classes "
                                   f"({', '.join(resume['classes'][:4])}, ...) but the training set has "
@@ -157,6 +158,16 @@ class Trainer:
         self.loader = make_train_loader(train, self.sampler, seed=cfg.seed, micro_batch=self.micro,
                                         workers=cfg.workers, collate=self.task.collate,
                                         pin_memory=self.device.type == "cuda")
+
+    def _log_left_out(self, *datasets: Any) -> None:
+        """Name every file the datasets' folders held but do not use (FIFOs, link loops, unreadable formats),
+        once per run, in the console and train.log: Python warnings may be silenced (-W ignore)."""
+        for ds in datasets:
+            left_out = getattr(ds, "left_out", [])
+            if left_out:
+                self.log(f"warning: {len(left_out)} file(s) of {getattr(ds, 'root', 'the dataset')} left out:")
+                for path, reason in left_out:
+                    self.log(f"  {path}: {reason}")
 
     def _statistics(self, train: Any, resume: Mapping[str, Any] | None,
                     init_ckpt: Mapping[str, Any] | None) -> tuple[dict[str, Any], str]:
@@ -506,6 +517,7 @@ class Trainer:
             "train_images_per_s": done * cfg.batch_size / elapsed if elapsed > 0 else float("nan"),
             "epoch_time_s": elapsed + val_time,
             "bad_images": bad,
+            "val_bad_images": int(metrics.get("bad_images", 0)),  # unreadable validation files, left out
         }
         self.history.append(row)
         value = float(metrics[task.monitor])
