@@ -247,3 +247,27 @@ def test_a_run_finished_at_its_last_plateau_points_at_lr_drops():
     plateau = SimpleNamespace(stopped="plateau", cfg=SimpleNamespace(lr_drops=3))
     assert "raise --lr-drops" in Trainer._train_on_hint(plateau) and "--epochs" not in Trainer._train_on_hint(plateau)
     assert Trainer._train_on_hint(SimpleNamespace(stopped="epochs", cfg=None)) == "raise --epochs to train on"
+
+
+# --------------------------------------------------------------------------- 6: bit flips
+
+
+def test_a_flipped_bit_in_a_checkpoints_weights_is_an_error_naming_the_file(tmp_path, monkeypatch):
+    from vggnet.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+    from vggnet.models import vgg
+
+    model = vgg("A", num_classes=3, width=1 / 16, fc_width=16, crop_size=32)
+    with torch.no_grad():
+        model.classifier[6].bias.copy_(torch.tensor([1.25, 2.5, 3.75]))
+    path = save_checkpoint(tmp_path / "c.pt", make_checkpoint(model, preprocessing={
+        "pixel_scale": 255.0, "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}))
+    assert len(load_checkpoint(path)["weights_sha256"]) == 64
+    raw = bytearray(path.read_bytes())
+    at = raw.find(torch.tensor([1.25, 2.5, 3.75]).numpy().tobytes())
+    assert at > 0
+    raw[at + 5] ^= 0x01  # one bit of 2.5's mantissa
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match=r"c.pt: its weights do not match the checksum.*VGGNET_SKIP_CHECKSUM=1"):
+        load_checkpoint(path)
+    monkeypatch.setenv("VGGNET_SKIP_CHECKSUM", "1")  # the escape hatch, for a deliberate edit
+    assert load_checkpoint(path)["state_dict"]["classifier.6.bias"][1] != 2.5
