@@ -275,3 +275,33 @@ def test_yaml_errors_reach_the_command_line_without_a_traceback(tmp_path, capsys
     assert main(["train", "--config-file", str(path)]) == 2
     err = capsys.readouterr().err
     assert "bad.yaml: 'batch_norm' is on or off" in err and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- foreign files (11)
+
+
+@pytest.mark.parametrize("value,match", [(5, r"its 'layer_names' attribute is 5, not a list of layer names"),
+                                         ([1, 2], r"its 'layer_names' attribute is \[1, 2\], not a list")])
+def test_keras_file_with_non_string_layer_names(tmp_path, value, match):
+    h5py = pytest.importorskip("h5py")
+    from vggnet.interop.keras import import_keras
+
+    path = tmp_path / "odd.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = np.array(value) if isinstance(value, list) else value
+    with pytest.raises(CheckpointError, match=rf"odd.h5 is not a Keras h5 weights file: {match}"):
+        import_keras(path)
+
+
+@pytest.mark.parametrize("command", ["predict", "eval"])
+def test_predict_and_eval_given_safetensors_suggest_vgg_import_safetensors(tmp_path, capsys, command):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "weights.safetensors"
+    save_file(vgg("A", num_classes=3, **TINY).state_dict(), str(path))
+    img = _images(tmp_path / "img", 1)[0]
+    argv = (["predict", str(path), str(img)] if command == "predict"
+            else ["eval", "--checkpoint", str(path), "--data", str(tmp_path / "img"), "--workers", "0"])
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"vgg import safetensors {path} --out CKPT.pt" in err and "import torchvision" not in err

@@ -211,7 +211,25 @@ def torch_load(path: Path, map_location: str | torch.device = "cpu", what: str =
             first = ("a safe (weights_only) load refuses it: it is damaged, not a PyTorch file, or pickles "
                      f"Python objects{f' ({detail})' if detail else ''}")
         raise CheckpointError(
-            f"{what} {path} cannot be read (truncated, corrupt, or not a vggnet/PyTorch file): {first}") from None
+            f"{what} {path} cannot be read (truncated, corrupt, or not a vggnet/PyTorch file): {first}"
+            f"{_safetensors_hint(path)}") from None
+
+
+def _is_safetensors(path: Path) -> bool:
+    """A safetensors file: 8 bytes of header length, then the JSON header."""
+    if path.suffix.lower() == ".safetensors":
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < 100_000_000
+
+
+def _safetensors_hint(path: Path) -> str:
+    return (f"; it is a safetensors file: convert it with `vgg import safetensors {path} --out CKPT.pt` "
+            f"(a vggnet export keeps its classes and preprocessing)") if _is_safetensors(path) else ""
 
 
 def is_checkpoint(obj: Any) -> bool:
@@ -220,8 +238,8 @@ def is_checkpoint(obj: Any) -> bool:
 
 def check_checkpoint(ckpt: Any, path: Path) -> dict[str, Any]:
     if not is_checkpoint(ckpt):
-        hint = ""
-        if isinstance(ckpt, dict) and any(str(k).startswith("features.") for k in ckpt):
+        hint = _safetensors_hint(path)
+        if not hint and isinstance(ckpt, dict) and any(str(k).startswith("features.") for k in ckpt):
             hint = "; it looks like a bare state dict: convert it with `vgg import torchvision FILE --out CKPT`"
         raise CheckpointError(f"{path} is not a vggnet checkpoint (no format={FORMAT!r} entry){hint}")
     if ckpt.get("version", 0) > VERSION:
