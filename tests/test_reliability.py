@@ -305,3 +305,19 @@ def test_predict_and_eval_given_safetensors_suggest_vgg_import_safetensors(tmp_p
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert f"vgg import safetensors {path} --out CKPT.pt" in err and "import torchvision" not in err
+
+
+def test_a_checkpoint_that_pickles_code_is_refused_without_running_it(tmp_path, capsys):
+    """A .pt whose pickle would call a function on load (the classic malicious checkpoint)."""
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "vggnet.checkpoint", "payload": Payload()}, path)
+    img = _images(tmp_path / "img", 1)[0]
+    assert main(["predict", str(path), str(img)]) == 2
+    err = capsys.readouterr().err
+    assert "evil.pt cannot be read" in err and "weights_only" in err and not marker.exists()
