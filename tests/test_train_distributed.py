@@ -124,7 +124,8 @@ def test_only_rank_0_writes(two_processes):
     log = (ddp / "train.log").read_text()
     assert log.count("vgg train: A") == 1 and stdout.count("vgg train: A") == 1
     # one of each file, no temporary files left behind (TensorBoard's folder when it is installed)
-    assert sorted(p.name for p in ddp.iterdir() if p.name != "tensorboard") == [
+    # (and the run folder's lock file, .vggnet.lock, which stays: the lock itself ends with the process)
+    assert sorted(p.name for p in ddp.iterdir() if p.name not in ("tensorboard", ".vggnet.lock")) == [
         "best.pt", "checkpoint_00000001.pt", "checkpoint_00000002.pt", "config.yaml", "curves.png", "last.pt",
         "metrics.csv", "train.log"]
     assert len((ddp / "metrics.csv").read_text().splitlines()) == 2  # header + 1 epoch, written once
@@ -298,7 +299,8 @@ def test_on_two_nodes_only_rank_0_writes_and_prints(two_nodes):
     identical file in a shared folder."""
     (node0, out0, err0), (node1, out1, err1) = two_nodes[0], two_nodes[1]
     assert [p.name for p in node0.iterdir()] == [NODE_OUTPUT]
-    assert sorted(p.name for p in (node0 / NODE_OUTPUT).iterdir() if p.name != "tensorboard") == [
+    files = (node0 / NODE_OUTPUT).iterdir()
+    assert sorted(p.name for p in files if p.name not in ("tensorboard", ".vggnet.lock")) == [
         "best.pt", "checkpoint_00000001.pt", "checkpoint_00000002.pt", "config.yaml", "curves.png", "last.pt",
         "metrics.csv", "train.log"]
     assert len((node0 / NODE_OUTPUT / "metrics.csv").read_text().splitlines()) == 2
