@@ -321,9 +321,10 @@ def test_on_two_nodes_only_rank_0_writes_and_prints(two_nodes):
 
 
 def file_states(folder):
-    """Every file under `folder` (relative path: size, mtime in ns, bytes)."""
+    """Every file under `folder` (relative path: size, mtime in ns, bytes), but the lock file, which names the
+    last process that held the folder."""
     return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns, p.read_bytes())
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".vggnet.lock"}
 
 
 def fail_on_both_nodes(two_nodes, root, *extra, epochs=1):
