@@ -3,8 +3,10 @@
     model = torch.hub.load("path/to/vggnet", "vgg16", source="local", weights="vgg16.safetensors")
     model = torch.hub.load("path/to/vggnet", "vgg", "C", source="local", num_classes=10, width=0.25)
 
-`weights` is a vggnet checkpoint (.pt), a safetensors export (with its .json
-sidecar) or a torchvision .pth state dict; nothing is downloaded. Every other
+`weights` is a vggnet checkpoint (.pt), a safetensors export or a torchvision or
+timm .pth state dict; nothing is downloaded. Each entry point builds its own
+variant: `vgg11` refuses `vgg11_bn` weights (and the other way round) instead of
+building another model. Every other
 keyword goes to `vggnet.hub.create_model` (`num_classes`, `freeze_features`,
 `width`, `crop_size`, `fc_width`, `dropout`).
 """
@@ -28,7 +30,7 @@ def vgg(name="D", weights=None, **kwargs):
 
 def vgg11(weights=None, **kwargs):
     """Configuration A, 11 weight layers."""
-    return create_model("A", pretrained=weights, **kwargs)
+    return create_model("A", pretrained=weights, batch_norm=False, **kwargs)
 
 
 def vgg11_bn(weights=None, **kwargs):
@@ -38,7 +40,7 @@ def vgg11_bn(weights=None, **kwargs):
 
 def vgg13(weights=None, **kwargs):
     """Configuration B, 13 weight layers."""
-    return create_model("B", pretrained=weights, **kwargs)
+    return create_model("B", pretrained=weights, batch_norm=False, **kwargs)
 
 
 def vgg13_bn(weights=None, **kwargs):
@@ -48,7 +50,7 @@ def vgg13_bn(weights=None, **kwargs):
 
 def vgg16(weights=None, **kwargs):
     """Configuration D, 16 weight layers."""
-    return create_model("D", pretrained=weights, **kwargs)
+    return create_model("D", pretrained=weights, batch_norm=False, **kwargs)
 
 
 def vgg16_bn(weights=None, **kwargs):
@@ -58,7 +60,7 @@ def vgg16_bn(weights=None, **kwargs):
 
 def vgg19(weights=None, **kwargs):
     """Configuration E, 19 weight layers."""
-    return create_model("E", pretrained=weights, **kwargs)
+    return create_model("E", pretrained=weights, batch_norm=False, **kwargs)
 
 
 def vgg19_bn(weights=None, **kwargs):

@@ -11,6 +11,9 @@ this one process with one thread (as one DataLoader worker runs):
     vgg train jit   build_dataset + TrainPreset(scale=(256, 512)), PCA lighting on (the paper's multi-scale)
     tv eval         ImageFolder + Resize(256) + ToTensor + Normalize (whole image, dense evaluation)
     vgg eval        build_dataset + DenseEvalPreset(scale=256)
+    ..., Pillow only   the same vgg pipelines with `vggnet.data.decode.DECODER = "pillow"`: every
+                    file decoded by Pillow, as before TorchCodec was used (new / before)
+    decode TorchCodec  TorchCodec's decode_jpeg only (where it is installed)
 
 and prints images/s with ratios to torchvision and to raw decoding. A second,
 smaller set of 1600x1200 JPEGs (digital-camera size) shows the JPEG draft path.
@@ -73,6 +76,18 @@ def pipelines(folder: Path) -> dict[str, Callable[[], Any]]:
     def run(ds: Any) -> Callable[[], Any]:
         return lambda: [ds[i] for i in range(len(ds))]
 
+    def before(ds: Any) -> Callable[[], Any]:
+        """The same pipeline with Pillow decoding every file (vggnet before TorchCodec)."""
+        from vggnet.data import decode as decoders
+
+        def go() -> Any:
+            decoders.DECODER = "pillow"
+            try:
+                return [ds[i] for i in range(len(ds))]
+            finally:
+                decoders.DECODER = "auto"
+        return go
+
     def decode() -> Any:
         out = []
         for p in paths:
@@ -80,9 +95,20 @@ def pipelines(folder: Path) -> dict[str, Callable[[], Any]]:
                 out.append(img.convert("RGB"))
         return out
 
-    return {"decode": decode, "tv train": run(tv_train), "tv-v2 train": run(tv2_train),
-            "vgg train S": run(vgg_fixed), "vgg train jit": run(vgg_jitter),
-            "tv eval": run(tv_eval), "vgg eval": run(vgg_eval)}
+    def decode_torchcodec() -> Any:
+        from torchcodec.decoders import decode_jpeg
+
+        return [decode_jpeg(p) for p in paths]
+
+    out = {"decode": decode, "tv train": run(tv_train), "tv-v2 train": run(tv2_train),
+           "vgg train S": run(vgg_fixed), "vgg train S, Pillow only": before(vgg_fixed),
+           "vgg train jit": run(vgg_jitter), "tv eval": run(tv_eval), "vgg eval": run(vgg_eval),
+           "vgg eval, Pillow only": before(vgg_eval)}
+    from vggnet.data.decode import torchcodec_available
+
+    if torchcodec_available():
+        out["decode TorchCodec"] = decode_torchcodec
+    return out
 
 
 def measure(folder: Path, n: int, rounds: int) -> dict[str, float]:
@@ -107,6 +133,9 @@ def report(title: str, rates: dict[str, float]) -> list[str]:
         ref = rates["tv eval"] if "eval" in k else rates["tv train"]
         vs_tv = "" if k == "decode" else f"{v / ref:.2f}x"
         lines.append(f"| {k} | {v:.0f} | {vs_tv} | {rates['decode'] / v:.2f}x |")
+    lines.append("")
+    for k in ("vgg train S", "vgg eval"):
+        lines.append(f"{k}: {rates[k] / rates[k + ', Pillow only']:.2f}x the same pipeline decoding with Pillow only")
     return lines
 
 

@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
+from machine import describe_machine, machine_line  # benchmarks/ is on sys.path when run as a script
 from vggnet.models import vgg
 from vggnet.engine import TrainConfig, make_optimizer, resolve_execution
 
@@ -153,6 +154,9 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--bf16-row", action="store_true",
+                   help="also time our net in bf16 + channels_last, whatever --amp auto chose (on a CPU without "
+                        "native bf16: what forcing it costs)")
     p.add_argument("--breakdown", action="store_true",
                    help="profile torchvision's default step instead of timing: conv / matmul / other")
     args = p.parse_args()
@@ -180,6 +184,8 @@ def main() -> None:
         variants[(name, "torchvision fp32 NCHW")] = ("tv", name, False, "off", False)
         variants[(name, "ours fast path")] = ("ours", name, channels_last, amp, True)
         variants[(name, "torchvision fast path")] = ("tv", name, channels_last, amp, True)
+        if args.bf16_row and (amp, channels_last) != ("bf16", True):
+            variants[(name, "ours bf16 channels_last")] = ("ours", name, True, "bf16", True)
 
     if args.breakdown:
         if cuda:
@@ -221,6 +227,10 @@ def main() -> None:
             {"net": f"{name} / {tvn}", "setting": "our default vs torchvision default",
              "ours": ips[(name, "ours fast path")], "torchvision": ips[(name, "torchvision fp32 NCHW")]},
         ]
+        if (name, "ours bf16 channels_last") in ips:
+            rows.append({"net": f"{name} / {tvn}", "setting": "ours bf16 + channels_last (forced) vs torchvision "
+                         "default", "ours": ips[(name, "ours bf16 channels_last")],
+                         "torchvision": ips[(name, "torchvision fp32 NCHW")]})
     for r in rows:
         r["ratio"] = r["ours"] / r["torchvision"]
     where = torch.cuda.get_device_name(device) if cuda else (platform.processor() or platform.machine())
@@ -234,6 +244,9 @@ def main() -> None:
              "batch_size": batch, "classes": args.classes, "rounds": args.rounds, "steps": args.steps,
              "fast_path": fast, "torch": torch.__version__, "torchvision": torchvision.__version__,
              "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
+    machine = describe_machine(device)
+    setup["machine"] = machine
+    print(machine_line(machine))
     print(f"setup: {setup}")
     print("| nets | setting | ours img/s | torchvision img/s | ours / torchvision |")
     print("|---|---|---:|---:|---:|")

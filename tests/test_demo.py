@@ -46,6 +46,10 @@ def test_demo_quick_leaves_a_complete_run_folder(tmp_path, capsys):
     assert predictions and all(line.split()[0] in ("ok", "ERR") and "top-3:" in line for line in predictions)
     assert "final (" in printed and "top-1 accuracy" in printed
     _check_contents(out, classes, rows, best, printed)
+    # 4. the transfer stage (Appendix B): SVMs on descriptors vs on raw pixels, both reported
+    transfer = json.loads((out / "transfer" / "results.json").read_text())
+    assert transfer["classes"] == classes and {"mAP", "mAP_area", "ap"} <= set(transfer)
+    assert "with the same SVMs on raw 16x16 pixels" in printed
 
     # a second run reuses the dataset and the finished training, and only re-evaluates
     mtime = (run / "last.pt").stat().st_mtime_ns

@@ -33,7 +33,7 @@ from vggnet.train import TrainConfig, TrainingError, add_train_arguments, find_c
 # every random stream of a real run takes part in the exactness tests.
 TINY = dict(model="A", width=1 / 16, fc_width=16, crop_size=32, scale=[32, 48], synthetic_classes=4,
             synthetic_train=32, synthetic_val=8, synthetic_image_size=[32, 48], batch_size=8, epochs=2,
-            workers=0, progress=False, stats_sample=16, device="cpu")
+            workers=0, progress=False, stats_sample=16, device="cpu", amp="off")  # exactness needs fp32 everywhere
 STEPS_PER_EPOCH = 4
 
 
@@ -676,7 +676,7 @@ def test_deep_nets_learn_from_scratch_with_the_default_settings(tmp_path, model)
     data = shapes_folder(tmp_path / "data")
     result = train(TrainConfig(model=model, width=1 / 16, fc_width=64, crop_size=32, scale=32, data=str(data),
                                batch_size=8, epochs=16, lr_patience=100, workers=0, progress=False,
-                               stats_sample=16, device="cpu", output_dir=str(tmp_path / "run")))
+                               stats_sample=16, device="cpu", amp="off", output_dir=str(tmp_path / "run")))
     defaults = TrainConfig()
     cfg = load(tmp_path / "run" / "last.pt")["train"]["config"]
     assert (cfg["init"], cfg["lr"], cfg["momentum"], cfg["weight_decay"], cfg["dropout"]) == (

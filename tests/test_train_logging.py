@@ -129,10 +129,13 @@ def test_without_tensorboard_training_writes_metrics_csv_and_no_tensorboard_fold
 
 @pytest.fixture
 def bars(monkeypatch):
-    """tqdm as train.py uses it, redrawn at every update (its real mininterval, 30 s when stderr is
-    not a terminal, would show only the empty bar in a run this short); the keyword arguments
-    of each bar made are recorded, except those of disabled bars (validation's, in training)."""
+    """tqdm as train.py uses it, redrawn at every update (its real mininterval would show only the
+    empty bar in a run this short), with stderr taken for a terminal (elsewhere there is no bar:
+    tests/test_cli_vocabulary.py); the keyword arguments of each bar made are recorded, except
+    those of disabled bars (validation's, in training)."""
     import tqdm as tqdm_package
+
+    monkeypatch.setattr("vggnet.engine.outputs.stderr_is_terminal", lambda: True)  # capsys's stream, as a terminal
 
     made: list[dict] = []
 

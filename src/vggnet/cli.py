@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -27,8 +28,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "stats": ("vggnet.data.stats", "training-set mean RGB and RGB PCA"),
     "train": ("vggnet.train", "train with the paper's protocol (§3.1)"),
     "eval": ("vggnet.evaluate", "dense / multi-crop / multi-scale / fused evaluation (§3.2)"),
-    "predict": ("vggnet.evaluate", "top-5 classes for image files"),
-    "import": ("vggnet.interop.cli", "torchvision .pth, Keras .h5, Caffe .caffemodel -> checkpoint"),
+    "predict": ("vggnet.evaluate", "top-5 classes for image files and folders"),
+    "localize": ("vggnet.localize_cli", "localisation (Appendix A): train, eval, predict"),
+    "features": ("vggnet.transfer", "Appendix B descriptors of a folder (dense, flip, multi-scale; resumable)"),
+    "transfer": ("vggnet.transfer", "Appendix B: linear SVMs on descriptors; VOC mAP, Caltech accuracy; predict"),
+    "import": ("vggnet.interop.cli", "torchvision/timm .pth, Keras .h5, Caffe .caffemodel, safetensors -> checkpoint"),
     "export": ("vggnet.interop.cli", "checkpoint -> safetensors, torchvision .pth, ONNX"),
     "demo": ("vggnet.demo", "the main job end to end on the synthetic dataset"),
 }
@@ -79,7 +83,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser = argparse.ArgumentParser(prog=f"vgg {name}", description=help_)
         add(parser)
         args = parse_args_with_config(parser, argv[1:])
-        return int(run(args) or 0)
+        status = int(run(args) or 0)
+        sys.stdout.flush()  # inside the try: a closed pipe is reported here, not at interpreter exit
+        return status
+    except BrokenPipeError:
+        # `vgg info --json | head -1`: the reader has gone, which is not an error of ours. Point
+        # stdout at /dev/null so that Python's final flush does not raise again (Python docs,
+        # "Note on SIGPIPE"); 141 = 128 + SIGPIPE, what a C tool's status would be.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except UserError as exc:
         print(f"vgg {name}: error: {exc}", file=sys.stderr)
         return 2
@@ -112,6 +125,9 @@ def parse_args_with_config(parser: argparse.ArgumentParser, argv: Sequence[str])
                 known = sorted(d.replace("_", "-") for d in dests if d not in ("help", "config_file"))
                 raise UserError(f"{pre.config_file}: unknown setting {key!r}; known settings: {', '.join(known)}")
             action = dests[dest]
+            if isinstance(value, bool) and action.choices is not None and "off" in action.choices:
+                # `amp: false` / `channels_last: true` for a flag of words: the flag means the word
+                value = ("on" if "on" in action.choices else value) if value else "off"
             value = _config_value(pre.config_file, key, action, value)
             if action.choices is not None and value not in action.choices:
                 raise UserError(f"{pre.config_file}: {key!r} must be one of "

@@ -58,6 +58,7 @@ __all__ = [
     "all_reduce_max",
     "broadcast_object",
     "all_gather_object",
+    "average_buffers",
     "ResumableDistributedSampler",
     "steps_per_epoch",
     "accumulation_steps",
@@ -303,3 +304,19 @@ def accumulation_steps(global_batch: int, micro_batch: int, world_size: int) -> 
                         f"process, not a multiple of --micro-batch-size {micro_batch}; choose one of "
                         f"{', '.join(map(str, divisors[-8:]))}")
     return per_process // micro_batch
+
+
+def average_buffers(module: nn.Module) -> None:
+    """Replace every floating-point buffer of `module` (BatchNorm's running mean and variance) by its
+    average over the processes, as timm's `distribute_bn(reduce=True)` does: each rank updates its
+    running statistics from its own micro-batches, and the net validated and saved must be one net.
+    Integer buffers (`num_batches_tracked`) are the same on every rank. Collective; a no-op in one process."""
+    if not is_distributed():
+        return
+    world = dist.get_world_size()
+    device = _comm_device()
+    for buf in module.buffers():
+        if buf.is_floating_point():
+            t = buf.detach().to(device)
+            dist.all_reduce(t)
+            buf.copy_(t / world)

@@ -12,7 +12,8 @@ preprocessing it was trained with.
 
 Single process:
     vgg eval --checkpoint run/best.pt --data DIR --method both --test-scales 224,256,288
-    vgg predict run/best.pt cat.jpg dog.png
+    vgg eval --checkpoint run/best.pt --data DIR --method center   # torchvision's single crop
+    vgg predict --checkpoint run/best.pt cat.jpg dog.png photos/
 Several processes (each evaluates the images rank, rank+W, ... and the
 posteriors are gathered, so the numbers equal the single-process ones):
     torchrun --nproc_per_node=8 -m vggnet.cli eval --checkpoint run/best.pt --data DIR
@@ -32,6 +33,7 @@ import json
 import math
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -42,6 +44,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from vggnet.errors import CheckpointError, DataError, UserError
+from vggnet.execution import choose_execution
 from vggnet.models import VGG
 
 __all__ = [
@@ -65,9 +68,12 @@ __all__ = [
     "run_predict",
 ]
 
-# What `--method` accepts: "both" = the average of the dense and multi-crop posteriors.
-METHODS = ("dense", "multi-crop", "both")
-_METHOD_LABEL = {"dense": "dense", "multi-crop": "multi-crop", "both": "dense & multi-crop"}
+# What `--method` accepts: "both" = the average of the dense and multi-crop posteriors; "center" =
+# torchvision's single centre crop (an extension beyond the paper, to compare with published numbers).
+METHODS = ("dense", "multi-crop", "both", "center")
+_METHOD_LABEL = {"dense": "dense", "multi-crop": "multi-crop", "both": "dense & multi-crop",
+                 "center": "centre crop"}
+CROP_PCT = 0.875  # torchvision's and timm's ImageNet evaluation: resize to 256, centre crop 224
 POSTERIORS_FORMAT = "vggnet.posteriors"
 
 
@@ -323,6 +329,43 @@ class _Indexed(Dataset):
         return i, item[0], int(item[1]), None
 
 
+class CenterCropEvalPreset:
+    """torchvision's single-crop evaluation input (an extension beyond the paper): resize the
+    smallest side to `resize` (bilinear, antialiased), take the central `crop_size` square.
+
+    torchvision's own transforms on the decoded Pillow image, in its order, so that the
+    numbers compare with the published ones (vgg16: 71.59% / 90.38% top-1 / top-5
+    accuracy at resize 256, crop 224). No JPEG draft decoding: torchvision's loader
+    decodes at full size, and so must we to see the same pixels.
+    """
+
+    decode_side = None
+
+    def __init__(self, *, resize: int, crop_size: int, preprocessing: Any) -> None:
+        from torchvision.transforms import v2
+
+        from vggnet.data.transforms import ToNormalizedTensor
+
+        if resize < crop_size:
+            raise ValueError(f"centre crop: resize {resize} is smaller than the crop {crop_size}")
+        self.scale, self.crop_size, self.preprocessing = int(resize), int(crop_size), preprocessing
+        self.transforms = v2.Compose([v2.Resize(self.scale, interpolation=v2.InterpolationMode.BILINEAR,
+                                                antialias=True),
+                                      v2.CenterCrop(self.crop_size), ToNormalizedTensor(preprocessing)])
+
+    def __call__(self, image: Any) -> torch.Tensor:
+        from vggnet.data.transforms import _ensure_decoded
+
+        return self.transforms(_ensure_decoded(image, None)).as_subclass(torch.Tensor)
+
+
+def center_resize(crop_size: int, crop_pct: float = CROP_PCT) -> int:
+    """The size the smallest side is resized to before the centre crop: floor(crop / crop_pct) (256 for 224)."""
+    if not 0 < crop_pct <= 1:
+        raise ValueError(f"--crop-pct must be in (0, 1], got {crop_pct}")
+    return int(math.floor(crop_size / crop_pct + 1e-9))
+
+
 @dataclass
 class _Net:
     """One network of an evaluation with everything needed to feed it correctly."""
@@ -351,11 +394,19 @@ class _Net:
 
 
 def _amp_context(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    if amp == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    if amp in ("bf16", "fp16"):  # fp16: what --amp auto picks on a GPU without bf16; no scaler is needed to infer
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
     if amp not in ("off", None):
         raise ValueError(f"amp must be 'bf16' or 'off', got {amp!r}")
     return contextlib.nullcontext()
+
+
+def _execution(amp: str, channels_last: bool | str, device: torch.device) -> tuple[str, bool]:
+    """--amp / --channels-last, "auto" included, resolved for `device` as every command resolves them."""
+    if amp not in ("auto", "bf16", "fp16", "off", None):
+        raise ValueError(f"amp must be 'auto', 'bf16', 'fp16' or 'off', got {amp!r}")
+    chosen = choose_execution(amp or "off", channels_last, device)
+    return chosen.amp, chosen.channels_last
 
 
 def _run_pass(
@@ -374,19 +425,25 @@ def _run_pass(
     progress: bool = False,
     desc: str = "",
     skip_bad: bool = False,
+    dense_fn: Callable[..., torch.Tensor] | None = None,
+    width: Callable[[_Net], int] | None = None,
 ) -> tuple[dict[tuple[int, str], torch.Tensor], torch.Tensor]:
     """One pass over `dataset[indices]` (items: rescaled RGB in [0, 1]) for every net.
 
     Returns the local posteriors `{(net, method): (len(indices), classes)}` in the
     order of `indices`, and the labels `(len(indices),)`. With `skip_bad`, items a
     non-strict dataset could not read are left out (label -1); otherwise they are
-    a `DataError`.
+    a `DataError`. `dense_fn(model, images, flip=...) -> (B, width(net))` replaces
+    `dense_posterior` for the "dense" method (Appendix B's pooled descriptors use
+    the same bucketing).
     """
     from vggnet.data.transforms import grid_crops
 
+    dense_fn = dense_fn or dense_posterior
+    width = width or (lambda net: net.model.num_classes)
     n = len(indices)
     position = {int(i): j for j, i in enumerate(indices)}
-    out = {(k, m): torch.zeros(n, nets[k].model.num_classes) for k in range(len(nets)) for m in methods}
+    out = {(k, m): torch.zeros(n, width(nets[k])) for k in range(len(nets)) for m in methods}
     labels = torch.full((n,), -1, dtype=torch.long)
     loader = DataLoader(Subset(_Indexed(dataset), list(indices)), batch_size=None, shuffle=False,
                         num_workers=workers, pin_memory=device.type == "cuda")
@@ -407,7 +464,10 @@ def _run_pass(
         for k, net in enumerate(nets):
             with _amp_context(device, amp):
                 x = prepare(net, x01).contiguous(memory_format=cl)
-                out[(k, "dense")][rows] = dense_posterior(net.model, x, flip=flip).cpu()
+                if "center" in methods:  # (B, 3, crop, crop) centre crops: the net as a classifier
+                    out[(k, "center")][rows] = net.model(x).float().softmax(dim=1).cpu()
+                    continue
+                out[(k, "dense")][rows] = dense_fn(net.model, x, flip=flip).float().cpu()
 
     try:
         from tqdm import tqdm
@@ -432,7 +492,7 @@ def _run_pass(
                     with _amp_context(device, amp):
                         out[(k, "multi-crop")][pos] = multi_crop_posterior(
                             net.model, crops.contiguous(memory_format=cl), batch_size=batch_size).cpu()
-            if "dense" in methods:
+            if "dense" in methods or "center" in methods:
                 size = (int(x01.shape[-2]), int(x01.shape[-1]))
                 buckets.setdefault(size, []).append((pos, x01))
                 pending += 1
@@ -533,26 +593,91 @@ class EvalResult:
 
     # -- reports
 
+    @property
+    def top5_applicable(self) -> bool:
+        """With 5 classes or fewer every label is among the top 5: top-5 error is 0 by construction."""
+        return len(self.classes) > 5
+
+    def _top5(self, value: float) -> str:
+        return f"{value:.2f}" if self.top5_applicable else "n/a"
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON report: top-1/top-5 error (percent) per net, method and scale
-        ("all" = averaged over the net's scales), the fusion, and the overall result."""
+        ("all" = averaged over the net's scales), the fusion, and the overall result,
+        each with its accuracy (100 - error). With 5 classes or fewer the top-5
+        numbers are null (`top5_applicable` false): every label is in the top 5."""
+        def shown(metrics: Any) -> Any:
+            if isinstance(metrics, dict):
+                out = {k: shown(v) for k, v in metrics.items()}
+                if "top1_error" in out:
+                    out.setdefault("top1_accuracy", 100.0 - out["top1_error"])
+                    out.setdefault("top5_accuracy", None if out["top5_error"] is None else 100.0 - out["top5_error"])
+                if not self.top5_applicable:
+                    out.update({k: None for k in ("top5_error", "top5_accuracy") if k in out})
+                return out
+            return metrics
+
         return {
             "data": self.data,
             "images": int(self.labels.numel()),
             "classes": list(self.classes),
             "method": self.method,
             "flip": self.flip,
-            "nets": [{**net, "results": res} for net, res in zip(self.nets, self.results)],
-            "fusion": self.fusion,
-            "overall": self.overall,
-            "rows": self.rows,
+            "top5_applicable": self.top5_applicable,
+            "nets": [{**net, "results": shown(res)} for net, res in zip(self.nets, self.results)],
+            "fusion": shown(self.fusion),
+            "overall": shown(self.overall),
+            "rows": [shown(r) for r in self.rows],
         }
 
+    def confusion_matrix(self) -> Any:
+        """`(classes, classes)` counts of the overall posterior's top-1 (scikit-learn's
+        `confusion_matrix`): row = true class, column = predicted class."""
+        from sklearn.metrics import confusion_matrix
+
+        predicted = self.final_posterior().argmax(dim=1)
+        return confusion_matrix(self.labels.numpy(), predicted.numpy(), labels=list(range(len(self.classes))))
+
+    def write_confusion_matrix(self, path: str | os.PathLike, *, max_plot_classes: int = 50) -> list[Path]:
+        """Write the confusion matrix as CSV (`path`) and, with at most `max_plot_classes`
+        classes, drawn as a PNG beside it (same name, .png). Returns the files written."""
+        import csv
+        import io
+
+        from vggnet.checkpoint import atomic_write
+
+        path = Path(path)
+        matrix = self.confusion_matrix()
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(["true \\ predicted", *self.classes])
+        for name, row in zip(self.classes, matrix.tolist()):
+            writer.writerow([name, *row])
+        written = [atomic_write(path, lambda f: f.write(buf.getvalue().encode("utf-8")))]
+        if len(self.classes) <= max_plot_classes:
+            from matplotlib.backends.backend_agg import FigureCanvasAgg
+            from matplotlib.figure import Figure
+            from sklearn.metrics import ConfusionMatrixDisplay
+
+            side = 3 + 0.35 * len(self.classes)
+            fig = Figure(figsize=(side + 1, side), layout="constrained")
+            FigureCanvasAgg(fig)  # no display needed
+            ax = fig.subplots()
+            ConfusionMatrixDisplay(matrix, display_labels=self.classes).plot(
+                ax=ax, include_values=len(self.classes) <= 20, xticks_rotation="vertical", colorbar=True)
+            ax.set_title(f"confusion matrix ({_METHOD_LABEL[self.method]}, {int(self.labels.numel())} images)")
+            png = io.BytesIO()
+            fig.savefig(png, format="png", dpi=100)
+            written.append(atomic_write(path.with_suffix(".png"), lambda f: f.write(png.getvalue())))
+        return written
+
     def table(self) -> str:
-        """The paper-style table (Markdown): net / train S / test Q / method / top-1 / top-5 error."""
-        head = ["net", "train S", "test Q", "method", "top-1 err (%)", "top-5 err (%)"]
+        """The paper-style table (Markdown): net / train S / test Q / method / top-1 / top-5 error,
+        and top-1 accuracy (100 - top-1 error). Top-5 is n/a with 5 classes or fewer."""
+        head = ["net", "train S", "test Q", "method", "top-1 err (%)", "top-5 err (%)", "top-1 acc (%)"]
         body = [[r["net"], r["train_scale"], r["test_scale"], r["method"],
-                 f"{r['top1_error']:.2f}", f"{r['top5_error']:.2f}"] for r in self.rows]
+                 f"{r['top1_error']:.2f}", self._top5(r["top5_error"]), f"{100.0 - r['top1_error']:.2f}"]
+                for r in self.rows]
         widths = [max(len(row[i]) for row in [head] + body) for i in range(len(head))]
         lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(head, widths)) + " |",
                  "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
@@ -566,14 +691,16 @@ class EvalResult:
             lines.append(f"- data: `{self.data}`")
         lines += [f"- images: {o['images']}, classes: {len(self.classes)}",
                   f"- method: {self.method}; flip: {'on' if self.flip else 'off'}",
-                  f"- nets: " + "; ".join(f"{n['name']} ({n['checkpoint'] or 'in memory'})" for n in self.nets),
+                  "- nets: " + "; ".join(f"{n['name']} ({n['checkpoint'] or 'in memory'})" for n in self.nets),
                   "", self.table(), "",
                   f"Overall ({_METHOD_LABEL[self.method]}, {'fusion of ' if len(self.nets) > 1 else ''}"
                   f"{len(self.nets)} net{'s' if len(self.nets) > 1 else ''}): top-1 error {o['top1_error']:.2f}%, "
-                  f"top-5 error {o['top5_error']:.2f}% (top-1 accuracy {o['top1_accuracy']:.2f}%, "
+                  f"top-5 error {self._top5(o['top5_error'])}{'%' if self.top5_applicable else ''} "
+                  f"(top-1 accuracy {o['top1_accuracy']:.2f}%, "
                   f"mean class accuracy {o['mean_class_accuracy']:.2f}%)."]
         if per_class:
-            lines += ["", "## Per-class top-1 accuracy", "", "| class | images | top-1 acc (%) |", "|---|---|---|"]
+            lines += ["", "## Per-class top-1 accuracy (recall: correct top-1 / images of the class)", "",
+                      "| class | images | top-1 acc (%) |", "|---|---|---|"]
             counts = torch.bincount(self.labels, minlength=len(self.classes)).tolist()
             for name, count in zip(self.classes, counts):
                 acc = o["per_class_accuracy"][name]
@@ -708,10 +835,12 @@ def evaluate(
     workers: int = 0,
     device: str | torch.device | None = None,
     amp: str = "off",
-    channels_last: bool = False,
+    channels_last: bool | str = False,
     preprocessing: Any = None,
     labels_file: str | os.PathLike | None = None,
     progress: bool = False,
+    crop_pct: float = CROP_PCT,
+    log: Callable[[str], None] | None = None,
 ) -> EvalResult:
     """Evaluate one net or fuse several (§3.2, §4.2-4.4) on a labelled image set.
 
@@ -720,11 +849,18 @@ def evaluate(
     split directory or a root holding `val/`) or a `vggnet.data` dataset.
     `scales`: test scales Q for every net; default: the paper's three scales
     derived from each checkpoint's training scale. `method`: "dense",
-    "multi-crop" or "both". `batch_size` counts images per dense forward pass
-    (doubled by flipping) and crops per multi-crop forward pass.
+    "multi-crop", "both", or "center" (torchvision's single centre crop, no flip:
+    the smallest side resized to Q = floor(crop_size / `crop_pct`) unless `scales`
+    are given). `batch_size` counts images per dense forward pass
+    (doubled by flipping) and crops per multi-crop forward pass. `log`, if given,
+    receives one line per pass (for logs that are not a terminal: no progress bar).
 
     Under torch.distributed each rank evaluates images rank, rank+W, ... and the
     posteriors are gathered: every rank returns the single-process result.
+
+    `amp` ("off", "bf16" or "auto") and `channels_last` (a bool or "auto"):
+    "auto" is `vggnet.execution.choose_execution`'s choice for the device (bf16
+    and channels_last on CUDA and on CPUs with native bf16, fp32 elsewhere).
     """
     from vggnet.data.transforms import DenseEvalPreset
 
@@ -736,6 +872,7 @@ def evaluate(
     if not items:
         raise ValueError("evaluate: no checkpoints or models given")
     dev = _resolve_device(device)
+    amp, channels_last = _execution(amp, channels_last, dev)
     nets = _load_nets(items, preprocessing=preprocessing, device=dev, channels_last=channels_last)
     classes = nets[0].classes
     for net in nets[1:]:
@@ -744,8 +881,15 @@ def evaluate(
                             f"their class lists differ")
         if len(net.classes) != len(classes):
             raise UserError(f"cannot fuse nets with {len(classes)} and {len(net.classes)} classes")
+    if method == "center":
+        if len({net.crop_size for net in nets}) > 1:
+            raise UserError("--method center: the nets have different crop sizes ("
+                            + ", ".join(f"{n.name}: {n.crop_size}" for n in nets) + "); fuse nets of one crop size")
+        flip = False  # torchvision's single crop is not averaged with its mirror image
     for net in nets:
         net.test_scales = sorted(set(scales)) if scales else default_test_scales(net.train_scale, net.crop_size)
+        if method == "center" and not scales:
+            net.test_scales = [center_resize(net.crop_size, crop_pct)]
         small = [q for q in net.test_scales if q < net.crop_size]
         if small:
             raise UserError(f"--test-scales: Q={small[0]} is smaller than the crop size {net.crop_size} of "
@@ -761,6 +905,10 @@ def evaluate(
     # One pass per test scale: every net that uses Q is fed from the same decoded images.
     for q in sorted({q for net in nets for q in net.test_scales}):
         transform = DenseEvalPreset(scale=q, preprocessing=_identity_preprocessing())
+        if method == "center":
+            transform = CenterCropEvalPreset(resize=q, crop_size=nets[0].crop_size,
+                                             preprocessing=_identity_preprocessing())
+        started = time.perf_counter()
         dataset = _dataset_for(data, transform, classes=classes if nets[0].from_checkpoint else None,
                                labels_file=labels_file)
         if len(dataset) == 0:
@@ -773,6 +921,9 @@ def evaluate(
                                         progress=progress and rank == 0, desc=f"Q={q}")
         for (j, m), p in local.items():
             posteriors[(users[j], m, q)] = _gather_shards(p, len(dataset))
+        if log is not None and rank == 0:
+            log(f"evaluated Q={q} ({', '.join(_METHOD_LABEL[m] for m in methods)}): {len(dataset)} images in "
+                f"{time.perf_counter() - started:.1f}s")
         if labels is None:
             labels = _gather_shards(local_labels, len(dataset))
             paths = _sample_paths(dataset)
@@ -950,11 +1101,14 @@ def predict(
     device: str | torch.device | None = None,
     amp: str = "off",
     batch_size: int = 64,
+    channels_last: bool | str = False,
+    crop_pct: float = CROP_PCT,
 ) -> list[dict[str, Any]]:
     """Top-k classes of each image file: `[{"image", "top": [{"class", "index", "probability"}]}]`.
 
-    Dense multi-scale evaluation by default. A file that cannot be read gives
-    `{"image", "error"}` and the others are still predicted.
+    Dense multi-scale evaluation by default; `method="center"` is torchvision's
+    single centre crop (smallest side resized to crop_size / `crop_pct`). A file
+    that cannot be read gives `{"image", "error"}` and the others are still predicted.
     """
     from vggnet.data.datasets import image_file_problem
     from vggnet.data.transforms import DenseEvalPreset, MultiCropEvalPreset, Preprocessing, load_image
@@ -963,13 +1117,21 @@ def predict(
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     dev = _resolve_device(device)
+    amp, channels_last = _execution(amp, channels_last, dev)
+    cl = torch.channels_last if channels_last else torch.contiguous_format
     model, ckpt = model_from_checkpoint(checkpoint)
     pre = Preprocessing.from_dict(ckpt["preprocessing"])
     classes = list(ckpt["classes"])
     where = "checkpoint" if isinstance(checkpoint, Mapping) else str(checkpoint)
     _check_net(model, classes, where)
-    model.eval().to(dev)
+    model.eval().to(dev, memory_format=cl)
+    descriptions = (ckpt.get("meta") or {}).get("class_descriptions")
+    if descriptions is not None and len(descriptions) != len(classes):
+        descriptions = None
     qs = sorted(set(scales)) if scales else default_test_scales(_train_scale(ckpt), model.crop_size)
+    if method == "center":
+        qs = sorted(set(scales)) if scales else [center_resize(model.crop_size, crop_pct)]
+        centers = [CenterCropEvalPreset(resize=q, crop_size=model.crop_size, preprocessing=pre) for q in qs]
     if qs[0] < model.crop_size:
         raise UserError(f"--test-scales: Q={qs[0]} is smaller than the crop size {model.crop_size}")
     _check_scales_fit(model, qs, dev, method=method, flip=flip, amp=amp, where=f"net {model.name} of {where}")
@@ -984,22 +1146,31 @@ def predict(
             out.append({"image": str(path), "error": f"{path}: {problem}"})
             continue
         try:
-            img = load_image(path, min_side=qs[-1])  # decoded once (at reduced size if large), rescaled to every Q
+            # decoded once (at reduced size if large; at full size for torchvision's centre crop), rescaled to every Q
+            img = load_image(path, min_side=None if method == "center" else qs[-1])
         except DataError as exc:
             out.append({"image": str(path), "error": str(exc)})
             continue
         parts = []
         with torch.inference_mode(), _amp_context(dev, amp):
+            if method == "center":
+                parts.append(torch.stack([model(t(img).unsqueeze(0).to(dev)).float().softmax(dim=1)[0]
+                                          for t in centers]).mean(0))
             if method in ("dense", "both"):
-                parts.append(torch.stack([dense_posterior(model, t(img).unsqueeze(0).to(dev), flip=flip)[0]
-                                          for t in dense]).mean(0))
+                parts.append(torch.stack([dense_posterior(model, t(img).unsqueeze(0).to(dev, memory_format=cl),
+                                                          flip=flip)[0] for t in dense]).mean(0))
             if method in ("multi-crop", "both"):
-                parts.append(torch.stack([multi_crop_posterior(model, t(img).to(dev), batch_size=batch_size)
+                parts.append(torch.stack([multi_crop_posterior(model, t(img).to(dev, memory_format=cl),
+                                                               batch_size=batch_size)
                                           for t in crops]).mean(0))
         post = torch.stack(parts).mean(0).cpu()
         values, indices = post.topk(k)
-        out.append({"image": str(path), "top": [{"class": classes[i], "index": int(i), "probability": float(v)}
-                                                for v, i in zip(values.tolist(), indices.tolist())]})
+        top = [{"class": classes[i], "index": int(i), "probability": float(v)}
+               for v, i in zip(values.tolist(), indices.tolist())]
+        if descriptions is not None:  # ILSVRC synsets: n01440764 -> "tench, Tinca tinca"
+            for t in top:
+                t["description"] = descriptions[t["index"]]
+        out.append({"image": str(path), "top": top})
     return out
 
 
@@ -1011,15 +1182,24 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                         help="test scales Q, e.g. 256,384,512 (default: from the checkpoint's training scale S: "
                              "{S-32, S, S+32}, or {Smin, (Smin+Smax)/2, Smax} for jittered S)")
     parser.add_argument("--method", choices=METHODS, default=None,
-                        help="dense (whole image), multi-crop (5x5 grid x 2 flips per scale) or both "
-                             "(their posteriors averaged) (default: dense; with --posteriors, the files' method)")
+                        help="dense (whole image), multi-crop (5x5 grid x 2 flips per scale), both "
+                             "(their posteriors averaged), or center (torchvision's single centre crop, no flip: "
+                             "beyond the paper, to compare with published torchvision/timm numbers) "
+                             "(default: dense)")
+    parser.add_argument("--crop-pct", type=float, default=CROP_PCT,
+                        help="with --method center: resize the smallest side to crop_size / crop_pct, then take "
+                             "the central crop (default: %(default)s: 256 -> 224)")
     parser.add_argument("--no-flip", dest="flip", action="store_false",
                         help="do not average with the horizontally flipped image / crops")
     parser.add_argument("--grid", type=int, default=5, help="multi-crop grid size per side (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: cuda if available; "
                                                          "under torchrun each process takes GPU LOCAL_RANK)")
-    parser.add_argument("--amp", choices=["bf16", "off"], default="off",
-                        help="autocast to bfloat16 (default: %(default)s)")
+    parser.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default="auto",
+                        help="mixed precision as in vgg train; auto: bf16 on CUDA and on CPUs that compute bf16 "
+                             "natively (AVX512-BF16/AMX), off elsewhere (default: %(default)s)")
+    parser.add_argument("--channels-last", nargs="?", const="on", default="auto", choices=["auto", "on", "off"],
+                        help="channels-last (NHWC) memory format as in vgg train; auto: with bf16 and on CUDA "
+                             "(default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
 
 
@@ -1027,7 +1207,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", action="append", default=None, metavar="CKPT",
                         help="checkpoint to evaluate; repeat it to fuse several nets (§4.4)")
     parser.add_argument("--posteriors", nargs="+", default=None, metavar="FILE",
-                        help="recompute results and fusions from --save-posteriors files instead of running nets")
+                        help="recompute results and fusions from --save-posteriors files instead of running nets "
+                             "(--method then defaults to the files' method)")
     parser.add_argument("--data", metavar="DIR", help="dataset root (DIR/val is used) or the validation folder")
     parser.add_argument("--val-dir", metavar="DIR", help="validation folder (overrides --data)")
     parser.add_argument("--labels-file", metavar="FILE",
@@ -1036,11 +1217,14 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32,
                         help="images per dense forward pass / crops per multi-crop pass (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=4, help="data-loading processes (default: %(default)s)")
-    parser.add_argument("--channels-last", action="store_true", help="channels-last memory format")
     parser.add_argument("--output", metavar="FILE", help="also write the report: FILE.md (Markdown) or FILE.json")
     parser.add_argument("--save-posteriors", metavar="FILE",
                         help="write the per-image posteriors (.pt) so fusions can be recomputed with --posteriors")
-    parser.add_argument("--per-class", action="store_true", help="print per-class accuracy too")
+    parser.add_argument("--per-class", action="store_true",
+                        help="print per-class accuracy too: each class's recall (correct top-1 / its images)")
+    parser.add_argument("--confusion-matrix", metavar="FILE.csv",
+                        help="write the confusion matrix (rows: true class, columns: predicted) as CSV, and drawn "
+                             "as FILE.png when there are at most 50 classes")
     parser.add_argument("--config-file", metavar="YAML", help="settings from a YAML file (flags override)")
 
 
@@ -1072,11 +1256,16 @@ def run_eval(args: argparse.Namespace) -> int:
         joined = not (dist.is_available() and dist.is_initialized())
         info = setup(args.device)  # under torchrun: joins the process group, one GPU per process
         joined = joined and info.distributed
+        tty = sys.stderr.isatty()  # a file or a CI log gets one line per pass, not progress-bar fragments
         try:
+            chosen = choose_execution(args.amp, args.channels_last, info.device)
+            if info.is_main:
+                print(f"vgg eval: {chosen.reason}", file=sys.stderr)
             result = evaluate(args.checkpoint, data, scales=scales, method=args.method or "dense", flip=args.flip,
                               grid=args.grid, batch_size=args.batch_size, workers=args.workers, device=info.device,
-                              amp=args.amp, channels_last=args.channels_last, labels_file=args.labels_file,
-                              progress=sys.stderr.isatty())
+                              amp=chosen.amp, channels_last=chosen.channels_last, labels_file=args.labels_file,
+                              progress=tty, crop_pct=args.crop_pct,
+                              log=None if tty else (lambda line: print(line, file=sys.stderr, flush=True)))
         except ValueError as exc:
             raise UserError(str(exc)) from None
         finally:
@@ -1090,9 +1279,13 @@ def run_eval(args: argparse.Namespace) -> int:
     else:
         print(result.table())
         o = result.overall
-        print(f"\noverall ({_METHOD_LABEL[result.method]}): top-1 error {o['top1_error']:.2f}%, "
-              f"top-5 error {o['top5_error']:.2f}% on {o['images']} images")
+        top5 = (f"top-5 accuracy {o['top5_accuracy']:.2f}% (error {o['top5_error']:.2f}%)"
+                if result.top5_applicable else f"top-5 n/a ({len(result.classes)} classes: every label is in the top 5)")
+        print(f"\noverall ({_METHOD_LABEL[result.method]}): top-1 accuracy {o['top1_accuracy']:.2f}% "
+              f"(error {o['top1_error']:.2f}%), {top5} on {o['images']} images")
         if args.per_class:
+            print(f"per-class accuracy (recall: correct top-1 / images of the class); "
+                  f"mean class accuracy {o['mean_class_accuracy']:.2f}%")
             for name, acc in o["per_class_accuracy"].items():
                 print(f"  {name:<24} {'-' if acc is None else f'{acc:6.2f}%'}")
     if args.output:
@@ -1102,23 +1295,68 @@ def run_eval(args: argparse.Namespace) -> int:
         atomic_write(args.output, lambda f: f.write(text.encode("utf-8")))
     if args.save_posteriors:
         result.save_posteriors(args.save_posteriors)
+    if args.confusion_matrix:
+        written = result.write_confusion_matrix(args.confusion_matrix)
+        if not args.json:
+            print("confusion matrix: " + ", ".join(map(str, written)))
     return 0
 
 
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", metavar="CKPT", help="vggnet checkpoint (.pt)")
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format Pillow reads)")
+    parser.add_argument("--checkpoint", metavar="CKPT", help="vggnet checkpoint (.pt), as in vgg eval")
+    parser.add_argument("images", nargs="+", metavar="IMAGE|DIR",
+                        help="image files (any format Pillow reads) or folders (every image in them, sorted). "
+                             "Without --checkpoint the first one is taken as the checkpoint (deprecated form "
+                             "`vgg predict CKPT IMAGE...`)")
     _add_common(parser)
     parser.add_argument("--topk", type=int, default=5, help="classes to show per image (default: %(default)s)")
+
+
+def image_files(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """`paths` with every folder replaced by the image files in it (recursively, sorted by path).
+
+    Folders are listed by the rule training uses (`vggnet.data.image_file_problem`:
+    regular files with an image suffix, links followed but no directory twice);
+    what a folder holds but cannot be used (a FIFO, a link loop, a HEIC without
+    its plugin) is named in one `LeftOutWarning`. A folder without images is a
+    `UserError`; a file is kept as given (whether it can be read is decided when
+    it is read)."""
+    from vggnet.data.datasets import IMAGE_EXTENSIONS, _list_images, _warn_left_out
+
+    out: list[str] = []
+    for path in paths:
+        folder = Path(path)
+        if not folder.is_dir():
+            out.append(str(path))
+            continue
+        left_out: list[tuple[str, str]] = []
+        found = sorted(str(p) for p in _list_images(folder, left_out=left_out))
+        _warn_left_out(folder, left_out)
+        if not found:
+            raise UserError(f"{folder}: a folder with no image files ({', '.join(IMAGE_EXTENSIONS)})")
+        out += found
+    return out
 
 
 def run_predict(args: argparse.Namespace) -> int:
     scales = _parse_scales(args.test_scales) if args.test_scales is not None else None
     if args.topk < 1:
         raise UserError(f"--topk must be >= 1, got {args.topk}")
+    checkpoint, inputs = args.checkpoint, list(args.images)
+    if checkpoint is None:
+        if len(inputs) < 2:
+            raise UserError("--checkpoint CKPT is required: vgg predict --checkpoint CKPT IMAGE|DIR ...")
+        checkpoint, inputs = inputs[0], inputs[1:]
+        print(f"vgg predict: `vgg predict CKPT IMAGE...` is deprecated; use "
+              f"`vgg predict --checkpoint {checkpoint} IMAGE|DIR ...`", file=sys.stderr)
+    images = image_files(inputs)
+    dev = _resolve_device(args.device)
     try:
-        results = predict(args.checkpoint, args.images, scales=scales, method=args.method or "dense", flip=args.flip,
-                          grid=args.grid, topk=args.topk, device=args.device, amp=args.amp)
+        chosen = choose_execution(args.amp, args.channels_last, dev)
+        print(f"vgg predict: {chosen.reason}", file=sys.stderr)
+        results = predict(checkpoint, images, scales=scales, method=args.method or "dense", flip=args.flip,
+                          grid=args.grid, topk=args.topk, device=dev, amp=chosen.amp,
+                          channels_last=chosen.channels_last, crop_pct=args.crop_pct)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     failed = [r for r in results if "error" in r]
@@ -1130,7 +1368,8 @@ def run_predict(args: argparse.Namespace) -> int:
                 continue
             print(r["image"])
             for i, t in enumerate(r["top"], 1):
-                print(f"  {i}. {t['class']:<24} {t['probability']:.4f}")
+                name = f"{t['class']} {t['description']}" if t.get("description") else t["class"]
+                print(f"  {i}. {name:<24} {t['probability']:.4f}")
     for r in failed:
         print(f"vgg predict: error: {r['error']}", file=sys.stderr)
     if failed:

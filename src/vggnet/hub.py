@@ -29,7 +29,7 @@ __all__ = ["create_model", "replace_classifier_head", "freeze_conv_layers"]
 
 def create_model(
     name: str,
-    pretrained: str | os.PathLike | None = None,
+    pretrained: str | os.PathLike | bool | None = None,
     num_classes: int | None = None,
     freeze_features: bool = False,
     **build: Any,
@@ -52,18 +52,38 @@ def create_model(
         letter = resolve_name(name)
     except ValueError as exc:
         raise UserError(str(exc)) from None
+    if pretrained is True:
+        # timm's and torchvision's habit: pretrained=True downloads. Nothing is downloaded here.
+        raise UserError(
+            f"create_model({name!r}, pretrained=True): vggnet downloads no weights; pass the path of a weights "
+            f"file. Bring the published ones in once with `vgg import` (e.g. torchvision's vgg16-397923af.pth: "
+            f"`vgg import torchvision vgg16-397923af.pth --out vgg16.pt`), then pretrained='vgg16.pt'; a vggnet "
+            f"checkpoint, a safetensors export or a torchvision .pth is read as it is")
+    if pretrained is False:
+        pretrained = None
+    if pretrained is not None and not isinstance(pretrained, (str, os.PathLike)):
+        raise UserError(f"create_model: pretrained must be the path of a weights file (or None), got "
+                        f"{type(pretrained).__name__}")
     if pretrained is None:
         try:
             model = vgg(letter, 1000 if num_classes is None else num_classes, **build)
         except (TypeError, ValueError) as exc:
             raise UserError(f"create_model({name!r}): {exc}") from None
     else:
-        shape_args = {k: v for k, v in build.items() if k != "dropout"}
-        ckpt = load_weights(pretrained, name=letter, **shape_args)
+        shape_args = {k: v for k, v in build.items() if k not in ("dropout", "batch_norm")}
+        # the configuration and batch norm are read off the weights, then compared with what was asked
+        ckpt = load_weights(pretrained, **shape_args)
+        if {ckpt["build"]["name"], letter} == {"A", "A-LRN"}:  # the same weights: a Keras/Caffe file can be either
+            ckpt = load_weights(pretrained, name=letter, **shape_args)
         have = ckpt["build"]
         if have["name"] != letter:
             raise UserError(f"pretrained={pretrained} holds configuration {have['name']}, not {letter} "
                             f"(asked for {name!r})")
+        if "batch_norm" in build and bool(build["batch_norm"]) != bool(have.get("batch_norm")):
+            raise UserError(f"pretrained={pretrained} holds {_variant(letter, bool(have.get('batch_norm')))} "
+                            f"weights ({'with' if have.get('batch_norm') else 'without'} batch norm), not "
+                            f"{_variant(letter, bool(build['batch_norm']))}: load them with "
+                            f"{_variant(letter, bool(have.get('batch_norm')))}")
         for key, value in shape_args.items():
             if key not in have:
                 raise UserError(f"create_model: unknown build argument {key!r}")
@@ -82,6 +102,12 @@ def create_model(
     if freeze_features:
         freeze_conv_layers(model)
     return model
+
+
+def _variant(letter: str, batch_norm: bool) -> str:
+    """The hub entry point's name: vgg16, vgg16_bn, or the paper's letter (C_bn) where torchvision has none."""
+    base = {"A": "vgg11", "B": "vgg13", "D": "vgg16", "E": "vgg19"}.get(letter, letter)
+    return base + ("_bn" if batch_norm else "")
 
 
 def replace_classifier_head(model: VGG, num_classes: int) -> nn.Linear:

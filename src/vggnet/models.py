@@ -240,15 +240,20 @@ class VGG(nn.Module):
     def features_map(self, x: torch.Tensor) -> torch.Tensor:
         """The penultimate layer applied densely: `(N, fc_width, H', W')`, FC2 after ReLU (Appendix B).
 
-        Deterministic in train mode too: the dropout layers are skipped, so a
-        descriptor never depends on whether the caller remembered `eval()`.
+        Always computed as in eval mode (no dropout, BatchNorm's running statistics),
+        whatever the module's mode: a descriptor is a fixed function of the image.
         """
         self._check_size(x, "VGG.features_map")
         if min(x.shape[-2:]) < self.crop_size:
             raise ValueError(
                 f"VGG.features_map needs images at least crop_size={self.crop_size} on each side, "
                 f"got {x.shape[-2]}x{x.shape[-1]}")
-        return self._dense_head(self.features(x), stop_before_last=True)
+        was_training = self.training
+        self.train(False)
+        try:
+            return self._dense_head(self.features(x), stop_before_last=True)
+        finally:
+            self.train(was_training)
 
 
 def _check_int(flag: str, value: Any, *, minimum: int) -> None:

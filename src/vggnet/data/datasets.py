@@ -280,8 +280,12 @@ def _voc_box(obj: ET.Element, path: Path) -> tuple[str, list[float]]:
     return name, [xmin - 1, ymin - 1, xmax, ymax]
 
 
-def read_voc_xml(path: str | Path) -> tuple[np.ndarray, list[str]]:
-    """Boxes of one PASCAL VOC annotation: ((n, 4) float32 XYXY continuous pixels, names)."""
+def read_voc_xml(path: str | Path, *, difficult: bool = False) -> Any:
+    """Boxes of one PASCAL VOC annotation: ((n, 4) float32 XYXY continuous pixels, names).
+
+    With `difficult=True`, also the objects' `<difficult>` flags: (boxes, names,
+    (n,) bool), as the VOC devkit reads them (a missing flag is 0).
+    """
     path = Path(path)
     try:
         root = ET.parse(path).getroot()
@@ -289,9 +293,13 @@ def read_voc_xml(path: str | Path) -> tuple[np.ndarray, list[str]]:
         raise DataError(f"{path}: not a readable PASCAL VOC XML file: {exc}") from None
     if root.tag != "annotation":
         raise DataError(f"{path}: expected a PASCAL VOC <annotation>, found <{root.tag}>")
-    parsed = [_voc_box(obj, path) for obj in root.iter("object")]
+    objects = list(root.iter("object"))
+    parsed = [_voc_box(obj, path) for obj in objects]
     boxes = np.array([b for _, b in parsed], dtype=np.float32).reshape(-1, 4)
-    return boxes, [n for n, _ in parsed]
+    if not difficult:
+        return boxes, [n for n, _ in parsed]
+    flags = np.array([(obj.findtext("difficult") or "0").strip() == "1" for obj in objects], dtype=bool)
+    return boxes, [n for n, _ in parsed], flags
 
 
 def read_loc_solution(path: str | Path) -> dict[str, tuple[np.ndarray, list[str]]]:

@@ -20,6 +20,10 @@ On disk (`write_synthetic`, `vgg synth OUT`) it has the layout of a real dataset
     OUT/val/<class>/<class>_<i>.jpg            validation in class folders
     OUT/annotations/<split>/<class>/<stem>.xml  PASCAL VOC boxes (ILSVRC bbox layout)
     OUT/synthetic.json                         the generator's settings and class list
+
+`write_multilabel` (`vgg synth --multi-label OUT`) writes scenes of one to three
+shapes in the PASCAL VOC devkit layout instead, for the transfer experiments of
+Appendix B (multi-label classification, mAP).
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from PIL import Image, ImageDraw
 
 from vggnet.errors import UserError
 
-__all__ = ["SHAPES", "SyntheticShapes", "write_synthetic", "voc_xml",
+__all__ = ["SHAPES", "SyntheticShapes", "write_synthetic", "voc_xml", "render_scene", "write_multilabel",
            "add_synth_arguments", "run_synth"]
 
 _Poly = list[tuple[float, float]]
@@ -141,7 +145,18 @@ def _render(rng: np.random.Generator, shape: str, size_range: tuple[int, int]) -
     h = int(np.clip(round(w * math.exp(rng.uniform(-0.47, 0.47))), lo, hi))
     if rng.random() < 0.5:
         w, h = h, w
+    img, c1, c2 = _background(rng, w, h)
+    # The shape: size from 0.15 to 0.9 of the smallest side (larger ones more often), tilted up to _ROTATION,
+    # in a colour that stands out from the background. Its centre is drawn around the
+    # image centre (objects in photos tend to be framed), so that the paper's random
+    # crops of the rescaled image usually contain at least part of it.
+    # sqrt: larger shapes are more frequent (as objects in ImageNet photos), small ones still occur
+    extent = (_EXTENT[0] + (_EXTENT[1] - _EXTENT[0]) * math.sqrt(rng.uniform())) * min(w, h)
+    box = _paste_shape(rng, img, shape, extent, c1, c2, centre_spread=0.2)
+    return _add_noise(rng, img), box
 
+
+def _background(rng: np.random.Generator, w: int, h: int) -> tuple[Image.Image, np.ndarray, np.ndarray]:
     # Background: a random colour and a second one near it (within _BG_SPREAD per
     # channel) mixed by a low-frequency noise field (a coarse random grid upsampled
     # bicubically), crossed by up to two random lines. Texture of full contrast (two
@@ -160,13 +175,17 @@ def _render(rng: np.random.Generator, shape: str, size_range: tuple[int, int]) -
         y0, y1 = rng.integers(0, h, 2)
         draw.line([(int(x0), int(y0)), (int(x1), int(y1))], fill=tuple(int(v) for v in rng.integers(0, 256, 3)),
                   width=int(rng.integers(1, 4)))
+    return img, c1, c2
 
-    # The shape: size from 0.15 to 0.9 of the smallest side (larger ones more often), tilted up to _ROTATION,
-    # in a colour that stands out from the background. Its centre is drawn around the
-    # image centre (objects in photos tend to be framed), so that the paper's random
-    # crops of the rescaled image usually contain at least part of it.
-    # sqrt: larger shapes are more frequent (as objects in ImageNet photos), small ones still occur
-    extent = (_EXTENT[0] + (_EXTENT[1] - _EXTENT[0]) * math.sqrt(rng.uniform())) * min(w, h)
+
+def _paste_shape(rng: np.random.Generator, img: Image.Image, shape: str, extent: float, c1: np.ndarray,
+                 c2: np.ndarray, *, centre_spread: float | None) -> tuple[int, int, int, int]:
+    """Draw `shape` of size `extent` px into `img` (in place); its box (x0, y0, x1, y1), upper corner exclusive.
+
+    The centre is drawn around the image centre (`centre_spread`: std as a fraction
+    of the side) or, with None, uniformly where the shape fits.
+    """
+    w, h = img.size
     angle = rng.uniform(-_ROTATION, _ROTATION)
     ca, sa = math.cos(angle), math.sin(angle)
     r = extent / 2
@@ -174,8 +193,12 @@ def _render(rng: np.random.Generator, shape: str, size_range: tuple[int, int]) -
     xs = [p[0] for p in polys[0][0]]
     ys = [p[1] for p in polys[0][0]]
     minx, maxx, miny, maxy = min(xs), max(xs), min(ys), max(ys)
-    cx = float(np.clip(w / 2 + rng.normal(0, 0.2 * w), -minx, max(-minx, w - 1 - maxx)))
-    cy = float(np.clip(h / 2 + rng.normal(0, 0.2 * h), -miny, max(-miny, h - 1 - maxy)))
+    if centre_spread is None:
+        cx = float(rng.uniform(-minx, max(-minx, w - 1 - maxx)))
+        cy = float(rng.uniform(-miny, max(-miny, h - 1 - maxy)))
+    else:
+        cx = float(np.clip(w / 2 + rng.normal(0, centre_spread * w), -minx, max(-minx, w - 1 - maxx)))
+        cy = float(np.clip(h / 2 + rng.normal(0, centre_spread * h), -miny, max(-miny, h - 1 - maxy)))
     mask = Image.new("L", (w, h), 0)
     mdraw = ImageDraw.Draw(mask)
     for poly, fill in polys:
@@ -185,15 +208,18 @@ def _render(rng: np.random.Generator, shape: str, size_range: tuple[int, int]) -
         if min(np.abs(colour - c1).sum(), np.abs(colour - c2).sum()) > 120:
             break
     img.paste(tuple(int(v) for v in colour), mask=mask)
-    box = mask.getbbox() or (0, 0, 1, 1)  # (x0, y0, x1, y1), exclusive upper corner
+    return mask.getbbox() or (0, 0, 1, 1)
 
+
+def _add_noise(rng: np.random.Generator, img: Image.Image) -> Image.Image:
     # Noise over everything, of random strength: a window of the fixed bank.
+    w, h = img.size
     bank = _noise_bank()
     ox, oy = int(rng.integers(0, _NOISE_SIDE - w + 1)), int(rng.integers(0, _NOISE_SIDE - h + 1))
     strength = int(rng.integers(1, 9))  # sigma = 2 * strength grey levels
     noise = bank[oy:oy + h, ox:ox + w].astype(np.int16) * strength >> 3
     arr = np.clip(np.asarray(img, dtype=np.int16) + noise, 0, 255).astype(np.uint8)
-    return Image.fromarray(arr, "RGB"), box
+    return Image.fromarray(arr, "RGB")
 
 
 class SyntheticShapes(torch.utils.data.Dataset):
@@ -252,17 +278,19 @@ class SyntheticShapes(torch.utils.data.Dataset):
         return img, label, boxes
 
 
-def voc_xml(filename: str, size: tuple[int, int], objects: Sequence[tuple[str, Sequence[float]]],
+def voc_xml(filename: str, size: tuple[int, int], objects: Sequence[tuple[Any, ...]],
             folder: str = "") -> str:
-    """A PASCAL VOC annotation. Boxes are (x0, y0, x1, y1) in continuous pixel
-    coordinates; VOC stores 1-based inclusive pixel indices: xmin = x0 + 1, xmax = x1."""
+    """A PASCAL VOC annotation. `objects`: (name, box) or (name, box, difficult). Boxes
+    are (x0, y0, x1, y1) in continuous pixel coordinates; VOC stores 1-based inclusive
+    pixel indices: xmin = x0 + 1, xmax = x1."""
     w, h = size
     objs = "".join(
-        f"  <object>\n    <name>{name}</name>\n    <pose>Unspecified</pose>\n    <truncated>0</truncated>\n"
-        f"    <difficult>0</difficult>\n    <bndbox>\n      <xmin>{int(round(b[0])) + 1}</xmin>\n"
-        f"      <ymin>{int(round(b[1])) + 1}</ymin>\n      <xmax>{int(round(b[2]))}</xmax>\n"
-        f"      <ymax>{int(round(b[3]))}</ymax>\n    </bndbox>\n  </object>\n"
-        for name, b in objects)
+        f"  <object>\n    <name>{o[0]}</name>\n    <pose>Unspecified</pose>\n    <truncated>0</truncated>\n"
+        f"    <difficult>{int(bool(o[2])) if len(o) > 2 else 0}</difficult>\n    <bndbox>\n"
+        f"      <xmin>{int(round(o[1][0])) + 1}</xmin>\n"
+        f"      <ymin>{int(round(o[1][1])) + 1}</ymin>\n      <xmax>{int(round(o[1][2]))}</xmax>\n"
+        f"      <ymax>{int(round(o[1][3]))}</ymax>\n    </bndbox>\n  </object>\n"
+        for o in objects)
     return (f"<annotation>\n  <folder>{folder}</folder>\n  <filename>{filename}</filename>\n"
             f"  <source><database>vggnet synthetic shapes</database></source>\n"
             f"  <size>\n    <width>{w}</width>\n    <height>{h}</height>\n    <depth>3</depth>\n  </size>\n"
@@ -331,6 +359,94 @@ def write_synthetic(out: str | os.PathLike, classes: int | Sequence[str] = 10, t
     return params
 
 
+# --------------------------------------------------------------------------- multi-label scenes (Appendix B)
+
+# Scenes for the transfer experiments: one to three shapes of distinct classes,
+# each 0.2-0.5 of the smallest side, placed uniformly (they may overlap). A shape
+# smaller than _DIFFICULT_EXTENT of the smallest side is marked <difficult>, as
+# VOC's annotators mark objects too small to recognise without context.
+_SCENE_EXTENT = (0.2, 0.5)
+_DIFFICULT_EXTENT = 0.24
+_SCENE_SPLIT_ID = 3
+
+
+def render_scene(seed: int, index: int, classes: Sequence[str], image_size: tuple[int, int] = (160, 400)
+                 ) -> tuple[Image.Image, list[tuple[str, tuple[int, int, int, int], bool]]]:
+    """Scene `index`: (RGB image, [(class, box, difficult), ...]); a pure function of (seed, index)."""
+    rng = np.random.default_rng([seed, _SCENE_SPLIT_ID, index])
+    lo, hi = image_size
+    w = int(rng.integers(lo, hi + 1))
+    h = int(np.clip(round(w * math.exp(rng.uniform(-0.47, 0.47))), lo, hi))
+    if rng.random() < 0.5:
+        w, h = h, w
+    img, c1, c2 = _background(rng, w, h)
+    count = int(rng.integers(1, 4))
+    names = [classes[int(i)] for i in rng.choice(len(classes), size=min(count, len(classes)), replace=False)]
+    objects = []
+    for name in names:
+        fraction = float(rng.uniform(*_SCENE_EXTENT))
+        box = _paste_shape(rng, img, name, fraction * min(w, h), c1, c2, centre_spread=None)
+        objects.append((name, box, fraction < _DIFFICULT_EXTENT))
+    return _add_noise(rng, img), objects
+
+
+def write_multilabel(out: str | os.PathLike, classes: int | Sequence[str] = 10, trainval: int = 2000,
+                     test: int = 500, seed: int = 0, force: bool = False, *,
+                     image_size: tuple[int, int] = (160, 400), quality: int = 90) -> dict[str, Any]:
+    """Write multi-label scenes in the PASCAL VOC devkit layout (Appendix B's VOC protocol):
+
+        OUT/JPEGImages/<id>.jpg, OUT/Annotations/<id>.xml (objects with <difficult>),
+        OUT/ImageSets/Main/{train,val,trainval,test}.txt and <class>_<split>.txt (1 / -1 / 0),
+        OUT/synthetic.json
+
+    `trainval` images are split in halves into train and val; `test` images follow.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise UserError(f"{out}: exists and is not empty; pass --force (force=True) to overwrite it")
+        for name in ("JPEGImages", "Annotations", "ImageSets"):
+            if (out / name).is_dir():
+                shutil.rmtree(out / name)
+        (out / "synthetic.json").unlink(missing_ok=True)
+    for n, flag in ((trainval, "--train"), (test, "--val")):
+        if n < 0:
+            raise UserError(f"{flag}: expected a number of images >= 0, got {n}")
+    names = _resolve_classes(classes)
+    SyntheticShapes(0, classes=names, image_size=image_size)  # validates image_size
+    for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    ids = {"train": [], "val": [], "test": []}
+    presence: dict[str, dict[str, int]] = {}
+    for i in range(trainval + test):
+        image_id = f"{i + 1:06d}"
+        split = "test" if i >= trainval else ("train" if i < trainval // 2 else "val")
+        ids[split].append(image_id)
+        img, objects = render_scene(seed, i, names, image_size)
+        img.save(out / "JPEGImages" / f"{image_id}.jpg", quality=quality)
+        (out / "Annotations" / f"{image_id}.xml").write_text(
+            voc_xml(f"{image_id}.jpg", img.size, objects, folder="JPEGImages"), encoding="utf-8")
+        # the devkit's per-class lists: 1 present, 0 only difficult instances, -1 absent
+        flags: dict[str, int] = {}
+        for name, _, difficult in objects:
+            flags[name] = max(flags.get(name, -1), 0 if difficult else 1)
+        presence[image_id] = flags
+    ids["trainval"] = ids["train"] + ids["val"]
+    main = out / "ImageSets" / "Main"
+    for split, members in ids.items():
+        (main / f"{split}.txt").write_text("".join(f"{m}\n" for m in members), encoding="utf-8")
+        for name in names:
+            (main / f"{name}_{split}.txt").write_text(
+                "".join(f"{m} {presence[m].get(name, -1):2d}\n" for m in members), encoding="utf-8")
+    params = {"generator": "vggnet.data.synthetic.write_multilabel", "version": 1, "classes": names,
+              "seed": int(seed), "image_size": [int(image_size[0]), int(image_size[1])], "trainval": int(trainval),
+              "test": int(test), "quality": int(quality), "layout": "PASCAL VOC devkit"}
+    (out / "synthetic.json").write_text(json.dumps(params, indent=2) + "\n", encoding="utf-8")
+    return params
+
+
 # --------------------------------------------------------------------------- vgg synth
 
 
@@ -346,11 +462,21 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quality", type=int, default=90, help="JPEG quality (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=0, help="writer processes (default: %(default)s)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing dataset in OUT")
+    parser.add_argument("--multi-label", action="store_true",
+                        help="write multi-label scenes (one to three shapes each) in the PASCAL VOC devkit layout "
+                             "instead: --train images for trainval, --val images for test (Appendix B)")
 
 
 def run_synth(args: argparse.Namespace) -> int:
     if args.min_size > args.max_size:
         raise UserError(f"--min-size {args.min_size} is larger than --max-size {args.max_size}")
+    if args.multi_label:
+        params = write_multilabel(args.out, classes=args.classes, trainval=args.train, test=args.val, seed=args.seed,
+                                  force=args.force, image_size=(args.min_size, args.max_size), quality=args.quality)
+        print(f"wrote {params['trainval']} trainval and {params['test']} test scenes of "
+              f"{len(params['classes'])} classes ({', '.join(params['classes'])}) in the VOC devkit layout "
+              f"to {args.out}")
+        return 0
     params = write_synthetic(args.out, classes=args.classes, train=args.train, val=args.val, seed=args.seed,
                              force=args.force, image_size=(args.min_size, args.max_size), quality=args.quality,
                              workers=args.workers)

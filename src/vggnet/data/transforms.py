@@ -283,11 +283,48 @@ def _pending(img: Image.Image) -> bool:
 def _ensure_decoded(image: Any, min_side: int | None) -> Any:
     if isinstance(image, Image.Image):
         if _pending(image) or image.mode != "RGB":
+            from vggnet.data.decode import fast_jpeg  # TorchCodec where it wins and gives Pillow's pixels
+
+            pixels = fast_jpeg(image, min_side, _orientation(image)) if _pending(image) else None
+            if pixels is not None:
+                # (3, H, W) with (H, W, 3) strides, the layout of Pillow's pixels: torch's vectorised
+                # antialiased resize has its fast path for exactly this layout
+                return tv_tensors.Image(pixels.permute(1, 2, 0).contiguous().permute(2, 0, 1))
             return decode_image(image, min_side=min_side)
         return image
     if isinstance(image, (str, Path)):
         return load_image(image, min_side=min_side)
     return image
+
+
+def decode_files(paths: Sequence[str | Path], device: torch.device | str) -> list[torch.Tensor]:
+    """Decode image files to (3, H, W) uint8 tensors on `device`: the JPEGs TorchCodec may take in one
+    batched call (one nvJPEG call on CUDA, `--decode-device cuda`), the others with Pillow (`load_image`,
+    with its named errors)."""
+    from vggnet.data import decode
+
+    device = torch.device(device)
+    out: list[torch.Tensor | None] = [None] * len(paths)
+    jpegs: list[int] = []
+    for i, p in enumerate(paths):
+        img = open_image(p)
+        if decode.use_torchcodec(img, _orientation(img)) and Path(p).read_bytes()[-2:] == b"\xff\xd9":
+            jpegs.append(i)
+        img.close()
+    if jpegs:
+        from torchcodec.decoders import decode_jpeg
+
+        data = [torch.frombuffer(bytearray(Path(paths[i]).read_bytes()), dtype=torch.uint8) for i in jpegs]
+        try:
+            decoded = decode_jpeg(data, mode="RGB", device=str(device))
+        except Exception:  # whatever TorchCodec refuses, Pillow decodes below or names
+            decoded = [None] * len(jpegs)
+        for i, x in zip(jpegs, decoded):
+            out[i] = x
+    for i, p in enumerate(paths):
+        if out[i] is None:
+            out[i] = _uint8_chw(load_image(p)).to(device)
+    return out  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------- geometry
@@ -545,7 +582,7 @@ class TrainPreset(_Preset):
 
     def __init__(self, *, crop_size: int, scale: int | Sequence[int], preprocessing: Preprocessing,
                  pca: Mapping[str, Any] | Sequence[Any] | None = None, pca_std: float = 0.1,
-                 hflip: bool = True) -> None:
+                 hflip: bool = True, auto_augment: str = "none") -> None:
         self.scale = parse_scale(scale)
         self.crop_size = int(crop_size)
         self.preprocessing = preprocessing
@@ -554,6 +591,12 @@ class TrainPreset(_Preset):
         steps: list[v2.Transform] = [RandomRescaleCrop(self.scale, self.crop_size)]
         if hflip:
             steps.append(v2.RandomHorizontalFlip(0.5))
+        # an extension beyond the paper (torchvision's references' order: crop, flip, then the policy on uint8)
+        policies = {"randaugment": v2.RandAugment, "trivialaugment": v2.TrivialAugmentWide}
+        if auto_augment != "none":
+            if auto_augment not in policies:
+                raise ValueError(f"auto_augment: expected none, {' or '.join(policies)}, got {auto_augment!r}")
+            steps.append(policies[auto_augment]())
         steps.append(ToNormalizedTensor(preprocessing, pca, pca_std))  # = ToFloat01, PCALighting, normalise
         self.transforms = v2.Compose(steps)
 

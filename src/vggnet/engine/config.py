@@ -20,7 +20,8 @@ import torch
 
 from vggnet.errors import UserError
 
-__all__ = ["TrainConfig", "RESUME_MUST_MATCH", "parse_init", "add_train_arguments", "show_setting"]
+__all__ = ["TrainConfig", "RESUME_MUST_MATCH", "parse_init", "add_train_arguments", "show_setting", "default_scale",
+           "default_workers"]
 
 
 @dataclass
@@ -47,7 +48,8 @@ class TrainConfig:
     stats: str | None = None             # `vgg stats` JSON: mean RGB and PCA; None: computed at start
     stats_sample: int = 1000             # images sampled to compute the statistics
     pca_std: float = 0.1                 # AlexNet's colour shift; 0 turns it off
-    scale: Any = 256                     # S, or [Smin, Smax] / "Smin:Smax" for scale jittering
+    scale: Any = None                    # S, or [Smin, Smax] / "Smin:Smax" for scale jittering;
+                                         # None: round(crop x 256/224), as the paper's S=256 is to its 224 crops
     val_scale: int | None = None         # Q of the per-epoch validation; default S (or the middle of [Smin, Smax])
     max_bad_fraction: float = 0.01       # stop when more of an epoch's images than this cannot be decoded
     # -- optimisation (§3.1)
@@ -65,13 +67,27 @@ class TrainConfig:
     init_rest: str = "gaussian"          # with --init from:CKPT: the layers the checkpoint does not provide
     freeze: str = "none"                 # none | features: the conv layers keep their weights, only the FC layers train
     seed: int = 0
+    # -- extensions beyond the paper (torchvision's references, timm); all off by default
+    lr_scheduler: str = "plateau"        # plateau (§3.1) | step (x lr_factor every lr_step_size epochs) | cosine
+    lr_step_size: int = 30               # with --lr-scheduler step: epochs between reductions
+    warmup_epochs: int = 0               # linear warm-up of the lr from 1% over this many epochs
+    optimizer: str = "sgd"               # sgd (§3.1) | adamw (momentum is unused)
+    decay_norm_bias: bool = True         # False (--no-decay-norm-bias): no weight decay on biases and BN weights
+    label_smoothing: float = 0.0
+    mixup_alpha: float = 0.0             # > 0: mixup of the batch, Beta(alpha, alpha)
+    cutmix_alpha: float = 0.0            # > 0: cutmix of the batch (with mixup: one of the two per batch)
+    auto_augment: str = "none"           # none | randaugment | trivialaugment, after the crop
+    hflip: bool = True                   # False (--no-hflip): no random mirror (digits, text)
+    ema_decay: float = 0.0               # > 0: an exponential moving average of the weights, validated and saved
+    sync_bn: bool = False                # under DDP with --batch-norm: SyncBatchNorm (batch statistics over ranks)
     # -- execution
     device: str = "auto"                 # auto | cpu | cuda | cuda:N
-    amp: str = "auto"                    # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | off
-    channels_last: str = "auto"          # auto (on CUDA) | on | off
+    amp: str = "auto"                    # auto (bf16 on CUDA and native-bf16 CPUs, else off) | bf16 | fp16 | off
+    channels_last: str = "auto"          # auto (on CUDA, and with bf16 on a CPU) | on | off
     compile: bool = False                # torch.compile the model
     deterministic: bool = False          # deterministic CUDA kernels (slower); the CPU is deterministic anyway
-    workers: int = 4                     # data-loading processes per training process
+    workers: int | None = None           # data-loading processes per training process; None: min(4, cores - 1)
+    threads: int | None = None           # torch.set_num_threads; None: PyTorch's default
     val_batch_size: int = 32
     # -- output
     output_dir: str = "runs/train"
@@ -130,6 +146,10 @@ class TrainConfig:
                             f"got {self.crop_size}")
         if not 0.0 <= float(self.dropout) < 1.0:
             raise UserError(f"--dropout must be a probability in [0, 1), got {self.dropout}")
+        if self.scale is None:
+            # the paper trains 224 crops at S=256: keep that ratio for other crops, so that
+            # --crop-size 32 on small images does not upscale them to 256 first
+            self.scale = default_scale(self.crop_size)
         try:
             lo, hi = parse_scale(self.scale)
         except ValueError as exc:
@@ -178,9 +198,14 @@ class TrainConfig:
         if self.init_rest not in SCHEMES:
             raise UserError(f"--init-rest must be one of {', '.join(SCHEMES)}, got {self.init_rest!r}")
         self.freeze = _choice("--freeze", self.freeze, ("none", "features"))
+        self._validate_extensions()
         self.amp = _choice("--amp", self.amp, ("auto", "bf16", "fp16", "off"))
         self.channels_last = _choice("--channels-last", self.channels_last, ("auto", "on", "off"))
+        if self.workers is None:
+            self.workers = default_workers()
         _non_negative("--workers", self.workers)
+        if self.threads is not None:
+            _positive("--threads", self.threads, int)
         _positive("--val-batch-size", self.val_batch_size, int)
         _positive("--stats-sample", self.stats_sample, int)
         if self.pca_std < 0:
@@ -203,6 +228,7 @@ class TrainConfig:
                 raise UserError(f"{flag} {value}: no such directory")
         if self.data is None and (self.train_dir is None) != (self.val_dir is None):
             raise UserError("--train-dir and --val-dir go together (or give --data DIR with DIR/train and DIR/val)")
+        self._check_split_folders()
         for flag, value in (("--stats", self.stats), ("--val-labels", self.val_labels)):
             if value is not None and not Path(value).is_file():
                 raise UserError(f"{flag} {value}: no such file")
@@ -221,6 +247,65 @@ class TrainConfig:
         except ValueError as exc:
             raise UserError(f"model settings: {exc}") from None
         return self
+
+    def _validate_extensions(self) -> None:
+        """The settings beyond the paper (all off by default)."""
+        self.lr_scheduler = _choice("--lr-scheduler", self.lr_scheduler, ("plateau", "step", "cosine"))
+        _positive("--lr-step-size", self.lr_step_size, int)
+        _non_negative("--warmup-epochs", self.warmup_epochs)
+        if self.warmup_epochs and self.warmup_epochs >= self.epochs:
+            raise UserError(f"--warmup-epochs {self.warmup_epochs} must be smaller than --epochs {self.epochs}")
+        self.optimizer = _choice("--optimizer", self.optimizer, ("sgd", "adamw"))
+        if not 0.0 <= float(self.label_smoothing) < 1.0:
+            raise UserError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        for flag, value in (("--mixup-alpha", self.mixup_alpha), ("--cutmix-alpha", self.cutmix_alpha)):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise UserError(f"{flag} must be >= 0 (0: off), got {value!r}")
+        self.auto_augment = _choice("--auto-augment", "none" if self.auto_augment is None else self.auto_augment,
+                                    ("none", "randaugment", "trivialaugment"))
+        if not 0.0 <= float(self.ema_decay) < 1.0:
+            raise UserError(f"--ema-decay must be in [0, 1) (0: off; 0.999 is typical), got {self.ema_decay}")
+        for name in ("decay_norm_bias", "hflip", "sync_bn"):
+            setattr(self, name, bool(getattr(self, name)))
+        if self.sync_bn and not self.batch_norm:
+            raise UserError("--sync-bn needs --batch-norm (the paper's nets have no BatchNorm layers to synchronise)")
+
+    def _check_split_folders(self) -> None:
+        """Refuse to validate on the training images: --data pointing at one split, or train == val."""
+        if self.data is not None and self.train_dir is None and self.val_dir is None:
+            root = Path(self.data)
+            if not (root / "train").is_dir() and not (root / "val").is_dir():
+                raise UserError(
+                    f"--data {self.data}: no train/ and val/ folders in it, so its images would be both the training "
+                    f"and the validation set. --data takes the folder above the splits (DIR with DIR/train and "
+                    f"DIR/val{f'; here: --data {root.resolve().parent}' if root.name in ('train', 'val') else ''}); "
+                    f"or name them: --train-dir {self.data} --val-dir HELD_OUT_FOLDER")
+        if self.data is None and self.train_dir is None:
+            return
+        train = Path(self.train_dir or self.data)
+        val = Path(self.val_dir or self.data)
+        train = train / "train" if self.train_dir is None and (train / "train").is_dir() else train
+        val = val / "val" if self.val_dir is None and (val / "val").is_dir() else val
+        if train.resolve() == val.resolve():
+            raise UserError(f"the training and validation images are the same folder ({train}): validation would "
+                            f"measure the training images. Give a held-out folder with --val-dir")
+
+
+def default_scale(crop_size: int) -> int:
+    """S when --scale is not given: round(crop x 256/224), the paper's S=256 for its 224 crops."""
+    return int(round(crop_size * 256 / 224))
+
+
+def default_workers() -> int:
+    """Loader processes when --workers is not given: min(4, cores - 1), one core left for the training
+    process (on 2 cores: 1, without PyTorch's warning about more workers than cores)."""
+    import os
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(0, min(4, cores - 1))
 
 
 # The type every annotated setting must have (from Python, a YAML file or the command line alike).
@@ -305,7 +390,8 @@ def parse_init(init: str) -> tuple[str, str | None]:
 # output, logging, micro-batch) may change between the parts of a run.
 RESUME_MUST_MATCH = ("model", "width", "fc_width", "crop_size", "dropout", "batch_norm", "scale", "batch_size",
                      "lr", "momentum", "weight_decay", "lr_factor", "lr_patience", "lr_drops", "seed", "pca_std",
-                     "clip_grad")
+                     "clip_grad", "lr_scheduler", "lr_step_size", "warmup_epochs", "optimizer", "decay_norm_bias",
+                     "label_smoothing", "mixup_alpha", "cutmix_alpha", "auto_augment", "hflip", "ema_decay", "sync_bn")
 
 
 
@@ -332,7 +418,8 @@ def add_train_arguments(parser: argparse.ArgumentParser, **defaults: Any) -> Non
     g.add_argument("--val-labels", metavar="FILE", help="labels file of a flat validation folder "
                                                        "(default: found automatically)")
     g.add_argument("--scale", default=d.scale, metavar="S|Smin:Smax",
-                   help="training scale S, or Smin:Smax for scale jittering (default: %(default)s)")
+                   help="training scale S, or Smin:Smax for scale jittering (default: round(crop x 256/224), "
+                        "256 for 224 crops as in the paper)")
     g.add_argument("--val-scale", type=int, default=None, metavar="Q",
                    help="scale of the per-epoch dense validation (default: S, or (Smin+Smax)/2)")
     g.add_argument("--stats", metavar="JSON", help="mean RGB and PCA from `vgg stats` (default: computed at start)")
@@ -378,16 +465,47 @@ def add_train_arguments(parser: argparse.ArgumentParser, **defaults: Any) -> Non
                    help="features: keep the conv layers as initialised and train the FC layers only "
                         "(default: %(default)s)")
     g.add_argument("--seed", type=int, default=d.seed, help="seed of every random choice (default: %(default)s)")
+    g = parser.add_argument_group("extensions beyond the paper (torchvision's references, timm; all off by default)")
+    g.add_argument("--lr-scheduler", default=d.lr_scheduler, metavar="{plateau,step,cosine}",
+                   help="plateau: §3.1 (--lr-factor/--lr-patience/--lr-drops); step: x --lr-factor every "
+                        "--lr-step-size epochs; cosine: to 0 at --epochs (default: %(default)s)")
+    g.add_argument("--lr-step-size", type=int, default=d.lr_step_size, metavar="EPOCHS",
+                   help="with --lr-scheduler step: epochs between reductions (default: %(default)s)")
+    g.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs, metavar="N",
+                   help="linear lr warm-up from 1%% over N epochs (default: %(default)s)")
+    g.add_argument("--optimizer", default=d.optimizer, metavar="{sgd,adamw}",
+                   help="sgd: §3.1 with --momentum; adamw: torch.optim.AdamW (default: %(default)s)")
+    g.add_argument("--no-decay-norm-bias", dest="decay_norm_bias", action="store_false",
+                   help="no weight decay on biases and BatchNorm weights")
+    g.add_argument("--label-smoothing", type=float, default=d.label_smoothing, metavar="EPS",
+                   help="cross-entropy label smoothing (default: %(default)s)")
+    g.add_argument("--mixup-alpha", type=float, default=d.mixup_alpha, metavar="ALPHA",
+                   help="mixup of each batch, Beta(alpha, alpha) (default: %(default)s, off)")
+    g.add_argument("--cutmix-alpha", type=float, default=d.cutmix_alpha, metavar="ALPHA",
+                   help="cutmix of each batch; with --mixup-alpha one of the two per batch (default: %(default)s, "
+                        "off)")
+    g.add_argument("--auto-augment", default=d.auto_augment, metavar="{none,randaugment,trivialaugment}",
+                   help="torchvision's RandAugment or TrivialAugmentWide after the crop (default: %(default)s)")
+    g.add_argument("--no-hflip", dest="hflip", action="store_false",
+                   help="no random horizontal flip (data where a mirror image is another class: digits, text)")
+    g.add_argument("--ema-decay", type=float, default=d.ema_decay, metavar="DECAY",
+                   help="keep an exponential moving average of the weights (e.g. 0.999), validated each epoch "
+                        "and saved as ema.pt (default: %(default)s, off)")
+    g.add_argument("--sync-bn", action="store_true",
+                   help="with --batch-norm under torchrun: SyncBatchNorm, batch statistics over all processes")
     g = parser.add_argument_group("execution")
     g.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:N (default: %(default)s)")
     g.add_argument("--amp", default=d.amp, metavar="{auto,bf16,fp16,off}",
-                   help="mixed precision; auto = bf16 on CUDA, off on CPU (default: %(default)s)")
+                   help="mixed precision; auto = bf16 on CUDA and on CPUs that compute it natively (AVX512-BF16/AMX), "
+                        "off on other CPUs (default: %(default)s)")
     g.add_argument("--channels-last", default=d.channels_last, metavar="{auto,on,off}",
-                   help="NHWC memory layout; auto = on for CUDA (default: %(default)s)")
+                   help="NHWC memory layout; auto = on for CUDA and with bf16 on a CPU (default: %(default)s)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g.add_argument("--deterministic", action="store_true", help="deterministic CUDA kernels (slower)")
     g.add_argument("--workers", type=int, default=d.workers,
-                   help="data-loading processes per training process (default: %(default)s)")
+                   help="data-loading processes per training process (default: min(4, cores - 1))")
+    g.add_argument("--threads", type=int, default=d.threads, metavar="N",
+                   help="CPU threads of the training process (torch.set_num_threads; default: PyTorch's)")
     g.add_argument("--val-batch-size", type=int, default=d.val_batch_size,
                    help="images per validation forward pass (default: %(default)s)")
     g = parser.add_argument_group("output and checkpoints")

@@ -39,11 +39,18 @@ from vggnet.engine.config import RESUME_MUST_MATCH, TrainConfig, parse_init, sho
 from vggnet.engine.data import build_datasets, make_train_loader
 from vggnet.engine.outputs import RunOutputs, duration
 from vggnet.engine.state import (StopRequest, agree_on_resume, capture_rng, claim_run_folder, init_from,
-                                 link_or_copy, make_optimizer, plain, resolve_execution, restore_rng, seed_everything)
+                                 link_or_copy, make_optimizer, make_scheduler, plain, restore_rng, seed_everything)
 from vggnet.engine.task import ClassificationTask, Task
 from vggnet.errors import CheckpointError, UserError
+from vggnet.execution import choose_execution
 
 __all__ = ["Trainer", "TrainingError", "train"]
+
+
+# A net this costly per image (multiply-accumulates) on a CPU gets a note and an epoch-time estimate
+# (D at 224 px: 15.5 G; the quickstart's net: 0.02 G).
+CPU_NOTE_MACS = 2e9
+ESTIMATE_AFTER_STEPS = 1  # one step of the paper's batch (256 images of D) takes minutes on a CPU
 
 
 class TrainingError(UserError):
@@ -92,8 +99,11 @@ class Trainer:
         world = self.info.world_size
         self.micro = cfg.micro_batch_size or max(1, cfg.batch_size // world)
         self.accum = distributed.accumulation_steps(cfg.batch_size, self.micro, world)  # exact, or a UserError
-        self.amp, self.channels_last = resolve_execution(cfg.amp, cfg.channels_last, dev)
+        chosen = choose_execution(cfg.amp, cfg.channels_last, dev)
+        self.amp, self.channels_last, self.execution_reason = chosen.amp, chosen.channels_last, chosen.reason
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.amp)
+        if cfg.threads is not None:
+            torch.set_num_threads(cfg.threads)
         if dev.type == "cuda":
             torch.backends.cudnn.benchmark = not cfg.deterministic
         if cfg.deterministic:
@@ -109,8 +119,11 @@ class Trainer:
         self.task.check_checkpoint(ckpt, str(path), purpose="resume")
         saved = train.get("config", {})
         mismatched = []
-        for key in RESUME_MUST_MATCH:
-            mine, theirs = plain(getattr(self.cfg, key)), plain(saved.get(key))
+        defaults = TrainConfig().to_dict()
+        # (a setting added after the checkpoint was written had its default then)
+        must_match = RESUME_MUST_MATCH + (("epochs",) if self.cfg.lr_scheduler == "cosine" else ())
+        for key in must_match:
+            mine, theirs = plain(getattr(self.cfg, key)), plain(saved.get(key, defaults.get(key)))
             if key == "model" and isinstance(theirs, str):
                 from vggnet.models import resolve_name
 
@@ -145,11 +158,17 @@ class Trainer:
         self.stats, self.stats_source = self._statistics(train, resume, init_ckpt)
         if resume is not None:
             self.preprocessing = Preprocessing.from_dict(resume["preprocessing"])
+        elif isinstance((init_ckpt or {}).get("preprocessing"), Mapping):
+            # fine-tuning: the initial net's features were learned on inputs normalised its way
+            # (torchvision's weights: 0-1 pixels, ImageNet mean and std), so keep feeding them so
+            self.preprocessing = Preprocessing.from_dict(init_ckpt["preprocessing"])
         else:
             self.preprocessing = Preprocessing.caffe(mean=self.stats["mean"])
+        extensions = {**({} if cfg.hflip else {"hflip": False}),
+                      **({} if cfg.auto_augment == "none" else {"auto_augment": cfg.auto_augment})}
         train.transform = self.task.train_transform(
             crop_size=cfg.crop_size, scale=cfg.scale, preprocessing=self.preprocessing,
-            pca=self.stats if cfg.pca_std > 0 else None, pca_std=cfg.pca_std)
+            pca=self.stats if cfg.pca_std > 0 else None, pca_std=cfg.pca_std, **extensions)
         self.train_set, self.val_set = train, val
         self.sampler = distributed.ResumableDistributedSampler(
             train, global_batch=cfg.batch_size, num_replicas=self.info.world_size, rank=self.info.rank,
@@ -207,7 +226,9 @@ class Trainer:
                     width=float(cfg.width), fc_width=cfg.fc_width, dropout=float(cfg.dropout),
                     batch_norm=cfg.batch_norm)
         scheme, path = parse_init(cfg.init)
-        if init_ckpt is None:
+        if init_ckpt is None and path is not None:  # a resumed --init from:CKPT run: the checkpoint has the weights
+            self.init_text = f"from:{path}"
+        elif init_ckpt is None:
             init_weights(model, scheme)
             self.init_text = scheme
         else:
@@ -219,15 +240,28 @@ class Trainer:
         model.to(self.device)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
+        if cfg.sync_bn and self.info.distributed:
+            if self.device.type != "cuda":
+                raise UserError(f"--sync-bn: torch's SyncBatchNorm runs on CUDA devices only, and this run is on "
+                                f"{self.device.type}; leave it out (the processes' BN statistics are averaged "
+                                f"before each validation and checkpoint anyway)")
+            # an extension: batch statistics over every process's micro-batch (same state-dict keys)
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model  # the bare VGG (checkpoints, validation)
         self.net = distributed.wrap_ddp(model, self.info)  # what the training step runs
         if cfg.compile:
             self.net = torch.compile(self.net)
         self.optimizer = make_optimizer(model, cfg, grad_scaler=self.amp == "fp16")
-        # "decreased by a factor of 10 when the validation set accuracy stopped improving" (§3.1)
-        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.optimizer, mode="min" if self.task.lower_is_better else "max", factor=cfg.lr_factor,
-            patience=cfg.lr_patience)
+        # "decreased by a factor of 10 when the validation set accuracy stopped improving" (§3.1):
+        # ReduceLROnPlateau, unless --lr-scheduler/--warmup-epochs (extensions) say otherwise
+        self.warmup, self.scheduler = make_scheduler(self.optimizer, cfg,
+                                                     mode="min" if self.task.lower_is_better else "max")
+        self.ema = None
+        if cfg.ema_decay:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            # an extension: the weights' exponential moving average, BN statistics included
+            self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
         # each rank its own dropout stream from here on (rank 0's is the single-process one)
         seed_everything(cfg.seed + 1_000_003 * self.info.rank)
@@ -239,6 +273,10 @@ class Trainer:
             self.model.load_state_dict(ckpt["state_dict"], strict=True)
             self.optimizer.load_state_dict(train["optimizer"])
             self.scheduler.load_state_dict(train["scheduler"])
+            if self.warmup is not None:
+                self.warmup.load_state_dict(train["warmup"])
+            if self.ema is not None:
+                self.ema.load_state_dict(train["ema"])
             if train.get("scaler"):
                 self.scaler.load_state_dict(train["scaler"])
         except (RuntimeError, KeyError, ValueError) as exc:
@@ -291,6 +329,7 @@ class Trainer:
                 f"the weights became non-finite ({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}) at step "
                 f"{self.global_step} (epoch {self.epoch + 1}) with lr {self.optimizer.param_groups[0]['lr']:g}; "
                 f"not saved. Last good checkpoint: {self.last_checkpoint or 'none written yet'}. {self._remedy()}")
+        self.sync_batch_norm()
         rng = distributed.all_gather_object(capture_rng())
         if not self.info.is_main:
             return None
@@ -305,6 +344,8 @@ class Trainer:
                         "position": self.step_in_epoch * cfg.batch_size},
             "optimizer": self.optimizer.state_dict(),
             "scheduler": plain(self.scheduler.state_dict()),
+            **({"warmup": plain(self.warmup.state_dict())} if self.warmup is not None else {}),
+            **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
             "rng": rng,
             "world_size": self.info.world_size,
@@ -334,6 +375,12 @@ class Trainer:
         if best:
             with self.writing(self.out / "best.pt"):
                 link_or_copy(path, self.out / "best.pt")
+        if self.ema is not None:
+            # the averaged weights as a net of their own, for vgg eval / predict
+            with self.writing(self.out / "ema.pt"):
+                save_checkpoint(self.out / "ema.pt", make_checkpoint(
+                    self.ema.module, preprocessing=self.preprocessing.to_dict(), classes=self.classes,
+                    meta={**meta, "ema_decay": cfg.ema_decay, "source": "vgg train (EMA of the weights)"}))
         self.last_checkpoint = path
         self.last_save_time = time.monotonic()
         numbered = sorted(self.out.glob("checkpoint_*.pt"), key=lambda p: p.name, reverse=True)
@@ -432,6 +479,8 @@ class Trainer:
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
                 self.optimizer.zero_grad(set_to_none=True)
+                if self.ema is not None:
+                    self.ema.update_parameters(self.model)
                 self.global_step += 1
                 self.step_in_epoch = step + 1
                 totals["loss_sum"] += loss_value
@@ -442,6 +491,8 @@ class Trainer:
                     bar.set_postfix_str(f"loss {totals['loss_sum'] / totals['steps']:.4f} lr {lr:.2g} "
                                         f"{ips:.1f} img/s", refresh=False)
                     bar.update(1)
+                if totals["steps"] == ESTIMATE_AFTER_STEPS and self.epoch == 0 and start_step == 0:
+                    self.estimate_epoch(elapsed)
                 if self.global_step % cfg.log_every == 0:
                     self.outputs.scalars("train", {"loss": loss_value, "lr": lr, "images_per_s": ips},
                                          self.global_step)
@@ -491,12 +542,19 @@ class Trainer:
         except UserError as exc:
             too_many_bad = exc
         t0 = time.perf_counter()
+        self.sync_batch_norm()  # validate the net that is saved, the same on every rank
+        ema_metrics = None
         # fork_rng: validation's data loader must not move the training RNG streams
         try:
             with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
                 metrics = task.validate(self.model, self.val_set, preprocessing=self.preprocessing,
                                         scale=cfg.val_scale, device=self.device, batch_size=cfg.val_batch_size,
                                         workers=cfg.workers, amp="bf16" if self.amp == "bf16" else "off")
+                if self.ema is not None:
+                    ema_metrics = task.validate(self.ema.module, self.val_set, preprocessing=self.preprocessing,
+                                                scale=cfg.val_scale, device=self.device,
+                                                batch_size=cfg.val_batch_size, workers=cfg.workers,
+                                                amp="bf16" if self.amp == "bf16" else "off")
         except (RuntimeError, KeyboardInterrupt):
             if stop.signal is None:
                 raise
@@ -519,17 +577,28 @@ class Trainer:
             "bad_images": bad,
             "val_bad_images": int(metrics.get("bad_images", 0)),  # unreadable validation files, left out
         }
+        if ema_metrics is not None:
+            row.update({"val_ema_loss": float(ema_metrics["loss"]),
+                        **{f"val_ema_{m}": float(ema_metrics[m]) for m in task.metrics}})
         self.history.append(row)
         value = float(metrics[task.monitor])
         improved = self.best is None or (value < self.best if task.lower_is_better else value > self.best)
         if improved:
             self.best, self.best_epoch = value, self.epoch + 1
         # §3.1: divide the lr by 10 when the validation metric stops improving
-        self.scheduler.step(value)
+        plateau = cfg.lr_scheduler == "plateau"
+        if self.warmup is not None and self.epoch + 1 <= cfg.warmup_epochs:
+            self.warmup.step()  # the warm-up's epochs; the main schedule counts from its end
+        elif plateau:
+            self.scheduler.step(value)
+        else:
+            self.scheduler.step()
         new_lr = self.optimizer.param_groups[0]["lr"]
         finished = False
         note = ""
-        if new_lr < lr:
+        if new_lr != lr and not plateau:
+            note = f"  (lr -> {new_lr:g})"
+        elif new_lr < lr:
             self.lr_reductions += 1
             if self.lr_reductions > cfg.lr_drops:
                 # a plateau after the last allowed reduction: training is over (keep the old lr)
@@ -546,7 +615,8 @@ class Trainer:
         if self.epoch >= cfg.epochs:
             finished, self.stopped = True, self.stopped or "epochs"
         self.log(f"epoch {row['epoch']:>3}/{cfg.epochs}  train loss {row['train_loss']:.4f}  val loss "
-                 f"{row['val_loss']:.4f}  {task.summary(metrics)}  lr {lr:.3g}  "
+                 f"{row['val_loss']:.4f}  {task.summary(metrics)}  "
+                 f"{'EMA ' + task.summary(ema_metrics) + '  ' if ema_metrics is not None else ''}lr {lr:.3g}  "
                  f"{row['train_images_per_s']:.1f} img/s  "
                  f"{duration(row['epoch_time_s'])}{'  *best*' if improved else ''}{note}")
         # at the global step, as train/*: one x-axis, so that purge_step on a resume covers these too
@@ -561,8 +631,50 @@ class Trainer:
                                 f"--resume auto")
         return finished
 
+    def sync_batch_norm(self) -> None:
+        """Under DDP with BatchNorm: every rank's running statistics (and the EMA's) replaced by their
+        average over the ranks, as timm's `distribute_bn` does, so that the validated and the saved
+        net are the same net on every rank (collective: every rank calls it)."""
+        if not self.info.distributed or not self.cfg.batch_norm:
+            return
+        distributed.average_buffers(self.model)
+        if self.ema is not None:
+            distributed.average_buffers(self.ema.module)
+
+    def extensions_text(self) -> str:
+        """The settings beyond the paper that this run uses, in words ("" for the paper's protocol)."""
+        cfg = self.cfg
+        on = [f"{cfg.lr_scheduler} lr schedule" if cfg.lr_scheduler != "plateau" else "",
+              f"{cfg.warmup_epochs}-epoch warm-up" if cfg.warmup_epochs else "",
+              "AdamW" if cfg.optimizer == "adamw" else "",
+              "no weight decay on biases and norms" if not cfg.decay_norm_bias else "",
+              f"label smoothing {cfg.label_smoothing:g}" if cfg.label_smoothing else "",
+              f"mixup alpha {cfg.mixup_alpha:g}" if cfg.mixup_alpha else "",
+              f"cutmix alpha {cfg.cutmix_alpha:g}" if cfg.cutmix_alpha else "",
+              cfg.auto_augment if cfg.auto_augment != "none" else "",
+              "no horizontal flip" if not cfg.hflip else "",
+              f"EMA of the weights (decay {cfg.ema_decay:g}, ema.pt)" if cfg.ema_decay else "",
+              "SyncBatchNorm" if cfg.sync_bn and self.info.distributed else "",
+              "batch normalisation" if cfg.batch_norm else ""]
+        return ", ".join(t for t in on if t)
+
+    def big_on_a_cpu(self) -> bool:
+        """A net of the paper's size on a CPU: a run of days (a plain `vgg train` is the full D)."""
+        from vggnet.models import count_macs
+
+        return self.device.type == "cpu" and count_macs(self.model, self.cfg.crop_size) >= CPU_NOTE_MACS
+
+    def estimate_epoch(self, elapsed: float) -> None:
+        """After the first steps of a big net on a CPU: what one epoch will take, and where the small runs are."""
+        if not self.big_on_a_cpu():
+            return
+        per_step = elapsed / ESTIMATE_AFTER_STEPS
+        self.log(f"estimate: {per_step:.1f} s per step on this CPU, about {duration(per_step * self.steps_per_epoch)} "
+                 f"per epoch ({self.steps_per_epoch} steps) and up to {self.cfg.epochs} epochs. A run that finishes "
+                 f"in minutes: `vgg demo`, or `vgg train --config-file configs/quickstart.yaml`")
+
     def write_config(self) -> None:
-        head = (f"# vgg train: the resolved settings of this run (vgg train --config-file {self.out}/config.yaml).\n"
+        head = (f"# the resolved settings of this run ({self.task.command()} --config-file {self.out}/config.yaml)\n"
                 f"# task: {self.task.name} {plain(self.task.settings()) or ''}\n"
                 f"# processes: {self.info.world_size}, device: {self.device}, micro-batch: {self.micro}, "
                 f"accumulation steps: {self.accum}, amp: {self.amp}, channels_last: {self.channels_last}\n")
@@ -584,6 +696,7 @@ class Trainer:
             raise UserError(error)
 
     def run(self) -> dict[str, Any]:
+        self.task.configure(self.cfg)
         self.resolve_execution()  # its errors (a batch that does not split) come before the folder is made
         created = not self.out.exists()
         self.claim_folder()
@@ -650,7 +763,7 @@ class Trainer:
             name = signal.Signals(stop.signal).name if stop.signal else "a signal"
             self.log(f"stopped by {name} at epoch {self.epoch + 1}, step {self.step_in_epoch}/{self.steps_per_epoch} "
                      f"(global step {self.global_step}); checkpoint {self.last_checkpoint}\n"
-                     f"resume with:  vgg train --config-file {self.out / 'config.yaml'} --resume auto"
+                     f"resume with:  {self.task.command()} --config-file {self.out / 'config.yaml'} --resume auto"
                      f"{'   (with the same torchrun command)' if self.info.distributed else ''}")
         elif self.stopped == "max_steps":
             self.log(f"stopped after --max-steps {cfg.max_steps}; checkpoint {self.last_checkpoint} "
@@ -680,12 +793,26 @@ class Trainer:
         self.log(f"data: {self.data_text}: {len(self.train_set)} training / {len(self.val_set)} validation images; "
                  f"S={s}, crop {cfg.crop_size}, validation at Q={cfg.val_scale}; mean RGB "
                  f"{', '.join(f'{v:.1f}' for v in self.stats['mean'])} from {self.stats_source}")
+        if resume is None and parse_init(cfg.init)[1] is not None:
+            p = self.preprocessing
+            self.log(f"inputs normalised as the initial net's: pixels x {p.pixel_scale:g}, mean "
+                     f"{', '.join(f'{v:.4g}' for v in p.mean)}, std {', '.join(f'{v:.4g}' for v in p.std)}")
         self.log(f"batch {cfg.batch_size} = {w} process{'es' if w > 1 else ''} x {self.micro} images x {self.accum} "
                  f"accumulation step{'s' if self.accum > 1 else ''}; {self.steps_per_epoch} steps per epoch; "
-                 f"SGD lr {cfg.lr:g} momentum {cfg.momentum:g} weight decay {cfg.weight_decay:g}")
+                 f"{'AdamW' if cfg.optimizer == 'adamw' else 'SGD'} lr {cfg.lr:g}"
+                 f"{'' if cfg.optimizer == 'adamw' else f' momentum {cfg.momentum:g}'} weight decay {cfg.weight_decay:g}")
+        extensions = self.extensions_text()
+        if extensions:
+            self.log(f"extensions beyond the paper: {extensions}")
         self.log(f"device {self.device}{' (' + self.info.backend + ')' if self.info.backend else ''}, amp {self.amp}, "
                  f"channels_last {'on' if self.channels_last else 'off'}, compile {'on' if cfg.compile else 'off'}, "
                  f"workers {cfg.workers}; output {self.out}")
+        if self.big_on_a_cpu():
+            self.log(f"note: this trains {cfg.model} at width {cfg.width:g} ({self.n_params:,} parameters, "
+                     f"{cfg.crop_size}-px crops, {self.steps_per_epoch} steps of {cfg.batch_size} images per epoch) "
+                     f"on a CPU; the time per epoch follows after the first step (small runs: `vgg demo`, "
+                     f"configs/quickstart.yaml)")
+        self.log(f"execution: {self.execution_reason}")
         if resume is not None:
             self.log(f"resuming {self.resume_path}: epoch {self.epoch + 1}, step {self.step_in_epoch}/"
                      f"{self.steps_per_epoch} (global step {self.global_step})")

@@ -49,10 +49,16 @@ class RunOutputs:
     # ----------------------------------------------------------------- progress bar
 
     def open_bar(self, *, total: int, initial: int, desc: str) -> None:
+        """A tqdm bar on a terminal only: a file or a CI log would collect its fragments
+        (`epoch 3/30:   0%|`); there the epoch's one log line says what the bar would."""
         from tqdm import tqdm
 
+        if not stderr_is_terminal():
+            self.bar = None
+            return
+
         self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True, file=sys.stderr,
-                        leave=False, mininterval=0.5 if sys.stderr.isatty() else 30.0)
+                        leave=False, mininterval=0.5)
 
     def close_bar(self) -> None:
         if self.bar is not None:
@@ -108,6 +114,11 @@ class RunOutputs:
     def write_curves(self, history: Sequence[Mapping[str, Any]], metrics: Sequence[str]) -> None:
         if self.is_main and history:
             plot_curves(history, self.out / "curves.png", metrics=metrics)
+
+
+def stderr_is_terminal() -> bool:
+    """Whether progress bars can be drawn: stderr is a terminal, not a file, pipe or CI log."""
+    return sys.stderr.isatty()
 
 
 def duration(seconds: float) -> str:

@@ -30,9 +30,11 @@ from vggnet import distributed
 from vggnet.checkpoint import atomic_write, load_checkpoint
 from vggnet.engine.config import TrainConfig
 from vggnet.errors import CheckpointError, UserError
+from vggnet.execution import choose_execution
 
 __all__ = ["capture_rng", "restore_rng", "seed_everything", "find_checkpoints", "link_or_copy", "plain",
-           "StopRequest", "RunFolderLock", "claim_run_folder", "locate_resume", "agree_on_resume", "init_from", "make_optimizer", "resolve_execution"]
+           "StopRequest", "RunFolderLock", "claim_run_folder", "locate_resume", "agree_on_resume", "init_from",
+           "make_optimizer", "resolve_execution", "make_scheduler", "parameter_groups"]
 
 
 def capture_rng() -> dict[str, Any]:
@@ -144,8 +146,8 @@ class StopRequest:
 
 
 # The files a run writes besides its checkpoints: in a folder that is not a run, they are the user's.
-RUN_OUTPUTS = ("config.yaml", "metrics.csv", "curves.png", "train.log", "last.pt", "best.pt", "tensorboard")
-CONFIG_HEADER = "# vgg train:"
+RUN_OUTPUTS = ("config.yaml", "metrics.csv", "curves.png", "train.log", "last.pt", "best.pt", "ema.pt", "tensorboard")
+CONFIG_HEADERS = ("# the resolved settings of this run", "# vgg train:")  # config.yaml's first line, now and before
 LOCK_NAME = ".vggnet.lock"
 
 
@@ -228,7 +230,7 @@ def claim_run_folder(out: Path) -> RunFolderLock:
 def _is_our_config(path: Path) -> bool:
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read(len(CONFIG_HEADER)) == CONFIG_HEADER
+            return f.readline().startswith(CONFIG_HEADERS)
     except OSError:
         return False
 
@@ -384,23 +386,21 @@ def _shape_note(key: str, state: Mapping[str, torch.Tensor], own: Mapping[str, t
 def resolve_execution(amp: str, channels_last: str, device: torch.device) -> tuple[str, bool]:
     """`--amp` and `--channels-last` (auto, or a choice) -> (bf16 | fp16 | off, channels_last) on `device`.
 
-    auto: bf16 autocast (fp16 with a gradient scaler where bf16 is missing) and
-    channels_last on CUDA, where they select cuDNN's tensor-core NHWC kernels;
-    fp32 and NCHW on CPUs, where bf16 is emulated without AVX512-BF16/AMX and
-    oneDNN's NHWC path was 0.91-1.12x NCHW for full-width D, within the noise of
-    our measurements (narrow nets gain more: `vgg demo` sets it; see
-    benchmarks/channels_last.py and docs/benchmarks.md, "Training step"). An explicit fp16 runs
-    anywhere (CPU autocast and GradScaler support it): slow on most CPUs, but the
-    same code path as on a GPU, scaler state in the checkpoints included.
+    The decision is `vggnet.execution.choose_execution` (bf16 and channels_last
+    on CUDA and on CPUs that compute bf16 natively, fp32 NCHW on the others),
+    shared with `vgg eval` and `vgg predict`; it also says why, for the run log.
+    An explicit fp16 runs anywhere (CPU autocast and GradScaler support it):
+    slow on most CPUs, but the same code path as on a GPU, scaler state in the
+    checkpoints included.
     """
-    if amp == "auto":
-        amp = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device.type == "cuda" else "off"
-    cl = (device.type == "cuda") if channels_last == "auto" else channels_last == "on"
-    return amp, cl
+    chosen = choose_execution(amp, channels_last, device)
+    return chosen.amp, chosen.channels_last
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig, grad_scaler: bool = False) -> torch.optim.SGD:
-    """SGD with momentum and weight decay (§3.1), as `torch.optim.SGD` defines them.
+def make_optimizer(model: nn.Module, cfg: TrainConfig, grad_scaler: bool = False) -> torch.optim.Optimizer:
+    """SGD with momentum and weight decay (§3.1), as `torch.optim.SGD` defines them
+    (or AdamW with `--optimizer adamw`; biases and BatchNorm weights without decay
+    with `--no-decay-norm-bias`: extensions beyond the paper).
 
     The fused implementation (weight decay, momentum and update in one pass over
     each tensor) where this torch and device have it: the same update as the
@@ -416,10 +416,49 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, grad_scaler: bool = False
     weight. The default implementation is never called on a skipped step.
     """
     kwargs = dict(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    params = [p for p in model.parameters() if p.requires_grad]  # frozen layers (--freeze) are not optimised
+    params: Any = [p for p in model.parameters() if p.requires_grad]  # frozen layers (--freeze) are not optimised
+    optimizer_class: Any = torch.optim.SGD
+    if getattr(cfg, "optimizer", "sgd") == "adamw":  # an extension: torch's AdamW, decoupled weight decay
+        optimizer_class, kwargs = torch.optim.AdamW, dict(lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if not getattr(cfg, "decay_norm_bias", True):
+        params = parameter_groups(model, cfg.weight_decay)
     if grad_scaler:
-        return torch.optim.SGD(params, **kwargs)
+        return optimizer_class(params, **kwargs)
     try:
-        return torch.optim.SGD(params, fused=True, **kwargs)
+        return optimizer_class(params, fused=True, **kwargs)
     except (RuntimeError, TypeError, ValueError):  # an older torch, or a device without the fused kernel
-        return torch.optim.SGD(params, **kwargs)
+        return optimizer_class(params, **kwargs)
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """`--no-decay-norm-bias` (an extension, as in torchvision's references and timm): two groups,
+    weights of conv and FC layers with `weight_decay`, and biases and BatchNorm weights (every
+    one-dimensional parameter) without."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, *, mode: str) -> tuple[Any, Any]:
+    """(warm-up scheduler or None, main scheduler), both stepped once per epoch by the loop.
+
+    plateau: §3.1, `ReduceLROnPlateau` on the task's validation metric (`mode` min
+    or max). step and cosine are extensions (torchvision's references):
+    `StepLR(--lr-step-size, gamma=--lr-factor)` and `CosineAnnealingLR` to 0 at
+    `--epochs`. `--warmup-epochs W`: `LinearLR` from 1% of the lr to the lr over
+    the first W epochs, after which the main scheduler takes over (it counts its
+    epochs from there)."""
+    from torch.optim import lr_scheduler as sched
+
+    warmup = None
+    if cfg.warmup_epochs:
+        warmup = sched.LinearLR(optimizer, start_factor=0.01, end_factor=1.0, total_iters=cfg.warmup_epochs)
+    if cfg.lr_scheduler == "step":
+        main: Any = sched.StepLR(optimizer, step_size=cfg.lr_step_size, gamma=cfg.lr_factor)
+    elif cfg.lr_scheduler == "cosine":
+        main = sched.CosineAnnealingLR(optimizer, T_max=cfg.epochs - cfg.warmup_epochs)
+    else:
+        main = sched.ReduceLROnPlateau(optimizer, mode=mode, factor=cfg.lr_factor, patience=cfg.lr_patience)
+    return warmup, main

@@ -60,12 +60,13 @@ class Task:
     # ----------------------------------------------------------------- data
 
     def train_transform(self, *, crop_size: int, scale: Any, preprocessing: Any, pca: Any, pca_std: float,
-                        hflip: bool = True) -> Callable[..., Any]:
+                        hflip: bool = True, auto_augment: str = "none") -> Callable[..., Any]:
         """The training transform of a dataset item (`transform(image)` or `transform(image, boxes)`)."""
         from vggnet.data.transforms import TrainPreset
 
+        extra = {} if auto_augment == "none" else {"auto_augment": auto_augment}
         return TrainPreset(crop_size=crop_size, scale=scale, preprocessing=preprocessing, pca=pca, pca_std=pca_std,
-                           hflip=hflip)
+                           hflip=hflip, **extra)
 
     def collate(self, items: Sequence[Any]) -> Any:
         """Collate dataset items (None for a bad file) into a `vggnet.data.Batch`."""
@@ -99,6 +100,19 @@ class Task:
 
     # ----------------------------------------------------------------- settings and checkpoints
 
+    def configure(self, config: Any) -> None:
+        """Take the task's settings from the run's `TrainConfig` (called once, before the net is built).
+
+        The base task has none of its own: the loss settings that only a classifier
+        understands (label smoothing, mixup, cutmix) are refused rather than ignored."""
+        from vggnet.errors import UserError
+
+        used = [flag for flag, value in (("--label-smoothing", getattr(config, "label_smoothing", 0.0)),
+                                         ("--mixup-alpha", getattr(config, "mixup_alpha", 0.0)),
+                                         ("--cutmix-alpha", getattr(config, "cutmix_alpha", 0.0))) if value]
+        if used:
+            raise UserError(f"{', '.join(used)}: a classification setting; the {self.name} task does not use it")
+
     def settings(self) -> dict[str, Any]:
         """The task's own settings (plain values): saved with the run's settings and
         in its checkpoints; a resume with other values is refused."""
@@ -118,6 +132,10 @@ class Task:
         """One phrase for the run's header line."""
         return self.name
 
+    def command(self) -> str:
+        """The command line that trains this task, with the task's own flags (for "resume with: ...")."""
+        return "vgg train"
+
     def summary(self, metrics: Mapping[str, float]) -> str:
         """The validation metrics in the epoch's log line."""
         return "  ".join(f"{name} {metrics[name]:.4g}{self.units.get(name, '')}" for name in self.metrics)
@@ -132,7 +150,13 @@ def checkpoint_task(ckpt: Mapping[str, Any]) -> str:
 
 class ClassificationTask(Task):
     """§3.1: multinomial logistic regression over the classes; validation top-1 error
-    (dense, one scale) drives the plateau schedule."""
+    (dense, one scale) drives the plateau schedule.
+
+    Extensions beyond the paper, off by default and taken from the run's settings
+    (`configure`): label smoothing of the cross-entropy, and mixup / cutmix of each
+    training batch (`torchvision.transforms.v2.MixUp` / `CutMix`; with both, one of
+    the two per batch, as torchvision's references do), which turn the targets
+    into class probabilities. Validation always reports the plain cross-entropy."""
 
     name = "classification"
     monitor = "top1_error"
@@ -140,14 +164,55 @@ class ClassificationTask(Task):
     metrics = ("top1_error", "top5_error")
     units = {"top1_error": "%", "top5_error": "%"}
 
+    def __init__(self, *, label_smoothing: float = 0.0, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0) -> None:
+        self.label_smoothing = float(label_smoothing)
+        self.mixup_alpha = float(mixup_alpha)
+        self.cutmix_alpha = float(cutmix_alpha)
+        self.num_classes: int | None = None
+        self._mix: Callable[..., Any] | None = None
+
+    def configure(self, config: Any) -> None:
+        self.label_smoothing = float(config.label_smoothing)
+        self.mixup_alpha = float(config.mixup_alpha)
+        self.cutmix_alpha = float(config.cutmix_alpha)
+        self._mix = None
+
+    def output_size(self, num_classes: int) -> int:
+        self.num_classes = num_classes  # mixup/cutmix make targets of this many classes
+        return num_classes
+
+    def _mixer(self) -> Callable[..., Any] | None:
+        if self._mix is None and (self.mixup_alpha or self.cutmix_alpha):
+            from torchvision.transforms import v2
+
+            if self.num_classes is None:
+                raise RuntimeError("ClassificationTask: output_size() must be called before batches are mixed")
+            mixers = ([v2.MixUp(alpha=self.mixup_alpha, num_classes=self.num_classes)] if self.mixup_alpha else []) \
+                + ([v2.CutMix(alpha=self.cutmix_alpha, num_classes=self.num_classes)] if self.cutmix_alpha else [])
+            self._mix = mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
+        return self._mix
+
     def inputs_targets(self, batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        return batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+        x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+        mix = self._mixer()
+        if mix is not None:
+            # (N, 3, h, w), (N,) -> mixed images, (N, classes) target probabilities; the mixing
+            # weights draw from the process's RNG, which checkpoints hold (exact resume)
+            x, y = mix(x, y)
+        return x, y
 
     def empty_targets(self, n: int, device: torch.device) -> torch.Tensor:
         return torch.zeros(n, dtype=torch.long, device=device)
 
     def loss(self, output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(output.float(), targets, reduction="sum")
+        # class indices, or class probabilities after mixup/cutmix: cross_entropy takes both
+        return F.cross_entropy(output.float(), targets, reduction="sum", label_smoothing=self.label_smoothing)
+
+    def settings(self) -> dict[str, Any]:
+        # only what differs from the paper's loss, so that plain runs keep their plain settings
+        values = {"label_smoothing": self.label_smoothing, "mixup_alpha": self.mixup_alpha,
+                  "cutmix_alpha": self.cutmix_alpha}
+        return {k: v for k, v in values.items() if v}
 
     def summary(self, metrics: Mapping[str, float]) -> str:
         return f"top-1 err {metrics['top1_error']:5.2f}%  top-5 err {metrics['top5_error']:5.2f}%"

@@ -56,11 +56,45 @@ def read_classes(path: str | os.PathLike) -> list[str]:
     return names
 
 
+# A line of ILSVRC's synset file (Caffe's `synset_words.txt`): a WordNet id, then the words.
+_SYNSET_LINE = re.compile(r"^(n\d{8})(?:\s+(.*))?$")
+
+
+def read_class_file(path: str | os.PathLike) -> tuple[list[str], list[str] | None]:
+    """Class names and, for ILSVRC synset files, their descriptions.
+
+    Three forms: one name per line; ILSVRC's synset lines `n01440764 tench, Tinca tinca`
+    (-> the WordNet ids, which name ImageNet's class folders and its devkit labels, and
+    the words as descriptions); Keras' `imagenet_class_index.json`
+    (`{"0": ["n01440764", "tench"], ...}`, same result).
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        import json
+
+        try:
+            index = json.loads(path.read_text(encoding="utf-8"))
+            pairs = [index[str(i)] for i in range(len(index))]
+            if not all(isinstance(p, list) and len(p) == 2 for p in pairs):
+                raise ValueError("expected [wnid, name] pairs")
+        except FileNotFoundError:
+            raise UserError(f"--classes {path}: no such file") from None
+        except (OSError, UnicodeDecodeError, ValueError, KeyError) as exc:
+            raise UserError(f"--classes {path}: not a class index {{\"0\": [\"n01440764\", \"tench\"], ...}} "
+                            f"({type(exc).__name__}: {exc})") from None
+        return [str(w) for w, _ in pairs], [str(n) for _, n in pairs]
+    names = read_classes(path)
+    matches = [_SYNSET_LINE.match(n) for n in names]
+    if all(m is not None for m in matches) and any(m.group(2) for m in matches):
+        return [m.group(1) for m in matches], [(m.group(2) or "").strip() for m in matches]
+    return names, None
+
+
 def class_names(classes: Sequence[str] | str | os.PathLike | None, num_classes: int) -> list[str] | None:
     if classes is None:
         return None
     if isinstance(classes, (str, os.PathLike)):
-        names, where = read_classes(classes), f"--classes {classes}"
+        names, where = read_class_file(classes)[0], f"--classes {classes}"
     else:
         names, where = [str(c) for c in classes], "classes"
     if len(names) != num_classes:

@@ -12,6 +12,7 @@ from vggnet.interop import (
     EXPORT_FORMATS,
     IMPORT_FORMATS,
     check_onnx,
+    detect_format,
     export_onnx,
     export_safetensors,
     export_torchvision,
@@ -20,7 +21,7 @@ from vggnet.interop import (
     load_weights,
     torchvision_name,
 )
-from vggnet.interop._common import describe_build
+from vggnet.interop._common import describe_build, read_class_file
 from vggnet.models import NAMES
 
 __all__ = ["add_import_arguments", "run_import", "add_export_arguments", "run_export"]
@@ -29,12 +30,16 @@ __all__ = ["add_import_arguments", "run_import", "add_export_arguments", "run_ex
 def add_import_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = ("Convert foreign VGG weights into a vggnet checkpoint. The configuration, width, crop "
                           "and class count are read off the weights' shapes; every layer is checked.")
-    parser.add_argument("format", choices=IMPORT_FORMATS,
-                        help="torchvision .pth state dict, Keras .h5 (VGG16/19), Caffe .caffemodel, or a "
-                             "vggnet safetensors export (with its .json sidecar)")
+    parser.add_argument("format", nargs="?", choices=IMPORT_FORMATS,
+                        help="torchvision .pth state dict, timm VGG state dict, Keras .h5 (VGG16/19; Keras 2 h5 or "
+                             "Keras 3 .weights.h5), Caffe .caffemodel, or a vggnet safetensors export "
+                             "(default: detected from the file's content)")
     parser.add_argument("file", help="the weights file")
     parser.add_argument("--out", required=True, metavar="CKPT", help="checkpoint to write (.pt)")
-    parser.add_argument("--classes", metavar="FILE", help="class names, one per line (default: 0 .. N-1)")
+    parser.add_argument("--classes", metavar="FILE",
+                        help="class names, one per line, or ILSVRC synset lines ('n01440764 tench, Tinca tinca': "
+                             "the WordNet ids become the classes, the words are shown by vgg predict), or Keras' "
+                             "imagenet_class_index.json (default: 0 .. N-1)")
     g = parser.add_argument_group("model (default: detected from the weights)")
     g.add_argument("--model", metavar="NAME", help=f"configuration: {', '.join(NAMES)} (A-LRN has A's weights: "
                                                    f"name it to get it)")
@@ -46,12 +51,19 @@ def add_import_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_import(args: argparse.Namespace) -> int:
     build = {"width": args.width, "fc_width": args.fc_width, "crop_size": args.crop_size, "dropout": args.dropout}
+    if args.format is None:
+        args.format = detect_format(args.file)
+        print(f"detected format: {args.format}")
     if args.format == "safetensors":
         given = [f"--{k.replace('_', '-')}" for k, v in build.items() if v is not None] + (
             ["--model"] if args.model else [])
         if given:
             raise UserError(f"{', '.join(given)}: a safetensors export carries its build arguments; drop them")
         ckpt = import_safetensors(args.file, classes=args.classes)
+        if args.classes:
+            descriptions = read_class_file(args.classes)[1]
+            if descriptions is not None:
+                ckpt["meta"]["class_descriptions"] = descriptions
     else:
         ckpt = import_weights(args.format, args.file, name=args.model, classes=args.classes, **build)
     out = save_checkpoint(args.out, ckpt)
@@ -63,7 +75,8 @@ def run_import(args: argparse.Namespace) -> int:
 
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = ("Export a checkpoint: safetensors + JSON sidecar (released weights), a torchvision "
+    parser.description = ("Export a checkpoint: safetensors with build arguments, preprocessing and classes in its "
+                          "header (released weights; a JSON sidecar too), a torchvision "
                           "state dict, or ONNX (crop classifier, or with --dense the fully-convolutional net).")
     parser.add_argument("format", choices=EXPORT_FORMATS, help="what to write")
     parser.add_argument("checkpoint", help="a vggnet checkpoint (or any weights file `vgg import` reads)")
@@ -74,6 +87,19 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--opset", type=int, default=18, help="ONNX opset (default: %(default)s)")
     g.add_argument("--dynamo", action="store_true", help="use the torch.export-based exporter (slower here)")
     g.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison with PyTorch")
+    g = parser.add_argument_group("int8 ONNX (onnxruntime static quantisation of the crop classifier)")
+    g.add_argument("--int8", action="store_true",
+                   help="write a statically quantised int8 model (QDQ, per-channel weights), after checking its "
+                        "accuracy and speed against fp32")
+    g.add_argument("--calibration", metavar="DIR", help="images whose activation ranges calibrate the int8 model")
+    g.add_argument("--calibration-images", type=int, default=300,
+                   help="images taken evenly from --calibration (default: %(default)s)")
+    g.add_argument("--val", metavar="DIR",
+                   help="labelled folder (class folders) for the accuracy check (default: --calibration)")
+    g.add_argument("--val-images", type=int, default=None, help="at most this many of --val (default: all)")
+    g.add_argument("--max-drop", type=float, default=1.0,
+                   help="refuse to write the file if int8 top-1 accuracy is lower than fp32's by more than this "
+                        "many percentage points (default: %(default)s)")
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -91,6 +117,8 @@ def run_export(args: argparse.Namespace) -> int:
               f"(num_classes={ckpt['build']['num_classes']}); the model expects inputs "
               f"(rgb01 * {p['pixel_scale']:g} - {p['mean']}) / {p['std']}")
         return 0
+    if args.int8 or args.calibration:
+        return _run_int8(args, ckpt)
     out = export_onnx(ckpt, args.out, dense=args.dense, opset=args.opset, dynamo=args.dynamo)
     print(f"wrote {out} ({'dense, dynamic height and width' if args.dense else 'crop classifier'})")
     if args.no_check:
@@ -107,4 +135,21 @@ def run_export(args: argparse.Namespace) -> int:
         return 1
     sizes = ", ".join(f"{h}x{w}: {d:.2g}" for (h, w), d in report.items())
     print(f"onnxruntime matches PyTorch (max |difference| {sizes})")
+    return 0
+
+
+def _run_int8(args: argparse.Namespace, ckpt: dict) -> int:
+    if not (args.int8 and args.calibration):
+        raise UserError("--int8 needs --calibration DIR (images to calibrate on), and --calibration needs --int8")
+    if args.dense or args.dynamo:
+        raise UserError("--int8 quantises the crop classifier: drop --dense and --dynamo")
+    try:
+        from vggnet.interop.quantize import quantize_onnx
+    except ImportError as exc:
+        raise UserError(f"--int8 needs onnx and onnxruntime ({exc}); pip install 'vggnet[export]'") from None
+    report = quantize_onnx(ckpt, args.out, args.calibration, val=args.val, calibration_images=args.calibration_images,
+                           val_images=args.val_images, max_drop=args.max_drop)
+    for line in report.lines():
+        print(line)
+    print(f"wrote {report.written} (int8 crop classifier)")
     return 0

@@ -1,4 +1,6 @@
-"""Keras VGG16/VGG19 `.h5` weights in (`keras.applications` layout, TensorFlow kernel order).
+"""Keras VGG16/VGG19 `.h5` weights in (`keras.applications` layout, TensorFlow kernel order):
+Keras 2's h5 format, Keras 3's own `model.save_weights("x.weights.h5")`, and the weights in
+Keras 3's `model.save("x.keras")` archive.
 """
 
 from __future__ import annotations
@@ -37,6 +39,24 @@ def _h5_names(group: Any, attr: str) -> list[str] | None:
     return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
 
 
+KERAS_ARCHIVE_WEIGHTS = "model.weights.h5"  # the weights inside a Keras 3 `.keras` archive (a zip)
+
+
+def _h5_source(path: Path) -> Any:
+    """`path`, or for a Keras 3 `.keras` archive (`model.save("x.keras")`) the weights file inside it,
+    read into memory (h5py opens file-like objects)."""
+    import io
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return path
+    with zipfile.ZipFile(path) as archive:
+        if KERAS_ARCHIVE_WEIGHTS not in archive.namelist():
+            raise CheckpointError(f"{path} is a zip archive without {KERAS_ARCHIVE_WEIGHTS}: not a Keras 3 .keras "
+                                  f"file")
+        return io.BytesIO(archive.read(KERAS_ARCHIVE_WEIGHTS))
+
+
 def _read_keras(path: Path) -> list[tuple[str, list[np.ndarray]]]:
     """(layer name, [weight arrays in Keras order]) of every layer with weights, in the file's order."""
     try:
@@ -46,7 +66,7 @@ def _read_keras(path: Path) -> list[tuple[str, list[np.ndarray]]]:
     if not path.is_file():
         raise CheckpointError(f"Keras weights {path} " + ("is a directory" if path.is_dir() else "does not exist"))
     try:
-        f = h5py.File(path, "r")
+        f = h5py.File(_h5_source(path), "r")
     except OSError as exc:
         raise CheckpointError(f"{path} is not an HDF5 file (Keras .h5 weights expected): {exc}") from None
     layers = []
@@ -58,6 +78,8 @@ def _read_keras(path: Path) -> list[tuple[str, list[np.ndarray]]]:
             names = _h5_names(root, "layer_names")
         except ValueError as exc:
             raise CheckpointError(f"{path} is not a Keras h5 weights file: {exc}") from None
+        if names is None and isinstance(f.get("layers"), h5py.Group):
+            return _read_keras3(f["layers"], path)
         if names is None:
             raise CheckpointError(f"{path} is an HDF5 file but not a Keras h5 weights file (no 'layer_names' "
                                   f"attribute); save with the Keras 2 h5 format (model.save_weights('w.h5'))")
@@ -71,6 +93,34 @@ def _read_keras(path: Path) -> list[tuple[str, list[np.ndarray]]]:
             if arrays:
                 layers.append((layer, arrays))
     return layers
+
+
+def _keras3_order(key: str) -> tuple[str, int]:
+    """`conv2d_10` -> ("conv2d", 10), `dense` -> ("dense", 0): Keras 3 names a model's layers in the
+    store by class, numbered in the model's order; h5py lists them alphabetically (conv2d_10
+    before conv2d_2), so the number restores the order."""
+    stem, _, number = key.rpartition("_")
+    return (stem, int(number)) if stem and number.isdigit() else (key, 0)
+
+
+def _read_keras3(layers: Any, path: Path) -> list[tuple[str, list[np.ndarray]]]:
+    """Keras 3's weights file: `layers/<conv2d_N>/vars/<0, 1>` (kernel, bias), the layer's own name
+    (`block1_conv1`) in the `name` attribute of its `vars` group."""
+    found = []
+    for key in sorted(layers, key=_keras3_order):
+        group = layers[key]
+        vars_ = group.get("vars") if hasattr(group, "get") else None
+        if vars_ is None or not len(vars_):
+            continue  # input, pooling and flatten layers have no weights
+        label = vars_.attrs.get("name", key)
+        label = label.decode("utf-8") if isinstance(label, bytes) else str(label)
+        try:
+            arrays = [np.asarray(vars_[str(i)], dtype=np.float32) for i in range(len(vars_))]
+        except (KeyError, OSError, ValueError) as exc:
+            raise CheckpointError(f"Keras weights {path}: layer {label!r} ({key}) cannot be read: {exc}") from None
+        found.append((label, arrays))
+    # Keras numbers layers per class (conv2d_N, dense_N): convs come before the dense layers in a VGG
+    return [item for item in found if item[1][0].ndim == 4] + [item for item in found if item[1][0].ndim != 4]
 
 
 def import_keras(

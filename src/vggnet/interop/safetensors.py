@@ -1,5 +1,11 @@
 """safetensors in and out: the released-weights form, with build arguments, preprocessing and class
-names in a JSON sidecar.
+names in the file's own header metadata, so that the file alone is enough.
+
+The header's `__metadata__` (string to string, as safetensors allows) holds
+`vggnet.format`, `vggnet.version`, and JSON texts `vggnet.build`,
+`vggnet.preprocessing`, `vggnet.classes`, `vggnet.meta`. A JSON sidecar
+(`NAME.json`, with the weights' sha256) is still written beside it, and is what
+older exports, whose header held the build arguments only, are read from.
 """
 
 from __future__ import annotations
@@ -16,7 +22,8 @@ from vggnet.interop._common import as_checkpoint, check_state, class_names
 
 __all__ = ["WEIGHTS_FORMAT", "import_safetensors", "export_safetensors", "sidecar_path"]
 
-WEIGHTS_FORMAT = "vggnet.weights"  # the JSON sidecar of a safetensors export
+WEIGHTS_FORMAT = "vggnet.weights"  # the JSON sidecar of a safetensors export, and the header's vggnet.format
+_HEADER_KEYS = ("build", "preprocessing", "classes", "meta")  # JSON texts under vggnet.<key> in the header
 
 
 def sidecar_path(path: str | os.PathLike) -> Path:
@@ -37,7 +44,9 @@ def import_safetensors(
     *,
     classes: Sequence[str] | str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """A checkpoint from a safetensors export and its JSON sidecar (`vgg export safetensors`)."""
+    """A checkpoint from a safetensors export (`vgg export safetensors`): build arguments,
+    preprocessing and classes from its header metadata, or from its JSON sidecar for
+    older exports. A sidecar beside the file, when present, also checks its sha256."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -46,21 +55,23 @@ def import_safetensors(
     sidecar = sidecar_path(path)
     if not path.is_file():
         raise CheckpointError(f"{where} " + ("is a directory" if path.is_dir() else "does not exist"))
-    if not sidecar.is_file():
-        raise CheckpointError(f"{where} has no JSON sidecar {sidecar} (build arguments, preprocessing, classes): "
-                              f"keep the two files of `vgg export safetensors` together")
-    try:
-        info = json.loads(sidecar.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"sidecar {sidecar} is not valid JSON: {exc}") from None
-    if not isinstance(info, dict) or info.get("format") != WEIGHTS_FORMAT:
-        raise CheckpointError(f"{sidecar} is not a vggnet weights sidecar (no format={WEIGHTS_FORMAT!r} entry)")
-    for key in ("build", "preprocessing", "classes"):
-        if key not in info:
-            raise CheckpointError(f"sidecar {sidecar} has no {key!r} entry")
-    if info.get("sha256") and _sha256(path) != info["sha256"]:
+    sidecar_info, sidecar_error = None, None
+    if sidecar.is_file():
+        try:
+            sidecar_info = _read_sidecar(sidecar)
+        except CheckpointError as exc:  # a foreign .json of the same name is no error when the header suffices
+            sidecar_error = exc
+    if sidecar_info and sidecar_info.get("sha256") and _sha256(path) != sidecar_info["sha256"]:
         raise CheckpointError(f"{where} does not match the checksum in {sidecar}: the file is damaged or "
                               f"belongs to another export")
+    info = _header_info(path, where)
+    if info is None:  # an older export: everything is in the sidecar
+        if sidecar_error is not None:
+            raise sidecar_error
+        if sidecar_info is None:
+            raise CheckpointError(f"{where} has no JSON sidecar {sidecar} (build arguments, preprocessing, "
+                                  f"classes): keep the two files of `vgg export safetensors` together")
+        info = sidecar_info
     try:
         state = load_file(path)
     except (SafetensorError, OSError, ValueError) as exc:
@@ -72,9 +83,44 @@ def import_safetensors(
                                  meta={**info.get("meta", {}), "source_file": str(path)})
 
 
+def _read_sidecar(sidecar: Path) -> dict[str, Any]:
+    try:
+        info = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"sidecar {sidecar} is not valid JSON: {exc}") from None
+    if not isinstance(info, dict) or info.get("format") != WEIGHTS_FORMAT:
+        raise CheckpointError(f"{sidecar} is not a vggnet weights sidecar (no format={WEIGHTS_FORMAT!r} entry)")
+    for key in ("build", "preprocessing", "classes"):
+        if key not in info:
+            raise CheckpointError(f"sidecar {sidecar} has no {key!r} entry")
+    return info
+
+
+def _header_info(path: Path, where: str) -> dict[str, Any] | None:
+    """Build arguments, preprocessing, classes and meta from the header metadata; None for a file
+    without them (an older export, whose sidecar holds them, or a foreign file)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{where} cannot be read (truncated or not safetensors): {exc}") from None
+    if header.get("vggnet.format") != WEIGHTS_FORMAT:
+        return None
+    info: dict[str, Any] = {}
+    for key in _HEADER_KEYS:
+        try:
+            info[key] = json.loads(header[f"vggnet.{key}"])
+        except (KeyError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"{where}: header metadata 'vggnet.{key}' is missing or not JSON "
+                                  f"({type(exc).__name__}: {exc})") from None
+    return info
+
+
 def export_safetensors(ckpt: Mapping[str, Any] | str | os.PathLike, path: str | os.PathLike) -> tuple[Path, Path]:
-    """Write the released-weights form: `path` (safetensors) and its JSON sidecar (build, preprocessing,
-    classes, meta, sha256). Returns both paths."""
+    """Write the released-weights form: `path` (safetensors, with build, preprocessing, classes and meta
+    in its header metadata) and its JSON sidecar (the same and the sha256). Returns both paths."""
     from safetensors.torch import save
 
     ckpt = as_checkpoint(ckpt)
@@ -83,11 +129,15 @@ def export_safetensors(ckpt: Mapping[str, Any] | str | os.PathLike, path: str | 
         raise UserError(f"--out {path}: a safetensors export needs the .safetensors suffix "
                         f"(the sidecar is written beside it as {sidecar_path(path).name})")
     state = {k: v.contiguous() for k, v in ckpt["state_dict"].items()}
-    header = {"format": "pt", "vggnet": json.dumps(ckpt["build"])}
+    meta = jsonable(ckpt.get("meta", {}))
+    header = {"format": "pt", "vggnet": json.dumps(ckpt["build"]),  # "vggnet": what older readers look at
+              "vggnet.format": WEIGHTS_FORMAT, "vggnet.version": str(VERSION),
+              "vggnet.build": json.dumps(ckpt["build"]), "vggnet.preprocessing": json.dumps(ckpt["preprocessing"]),
+              "vggnet.classes": json.dumps(list(ckpt["classes"])), "vggnet.meta": json.dumps(meta)}
     atomic_write(path, lambda f: f.write(save(state, metadata=header)))
     info = {"format": WEIGHTS_FORMAT, "version": VERSION, "weights": path.name, "sha256": _sha256(path),
             "build": ckpt["build"], "preprocessing": ckpt["preprocessing"], "classes": ckpt["classes"],
-            "meta": jsonable(ckpt.get("meta", {}))}
+            "meta": meta}
     sidecar = sidecar_path(path)
     atomic_write(sidecar, lambda f: f.write((json.dumps(info, indent=1) + "\n").encode("utf-8")))
     return path, sidecar

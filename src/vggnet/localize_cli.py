@@ -1,0 +1,472 @@
+"""`vgg localize train|eval|predict`: the localisation system of Appendix A on the command line.
+
+    # fine-tune a classification net into a per-class box regressor (lr 1e-3)
+    vgg localize train --data DIR --init from:runs/cls/best.pt --head pcr --scale 256 --output-dir runs/loc
+    # protocol 1 (Table 8): the central crop's box for the ground-truth class
+    vgg localize eval --checkpoint runs/loc/best.pt --data DIR --protocol central
+    # full protocol (Table 9): dense boxes at several Q, classes ranked by the classifier(s), greedy merge
+    vgg localize eval --checkpoint runs/loc/best.pt --classifier runs/cls/best.pt --data DIR \\
+        --protocol full --test-scales 256,384
+    # five boxes per image, drawn
+    vgg localize predict --checkpoint runs/loc/best.pt --classifier runs/cls/best.pt photos/ --out boxes/
+
+Training is the engine's (`vggnet.engine.train`) with a `LocalisationTask`:
+every flag of `vgg train` works here, under torchrun too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from vggnet.errors import CheckpointError, DataError, UserError
+from vggnet.localize import (BOX_MODES, HEADS, TARGETS, count_images_without_boxes, load_classifier_checkpoint,
+                             load_localiser, mean_box, mean_box_error, protocol1)
+
+__all__ = ["add_localize_arguments", "run_localize", "localize_train", "evaluate_localisation", "predict_localisation",
+           "report_table", "demo_localize"]
+
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp", ".gif")
+
+
+# --------------------------------------------------------------------------- train
+
+
+def _task_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("localisation (Appendix A)")
+    g.add_argument("--head", choices=HEADS, default="pcr",
+                   help="scr: one box for all classes (4 outputs); pcr: one box per class (default: %(default)s)")
+    g.add_argument("--finetune", choices=("all", "fc"), default="all",
+                   help="all layers, or only the FC layers (the conv layers frozen; Table 8) (default: %(default)s)")
+    g.add_argument("--box-mode", choices=BOX_MODES, default="whole",
+                   help="a box cut by the crop: kept whole (the dense form can predict the full object) "
+                        "or clipped to the crop (default: %(default)s)")
+    g.add_argument("--target-box", dest="target", choices=TARGETS, default="overlap",
+                   help="of several boxes: the one with the largest area inside the crop, or the largest box the "
+                        "crop touches (default: %(default)s)")
+
+
+def localize_train(config: Any, *, head: str = "pcr", finetune: str = "all", box_mode: str = "whole",
+                   target: str = "overlap") -> dict[str, Any]:
+    """Train a localisation net with the engine; `config` is a `vggnet.engine.TrainConfig`."""
+    import dataclasses
+
+    from vggnet.engine import train
+    from vggnet.localize import LocalisationTask
+
+    if finetune not in ("all", "fc"):
+        raise UserError(f"--finetune: expected all or fc, got {finetune!r}")
+    if finetune == "fc":
+        config = dataclasses.replace(config, freeze="features")
+    if config.data:
+        _check_boxes(config)
+    return train(config, task=LocalisationTask(head, box_mode=box_mode, target=target))
+
+
+def _check_boxes(config: Any) -> None:
+    """Images without boxes are an error before training starts, naming how many and where."""
+    from vggnet.data.datasets import build_dataset
+
+    root = Path(config.data)
+    for split, folder in (("train", config.train_dir), ("val", config.val_dir)):
+        try:
+            ds = build_dataset(folder or root, split=split if not folder else "train", boxes=True,
+                               labels_file=config.val_labels if split == "val" else None)
+        except DataError as exc:
+            raise DataError(f"{exc} (looked for boxes in {root / 'annotations' / split}/, "
+                            f"LOC_{split}_solution.csv and XML files beside the images)") from None
+        missing, examples = count_images_without_boxes(ds)
+        if missing:
+            raise DataError(f"{missing} of {len(ds)} {split} images have no box (e.g. {', '.join(examples)}); "
+                            f"looked in {root / 'annotations' / split}/ (VOC XML), LOC_{split}_solution.csv and "
+                            f"beside the images; annotate them or remove them from the localisation set")
+
+
+# --------------------------------------------------------------------------- eval
+
+
+def _parse_scales(value: Any) -> list[int]:
+    from vggnet.evaluate import _parse_scales as parse
+
+    return parse(value)
+
+
+def _device(device: str) -> torch.device:
+    from vggnet.evaluate import _resolve_device
+
+    return _resolve_device(device)
+
+
+def _val_dataset(data: str, classes: Sequence[str], labels_file: str | None = None) -> Any:
+    from vggnet.data.datasets import build_dataset
+
+    ds = build_dataset(data, split="val", classes=classes, labels_file=labels_file, strict=True, boxes=True)
+    missing, examples = count_images_without_boxes(ds)
+    if missing:
+        raise DataError(f"{missing} of {len(ds)} validation images have no box (e.g. {', '.join(examples)}); "
+                        f"localisation error needs a ground-truth box for every image")
+    return ds
+
+
+def _mean_box_row(data: str, val: Any, classes: Sequence[str], sample: int) -> dict[str, Any] | None:
+    """The mean training box, scored on the validation images (None without DATA/train)."""
+    from vggnet.data.datasets import build_dataset
+    from vggnet.localize import _raw_boxes
+
+    root = Path(data)
+    if not (root / "train").is_dir():
+        return None
+    train = build_dataset(root, split="train", classes=classes, boxes=True, strict=False)
+    box = mean_box(train, sample=sample)
+    base, indices = (val.dataset, list(val.indices)) if hasattr(val, "indices") else (val, range(len(val)))
+    gts, sizes = zip(*[_raw_boxes(base, i) for i in indices])
+    return {"method": "mean training box", "box": [round(float(v), 4) for v in box],
+            "localisation_error": mean_box_error(box, gts, sizes)}
+
+
+def evaluate_localisation(checkpoints: Sequence[str], data: str, *, protocol: str = "central",
+                          classifiers: Sequence[str] = (), scales: Sequence[int] | None = None,
+                          cls_method: str = "dense", merge_iou: float = 0.5, nms_iou: float = 0.5,
+                          device: str | torch.device = "auto", batch_size: int = 32, workers: int = 0,
+                          mean_box_sample: int = 1000, max_images: int | None = None,
+                          progress: bool = False) -> dict[str, Any]:
+    """Protocol 1 ("central") or the full protocol ("full") on DATA's validation split.
+
+    Returns the report: `{"protocol", "localisation_error" (percent; the first net at its
+    first scale for "central", the greedy merge for "full"), "rows", "mean_box", ...}`."""
+    if protocol not in ("central", "full"):
+        raise UserError(f"--protocol: expected central or full, got {protocol!r}")
+    if not checkpoints:
+        raise UserError("--checkpoint LOC is required (repeat it for several localisation nets)")
+    if protocol == "full" and not classifiers:
+        raise UserError("--protocol full ranks the classes with a classification net: give --classifier CLS "
+                        "(repeat it to fuse several)")
+    if not 0 < merge_iou <= 1 or not 0 < nms_iou <= 1:
+        raise UserError(f"--merge-iou and --nms-iou must be in (0, 1], got {merge_iou} and {nms_iou}")
+    if not Path(data).exists():
+        raise UserError(f"--data {data}: no such directory")
+    for c in classifiers:
+        load_classifier_checkpoint(c)  # a localisation checkpoint given as --classifier: named, before any work
+    dev = _device(device)
+    locs = [load_localiser(c) for c in checkpoints]
+    classes = locs[0].classes
+    val = _val_dataset(data, classes)
+    if max_images and max_images < len(val):   # evenly spaced, so every class keeps its share
+        from torch.utils.data import Subset
+
+        step = len(val) / max_images
+        val = Subset(val, [int(k * step) for k in range(max_images)])
+    rows: list[dict[str, Any]] = []
+    report: dict[str, Any] = {"protocol": protocol, "data": str(data), "images": len(val),
+                              "nets": [{"checkpoint": l.checkpoint, "name": l.name, "head": l.head,
+                                        "train_scale": list(l.train_scale) if l.train_scale else None}
+                                       for l in locs]}
+    if protocol == "central":
+        for loc in locs:
+            for q in (scales or [loc.default_scale()]):
+                r = protocol1(loc.model.to(dev), val, head=loc.head, preprocessing=loc.preprocessing, scale=q,
+                              device=dev, batch_size=batch_size, workers=workers)
+                rows.append({"net": f"{loc.name} {loc.head.upper()}", "test_scale": str(q), "method": "central crop",
+                             "localisation_error": r["localisation_error"]})
+        report["localisation_error"] = rows[0]["localisation_error"]
+    else:
+        from vggnet.localize_eval import MERGE_METHODS, _LABEL, localise_images
+
+        qs = scales or sorted({loc.default_scale() for loc in locs})
+        res = localise_images(locs, list(classifiers), val, scales=qs, cls_method=cls_method, merge_iou=merge_iou,
+                              nms_iou=nms_iou, device=dev, workers=workers, batch_size=batch_size, progress=progress)
+        name = " + ".join(f"{l.name} {l.head.upper()}" for l in locs)
+        for m in MERGE_METHODS:
+            rows.append({"net": name, "test_scale": ",".join(map(str, qs)), "method": _LABEL[m],
+                         "localisation_error": res.error(m)})
+        report.update({"localisation_error": res.error("merge"), "merge_iou": merge_iou, "nms_iou": nms_iou,
+                       "classifiers": list(classifiers), "classification_method": cls_method,
+                       "classification_top5_error": res.classification_top5_error, "test_scales": qs,
+                       "seconds": res.seconds, "windows": res.windows})
+    mb = _mean_box_row(data, val, classes, mean_box_sample)
+    if mb is not None:
+        rows.append({"net": "-", "test_scale": "-", "method": mb["method"],
+                     "localisation_error": mb["localisation_error"]})
+        report["mean_box"] = mb
+    report["rows"] = rows
+    return report
+
+
+def report_table(report: dict[str, Any]) -> str:
+    """The paper-style table (Tables 8-9): net / test Q / method / localisation error."""
+    head = ["localisation net", "test Q", "method", "loc. error (%)"]
+    body = [[r["net"], r["test_scale"], r["method"], f"{r['localisation_error']:.2f}"] for r in report["rows"]]
+    widths = [max(len(row[i]) for row in [head] + body) for i in range(len(head))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(head, widths)) + " |",
+             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in body]
+    return "\n".join(lines)
+
+
+def _markdown(report: dict[str, Any]) -> str:
+    title = "protocol 1 (central crop, ground-truth class; Table 8)" if report["protocol"] == "central" else \
+        "full protocol (dense boxes, top-5 classes, greedy merge; Table 9)"
+    lines = [f"# Localisation error, {title}", "", f"- data: `{report['data']}`, {report['images']} images",
+             "- localisation nets: " + "; ".join(f"{n['name']} {n['head'].upper()} ({n['checkpoint']})"
+                                                 for n in report["nets"])]
+    if report["protocol"] == "full":
+        lines.append(f"- classifiers: {', '.join(report['classifiers'])} ({report['classification_method']}); "
+                     f"classification top-5 error {report['classification_top5_error']:.2f}%; "
+                     f"merge IoU >= {report['merge_iou']}, NMS IoU > {report['nms_iou']}")
+    lines += ["", report_table(report), ""]
+    if "mean_box" in report:
+        lines.append("The mean training box is one fixed box (relative cx, cy, w, h = "
+                     f"{report['mean_box']['box']}) for every image, class taken as right: the floor to beat.")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- predict
+
+
+def _image_files(items: Sequence[str]) -> list[str]:
+    files: list[str] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            files += sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in _IMAGE_SUFFIXES)
+        elif p.is_file():
+            files.append(str(p))
+        else:
+            raise UserError(f"{item}: no such file or directory")
+    if not files:
+        raise UserError(f"no image files in {', '.join(items)}")
+    return files
+
+
+def predict_localisation(checkpoints: Sequence[str], classifiers: Sequence[str], images: Sequence[str], out: str, *,
+                         scales: Sequence[int] | None = None, cls_method: str = "dense", merge_iou: float = 0.5,
+                         device: str | torch.device = "auto", workers: int = 0) -> list[dict[str, Any]]:
+    """Five (class, box, score) per image (full protocol, greedy merge); writes OUT/<stem>.png with
+    the boxes drawn and OUT/predictions.json. Returns the predictions."""
+    from torchvision.utils import draw_bounding_boxes
+
+    from vggnet.data.transforms import load_image
+    from vggnet.localize_eval import _Files, localise_images
+    from vggnet.checkpoint import atomic_write
+
+    if not classifiers:
+        raise UserError("--classifier CLS is required: the classification net ranks the classes")
+    for c in classifiers:
+        load_classifier_checkpoint(c)
+    files = _image_files(images)
+    locs = [load_localiser(c) for c in checkpoints]
+    dev = _device(device)
+    qs = scales or sorted({loc.default_scale() for loc in locs})
+    res = localise_images(locs, list(classifiers), _Files(files, locs[0].classes), scales=qs, cls_method=cls_method,
+                          merge_iou=merge_iou, device=dev, workers=workers)
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for i, path in enumerate(files):
+        preds = res.predictions["merge"][i]
+        img = torch.from_numpy(np.array(load_image(path), dtype=np.uint8)).permute(2, 0, 1).contiguous()
+        h, w = img.shape[-2:]
+        sy, sx = h / res.sizes[i][0], w / res.sizes[i][1]   # predictions are in the decoded image's pixels
+        boxes = torch.tensor([[b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy] for _, b, _ in preds]).reshape(-1, 4)
+        labels = [f"{k + 1}. {res.classes[c]} {s:.2f}" for k, (c, _, s) in enumerate(preds)]
+        colors = ["red", "orange", "yellow", "cyan", "magenta"][:len(preds)]
+        drawn = draw_bounding_boxes(img, boxes.clamp_min(0), labels=labels, colors=colors, width=2)
+        png = out_dir / f"{Path(path).stem}.png"
+        from PIL import Image
+
+        Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(png)
+        results.append({"image": path, "drawn": str(png),
+                        "predictions": [{"rank": k + 1, "class": res.classes[c], "index": c,
+                                         "box": [round(v, 2) for v in b], "score": s}
+                                        for k, (c, b, s) in enumerate(preds)]})
+    text = json.dumps({"localisation_nets": list(checkpoints), "classifiers": list(classifiers), "test_scales": qs,
+                       "merge_iou": merge_iou, "box_format": "XYXY pixels of the original image",
+                       "images": results}, indent=2) + "\n"
+    atomic_write(out_dir / "predictions.json", lambda f: f.write(text.encode("utf-8")))
+    return results
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _eval_arguments(p: argparse.ArgumentParser) -> None:
+    from vggnet.evaluate import METHODS
+
+    p.add_argument("--checkpoint", action="append", required=True, metavar="LOC",
+                   help="localisation checkpoint; repeat it for several nets (the union of their boxes)")
+    p.add_argument("--classifier", action="append", default=[], metavar="CLS",
+                   help="classification checkpoint that ranks the classes (full protocol); repeat it to fuse")
+    p.add_argument("--test-scales", default=None, metavar="Q,Q,...",
+                   help="test scales Q (default: each localisation net's training S, the middle of [Smin, Smax])")
+    p.add_argument("--classifier-method", dest="cls_method", choices=METHODS, default="dense",
+                   help="how the classifier ranks the classes, as `vgg eval --method` (default: %(default)s)")
+    p.add_argument("--merge-iou", type=float, default=0.5,
+                   help="greedy merge: merge the closest pair while its IoU >= this (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=2, help="data-loading processes (default: %(default)s)")
+
+
+def add_localize_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", metavar="train|eval|predict", required=True)
+    t = sub.add_parser("train", help="fine-tune a classification net into a box regressor (Appendix A.1)",
+                       description="Every flag of `vgg train`; lr defaults to 1e-3.")
+    try:
+        from vggnet.engine import add_train_arguments
+    except ImportError:  # a vggnet without the shared training engine: eval and predict still work
+        add_train_arguments = None
+    if add_train_arguments is not None:
+        add_train_arguments(t, lr=1e-3)
+    _task_arguments(t)
+    e = sub.add_parser("eval", help="localisation error: protocol 1 (central) or the full protocol")
+    _eval_arguments(e)
+    e.add_argument("--data", required=True, metavar="DIR", help="dataset root (DIR/val, boxes; DIR/train for the mean box)")
+    e.add_argument("--protocol", choices=("central", "full"), default="central",
+                   help="central: the central crop's box for the true class (Table 8); full: dense, top-5 classes, "
+                        "greedy merge (Table 9) (default: %(default)s)")
+    e.add_argument("--nms-iou", type=float, default=0.5, help="the NMS reference row's IoU (default: %(default)s)")
+    e.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: %(default)s)")
+    e.add_argument("--mean-box-sample", type=int, default=1000,
+                   help="training images read for the mean-box baseline (default: %(default)s)")
+    e.add_argument("--max-images", type=int, default=None,
+                   help="evaluate on this many validation images, evenly spaced (default: all)")
+    e.add_argument("--json", action="store_true", help="print the report as JSON")
+    e.add_argument("--output", metavar="FILE", help="also write the report: FILE.md or FILE.json")
+    p = sub.add_parser("predict", help="five boxes per image, drawn, and one JSON")
+    _eval_arguments(p)
+    p.add_argument("images", nargs="+", metavar="IMAGE|DIR", help="image files or folders")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the PNGs and predictions.json")
+
+
+def _apply_config_file(args: argparse.Namespace, parser_defaults: dict[str, Any]) -> None:
+    """`--config-file` for `vgg localize train`: YAML values for the settings left at their defaults."""
+    from vggnet.cli import load_config_file
+
+    values = load_config_file(args.config_file)
+    for key, value in values.items():
+        dest = key.replace("-", "_")
+        if dest not in parser_defaults or dest == "config_file":
+            raise UserError(f"{args.config_file}: unknown setting {key!r}")
+        if getattr(args, dest) == parser_defaults[dest]:
+            setattr(args, dest, value)
+
+
+def run_localize(args: argparse.Namespace) -> int:
+    if args.action == "train":
+        try:
+            from vggnet.engine import TrainConfig
+        except ImportError:
+            raise UserError("`vgg localize train` needs the training engine (vggnet.engine), "
+                            "which this version of vggnet lacks") from None
+
+        if getattr(args, "config_file", None):
+            probe = argparse.ArgumentParser()
+            from vggnet.engine import add_train_arguments
+
+            add_train_arguments(probe, lr=1e-3)
+            _task_arguments(probe)
+            _apply_config_file(args, {a.dest: a.default for a in probe._actions})
+        result = localize_train(TrainConfig.from_args(args), head=args.head, finetune=args.finetune,
+                                box_mode=args.box_mode, target=args.target)
+        return 130 if result.get("signal") else 0
+    scales = _parse_scales(args.test_scales) if args.test_scales else None
+    if args.workers < 0:
+        raise UserError(f"--workers must be >= 0, got {args.workers}")
+    try:
+        if args.action == "predict":
+            results = predict_localisation(args.checkpoint, args.classifier, args.images, args.out, scales=scales,
+                                           cls_method=args.cls_method, merge_iou=args.merge_iou, device=args.device,
+                                           workers=args.workers)
+            for r in results:
+                top = r["predictions"][0] if r["predictions"] else None
+                print(f"{r['image']}: " + (f"{top['class']} {top['box']} -> {r['drawn']}" if top else "no box"))
+            print(f"predictions: {Path(args.out) / 'predictions.json'}")
+            return 0
+        if args.output and Path(args.output).suffix.lower() not in (".md", ".json"):
+            raise UserError(f"--output {args.output}: expected a .md or .json file name")
+        report = evaluate_localisation(args.checkpoint, args.data, protocol=args.protocol, classifiers=args.classifier,
+                                       scales=scales, cls_method=args.cls_method, merge_iou=args.merge_iou,
+                                       nms_iou=args.nms_iou, device=args.device, batch_size=args.batch_size,
+                                       workers=args.workers, mean_box_sample=args.mean_box_sample,
+                                       max_images=args.max_images, progress=sys.stderr.isatty())
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(report_table(report))
+        print(f"\nlocalisation error ({'protocol 1' if report['protocol'] == 'central' else 'full protocol'}): "
+              f"{report['localisation_error']:.2f}% on {report['images']} images")
+    if args.output:
+        from vggnet.checkpoint import atomic_write
+
+        text = json.dumps(report, indent=2) + "\n" if args.output.lower().endswith(".json") else _markdown(report)
+        atomic_write(args.output, lambda f: f.write(text.encode("utf-8")))
+    return 0
+
+
+# --------------------------------------------------------------------------- the demo's stage
+
+
+def demo_localize(cls_ckpt: str | Path, data_dir: str | Path, workdir: str | Path, *, quick: bool = False,
+                  epochs: int | None = None, workers: int = 1, device: str = "auto", seed: int = 0,
+                  progress: bool = True, eval_images: int | None = None) -> dict[str, Any]:
+    """`vgg demo`'s localisation stage: fine-tune the demo classifier `cls_ckpt` into a PCR
+    localiser (lr 1e-3, all layers), report protocol-1 and full-protocol errors next to the
+    mean-box baseline, and draw a few predictions. Writes WORKDIR/localize/ (the run),
+    WORKDIR/localisation.md and WORKDIR/localisation_predictions/. Resumes a finished run."""
+    import time
+
+    from vggnet.checkpoint import load_checkpoint
+    from vggnet.data.datasets import build_dataset
+    from vggnet.engine import TrainConfig
+
+    t0 = time.perf_counter()
+    ckpt = load_checkpoint(cls_ckpt)
+    build, meta = ckpt["build"], ckpt.get("meta") or {}
+    data_dir, work = Path(data_dir), Path(workdir)
+    run_dir = work / "localize"
+    scale = meta.get("scale") or build["crop_size"]
+    lo, hi = (scale, scale) if isinstance(scale, int) else tuple(scale)
+    print(f"\n== localisation (Appendix A): fine-tuning {cls_ckpt} into a PCR box regressor -> {run_dir}",
+          flush=True)
+    stats = data_dir / "stats.json"
+    cfg = TrainConfig(
+        model=build["name"], width=build["width"], fc_width=build["fc_width"], crop_size=build["crop_size"],
+        batch_norm=build["batch_norm"], dropout=build["dropout"], scale=[lo, hi], val_scale=(lo + hi) // 2,
+        data=str(data_dir), stats=str(stats) if stats.is_file() else None, init=f"from:{cls_ckpt}", lr=1e-3,
+        epochs=epochs or (1 if quick else 5), lr_patience=1, batch_size=16 if quick else 32, seed=seed,
+        device=device, workers=workers, val_batch_size=32, output_dir=str(run_dir), resume="auto",
+        progress=progress, channels_last="on")
+    result = localize_train(cfg, head="pcr")
+    if result.get("signal"):
+        return {"interrupted": True}
+    t_train = time.perf_counter() - t0
+    best = str(run_dir / "best.pt")
+    limit = eval_images or (8 if quick else 200)
+    central = evaluate_localisation([best], str(data_dir), protocol="central", device=device, workers=workers,
+                                    max_images=limit, mean_box_sample=200)
+    full = evaluate_localisation([best], str(data_dir), protocol="full", classifiers=[str(cls_ckpt)],
+                                 scales=[lo, hi], device=device, workers=workers, max_images=limit,
+                                 mean_box_sample=200)
+    (work / "localisation.md").write_text(_markdown(central) + "\n" + _markdown(full), encoding="utf-8")
+    val = build_dataset(data_dir, split="val")
+    picks = [val.samples[i][0] for i in range(0, len(val), max(1, len(val) // 4))][:4]
+    drawn = predict_localisation([best], [str(cls_ckpt)], picks, str(work / "localisation_predictions"),
+                                 scales=[lo, hi], device=device, workers=0)
+    out = {"protocol1_error": central["localisation_error"], "full_error": full["localisation_error"],
+           "mean_box_error": central.get("mean_box", {}).get("localisation_error"),
+           "full_rows": full["rows"], "images": central["images"], "train_seconds": t_train,
+           "seconds": time.perf_counter() - t0, "checkpoint": best,
+           "predictions": [d["drawn"] for d in drawn]}
+    print(report_table(central))
+    print(report_table(full))
+    print(f"localisation error on {central['images']} validation images: protocol 1 {out['protocol1_error']:.2f}%, "
+          f"full protocol (top-5, greedy merge) {out['full_error']:.2f}%; a fixed mean box: "
+          f"{out['mean_box_error']:.2f}%; drawn predictions in {work / 'localisation_predictions'}/")
+    return out
