@@ -321,3 +321,15 @@ def test_a_checkpoint_that_pickles_code_is_refused_without_running_it(tmp_path, 
     assert main(["predict", str(path), str(img)]) == 2
     err = capsys.readouterr().err
     assert "evil.pt cannot be read" in err and "weights_only" in err and not marker.exists()
+
+
+def test_predict_on_a_folder_lists_it_by_the_training_rule(tmp_path, capsys, no_hang):
+    ckpt = _checkpoint(tmp_path / "c.pt")
+    folder = tmp_path / "photos"
+    good = _images(folder, 1)[0]
+    os.mkfifo(folder / "pipe.jpg")
+    (folder / "loop").symlink_to(".")
+    with pytest.warns(LeftOutWarning, match=r"loop: a link to .*pipe\.jpg: a FIFO"):
+        assert main(["predict", "--checkpoint", str(ckpt), str(folder), "--test-scales", "40"]) == 0
+    out = capsys.readouterr().out
+    assert str(good) in out and "pipe.jpg" not in out
