@@ -229,7 +229,6 @@ def test_yaml_booleans_are_read_strictly(tmp_path, text, value):
     ("batch_norm: 1\n", "'batch_norm' is on or off"),
     ("no_progress: maybe\n", "unknown setting"),
     ("progress: maybe\n", "'progress' is on or off"),
-    ("data: 12\n", r"'data' expects text \(DIR\), got the number 12; quote it"),
     ("val_scale: 40.0\n", "bad value for 'val_scale'.*expected an integer, got 40.0"),
     ("fc_width: true\n", "'fc_width' is not an on/off setting: expected an integer, got true"),
     ("width: [1, 2]\n", "bad value for 'width'.*expected a number"),
@@ -239,6 +238,12 @@ def test_yaml_booleans_are_read_strictly(tmp_path, text, value):
 def test_yaml_wrong_types_are_named(tmp_path, text, match):
     with pytest.raises(UserError, match=match):
         _parse_yaml(tmp_path, text)
+
+
+def test_yaml_number_for_a_text_flag_is_the_text(tmp_path):
+    """`data: 12` used to reach Path(12) (a TypeError traceback): it is the folder named 12."""
+    assert _parse_yaml(tmp_path, "data: 12\n").data == "12"
+    assert main(["eval", "--checkpoint", "x.pt", "--config-file", str(tmp_path / "run.yaml")]) == 2
 
 
 def test_yaml_words_stay_words_and_numbers_where_numbers_belong(tmp_path):

@@ -177,11 +177,10 @@ def _config_value(path: str, key: str, action: argparse.Action, value: Any) -> A
             except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
                 raise UserError(f"{path}: bad value for {key!r}: {exc}") from None
         return value
-    # a text flag (a path, a name): a number is almost always a mistake, unless the flag's default is one
-    # (e.g. --scale 256, which also reads "256:512")
+    # a text flag (a path, a name, S or Smin:Smax): YAML reads `data: 12` or `scale: 256` as numbers;
+    # the flag means the text (the command then checks it: `--data 12: no such directory`)
     if isinstance(value, (int, float)) and not isinstance(action.default, (int, float)):
-        raise UserError(f"{where} expects text ({action.metavar or 'a name or path'}), got the number {value!r}; "
-                        f"quote it ({key}: \"{value}\") if you mean that name")
+        return str(value)
     return value
 
 
