@@ -9,7 +9,7 @@ import pytest
 
 from vggnet.cli import parse_args_with_config
 from vggnet.errors import UserError
-from vggnet.train import TrainConfig, add_train_arguments
+from vggnet.engine import TrainConfig, add_train_arguments
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PRESETS = sorted(CONFIGS.glob("*.yaml"))
@@ -41,21 +41,47 @@ def test_preset_validates(preset: Path, tmp_path: Path):
     assert cfg.batch_size % (cfg.micro_batch_size or cfg.batch_size) == 0
 
 
-def test_presets_follow_the_paper():
-    s256 = _parse(["--config-file", str(CONFIGS / "s256.yaml")])
-    assert (s256.scale, s256.crop_size, s256.batch_size, s256.lr) == (256, 224, 256, 0.01)
-    assert (s256.momentum, s256.weight_decay, s256.dropout, s256.lr_drops) == (0.9, 5e-4, 0.5, 3)
-    s384 = _parse(["--config-file", str(CONFIGS / "s384.yaml")])
-    assert s384.scale == 384 and s384.lr == 1e-3 and s384.init == "from:runs/s256/best.pt"
-    ms = _parse(["--config-file", str(CONFIGS / "multiscale.yaml")])
-    assert ms.init == "from:runs/s384/best.pt"
+# What each preset must say (§3.1), setting by setting; a preset added without a row here fails.
+PAPER = dict(crop_size=224, width=1.0, batch_norm=False, batch_size=256, lr=0.01, momentum=0.9,
+             weight_decay=5e-4, dropout=0.5, pca_std=0.1, lr_factor=0.1, lr_drops=3, epochs=74)
+EXPECTED = {
+    "s256": dict(PAPER, model="D", scale=(256, 256), val_scale=256, init="glorot"),
+    "s384": dict(PAPER, model="D", scale=(384, 384), val_scale=384, lr=1e-3, init="from:runs/s256/best.pt"),
+    "multiscale": dict(PAPER, model="D", scale=(256, 512), val_scale=384, lr=1e-3, init="from:runs/s384/best.pt"),
+    "net_a": dict(PAPER, model="A", scale=(256, 256), val_scale=256, init="gaussian"),
+    "from_a": dict(PAPER, model="E", scale=(256, 256), val_scale=256, init="from:runs/net_a/best.pt",
+                   init_rest="gaussian"),
+    # the laptop run: narrow, batch norm, no dropout (its header says why), 64-pixel crops, fewer epochs
+    "quickstart": dict(PAPER, model="A", scale=(64, 96), val_scale=80, crop_size=64, width=0.125, batch_norm=True,
+                       batch_size=64, dropout=0.0, epochs=30, init="glorot"),
+}
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
+def test_presets_follow_the_paper(preset: Path):
     from vggnet.data.transforms import parse_scale
 
-    assert parse_scale(ms.scale) == (256, 512)
-    a = _parse(["--config-file", str(CONFIGS / "net_a.yaml")])
-    assert a.model == "A" and a.init == "gaussian"
-    deep = _parse(["--config-file", str(CONFIGS / "from_a.yaml")])
-    assert deep.init == "from:runs/net_a/best.pt" and deep.init_rest == "gaussian"
+    assert preset.stem in EXPECTED, f"{preset.name}: add its expected settings to EXPECTED"
+    cfg = _parse(["--config-file", str(preset)])
+    got = {key: getattr(cfg, key) for key in EXPECTED[preset.stem]}
+    got["scale"] = parse_scale(got["scale"])
+    assert got == EXPECTED[preset.stem]
+
+
+def test_the_chains_link_up():
+    """Each `from:` preset starts from another preset's output: the S=256 -> 384 -> [256;512]
+    fine-tuning chain keeps net D, and from_a starts from net A."""
+    cfgs = {p.stem: _parse(["--config-file", str(p)]) for p in PRESETS}
+    by_output = {Path(c.output_dir): name for name, c in cfgs.items()}
+    links = {}
+    for name, cfg in cfgs.items():
+        if cfg.init.startswith("from:"):
+            source = Path(cfg.init[len("from:"):])
+            assert source.name == "best.pt" and source.parent in by_output, f"{name}: {cfg.init}"
+            links[name] = by_output[source.parent]
+    assert links == {"s384": "s256", "multiscale": "s384", "from_a": "net_a"}
+    assert cfgs["s384"].model == cfgs["s256"].model == cfgs["multiscale"].model == "D"
+    assert cfgs["net_a"].model == "A" and cfgs["from_a"].model != "A"
 
 
 def test_flags_win_over_the_preset():

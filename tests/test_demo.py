@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
+import math
+import re
+from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
 from vggnet.cli import main
 
@@ -40,6 +45,7 @@ def test_demo_quick_leaves_a_complete_run_folder(tmp_path, capsys):
     predictions = (out / "predictions.txt").read_text().splitlines()
     assert predictions and all(line.split()[0] in ("ok", "ERR") and "top-3:" in line for line in predictions)
     assert "final (" in printed and "top-1 accuracy" in printed
+    _check_contents(out, classes, rows, best, printed)
     # 4. the transfer stage (Appendix B): SVMs on descriptors vs on raw pixels, both reported
     transfer = json.loads((out / "transfer" / "results.json").read_text())
     assert transfer["classes"] == classes and {"mAP", "mAP_area", "ap"} <= set(transfer)
@@ -55,3 +61,47 @@ def test_demo_quick_leaves_a_complete_run_folder(tmp_path, capsys):
     again = capsys.readouterr().out
     assert "reusing" in again and "already finished" in again
     assert (run / "last.pt").stat().st_mtime_ns == mtime
+
+
+def _check_contents(out: Path, classes: list[str], rows: list[dict], best: dict, printed: str) -> None:
+    """What the files say, not only that they exist: each number is checked against another source."""
+    data, run = out / "data", out / "train"
+    # the statistics are the training images' mean RGB (the demo samples 32 of 64: within a few levels),
+    # and the net records the mean it was trained with
+    stats = json.loads((data / "stats.json").read_text())
+    pixels = np.concatenate([np.asarray(Image.open(f).convert("RGB"), np.float64).reshape(-1, 3)
+                             for f in sorted((data / "train").rglob("*.jpg"))])
+    assert np.allclose(stats["mean"], pixels.mean(0), atol=8.0), (stats["mean"], pixels.mean(0))
+    assert len(stats["eigval"]) == 3 and all(v > 0 for v in stats["eigval"])
+    assert best["preprocessing"]["mean"] == stats["mean"]
+    # metrics.csv: finite losses, steps that add up, errors that are percentages; best.pt is its best epoch
+    steps = [int(r["global_step"]) for r in rows]
+    assert steps[0] > 0 and steps[1] == 2 * steps[0]
+    for r in rows:
+        assert math.isfinite(float(r["train_loss"])) and float(r["train_loss"]) > 0 and float(r["lr"]) > 0
+        assert 0 <= float(r["val_top1_error"]) <= 100 and float(r["val_top5_error"]) <= float(r["val_top1_error"])
+        assert int(r["bad_images"]) == 0
+    errors = [float(r["val_top1_error"]) for r in rows]
+    assert best["meta"]["epoch"] == 1 + errors.index(min(errors))  # best.pt is the first epoch with the least error
+    assert best["meta"]["val_top1_error"] == min(errors)
+    # results.json: every row's top-5 error <= its top-1 error; the overall numbers are those printed,
+    # and they count every validation image on disk
+    report = json.loads((out / "results.json").read_text())
+    val_images = sorted((data / "val").rglob("*.jpg"))
+    assert report["images"] == len(val_images) and report["classes"] == classes
+    assert all(r["top5_error"] <= r["top1_error"] for r in report["rows"])
+    o = report["overall"]
+    assert f"top-1 accuracy {o['top1_accuracy']:.2f}% (top-1 error {o['top1_error']:.2f}%" in printed
+    assert f"top-1 error {o['top1_error']:.2f}%" in (out / "results.md").read_text()
+    # predictions.txt: each line names a validation image and its true class (its folder); the mark says
+    # whether the first guess is that class; three guesses with decreasing probabilities
+    by_name = {f.name: f.parent.name for f in val_images}
+    for line in (out / "predictions.txt").read_text().splitlines():
+        m = re.fullmatch(r"(ok |ERR) (\S+)\s+true (\S+)\s+top-3: (.*)", line)
+        assert m, line
+        mark, name, truth, guesses = m.groups()
+        assert by_name[name] == truth
+        top = [(g.rsplit(" ", 1)[0], float(g.rsplit(" ", 1)[1].rstrip("%"))) for g in guesses.split(", ")]
+        assert len(top) == 3 and all(c in classes for c, _ in top)
+        assert [p for _, p in top] == sorted((p for _, p in top), reverse=True) and sum(p for _, p in top) <= 100.1
+        assert (mark == "ok ") == (top[0][0] == truth)

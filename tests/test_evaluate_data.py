@@ -185,7 +185,7 @@ def test_validate_matches_dense_evaluation_and_restores_mode(data, ckpt):
     nll = -p.gather(1, e.labels.view(-1, 1)).log().mean().item()
     assert v["loss"] == pytest.approx(nll, rel=1e-5)
     assert set(validate(model, ds, preprocessing=c["preprocessing"], scale=40)) == {
-        "top1_error", "top5_error", "loss", "images"}
+        "top1_error", "top5_error", "loss", "images", "bad_images"}
 
 
 def test_posteriors_file_recomputes_fusion(data, ckpt, tmp_path):

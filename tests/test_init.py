@@ -24,6 +24,19 @@ def test_gaussian_is_n0_001_with_zero_biases():
     assert all((m.bias == 0).all() for m in weights(model, (nn.Conv2d, nn.Linear)))
 
 
+@pytest.mark.parametrize("scheme,std", [("gaussian", 0.01), ("gaussian-var", 0.1)])
+def test_both_readings_of_the_papers_variance(scheme, std):
+    """§3.1: "zero mean and 10^-2 variance". `gaussian` is std 1e-2 (the released prototxts),
+    `gaussian-var` the literal variance 1e-2 (std 0.1); both are chosen by name on the command line."""
+    from vggnet.engine import parse_init
+
+    assert parse_init(scheme) == (scheme, None)
+    model = init_weights(vgg("D", **BUILD), scheme)
+    w = torch.cat([m.weight.flatten() for m in weights(model, (nn.Conv2d, nn.Linear))])
+    assert w.var().item() == pytest.approx(std ** 2, rel=0.04)
+    assert all((m.bias == 0).all() for m in weights(model, (nn.Conv2d, nn.Linear)))
+
+
 def test_glorot_bound_per_layer():
     model = init_weights(vgg("D", **BUILD), "glorot")
     for m in weights(model, (nn.Conv2d, nn.Linear)):

@@ -73,11 +73,24 @@ def test_aliases(alias, letter):
     assert vgg(alias, **TINY).name == letter
 
 
-def test_lrn_uses_krizhevsky_alpha_per_element():
+def test_lrn_computes_krizhevskys_equation():
+    """A-LRN's LRN layer against Krizhevsky et al. (2012), §3.3, written out:
+    b[i] = a[i] / (k + alpha * sum_{j=max(0, i-n/2)}^{min(N-1, i+n/2)} a[j]^2) ^ beta,
+    n=5, k=2, alpha=1e-4, beta=0.75. Activations of ~100 make the alpha term matter
+    (PyTorch's own alpha, which it divides by n, would be off by 5x and fail here)."""
     lrn = vgg("A-LRN", **TINY).features[2]
     assert isinstance(lrn, nn.LocalResponseNorm)
-    # PyTorch divides alpha by size; Krizhevsky's alpha=1e-4 is per element.
-    assert lrn.size == 5 and lrn.alpha / lrn.size == pytest.approx(1e-4) and lrn.beta == 0.75 and lrn.k == 2
+    torch.manual_seed(0)
+    a = torch.rand(2, 7, 3, 4, dtype=torch.float64) * 200  # (N, channels, h, w)
+    n, k, alpha, beta = 5, 2.0, 1e-4, 0.75
+    channels = a.shape[1]
+    expected = torch.empty_like(a)
+    for i in range(channels):
+        lo, hi = max(0, i - n // 2), min(channels - 1, i + n // 2)
+        expected[:, i] = a[:, i] / (k + alpha * (a[:, lo:hi + 1] ** 2).sum(dim=1)) ** beta
+    got = lrn(a)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=0)
+    assert (got / a).min() < 0.5  # the normalisation is far from the identity on these values
 
 
 def test_batch_norm_variant_and_build_args():
@@ -202,6 +215,18 @@ def test_features_map_is_penultimate_after_relu():
         assert (fmap >= 0).all()
         # applying the last FC to the descriptor gives the logits
         assert torch.allclose(model.classifier[6](fmap[:, :, 0, 0]), model(x), atol=1e-5)
+
+
+def test_features_map_is_deterministic_in_train_mode():
+    """Dropout (FC1's and FC2's) never touches a descriptor, whether or not the caller called eval()."""
+    model = vgg("A", num_classes=3, **{**TINY, "dropout": 0.5})
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = model.eval().features_map(x)
+        model.train()
+        assert torch.equal(model.features_map(x), expected) and torch.equal(model.features_map(x), expected)
+        assert model.training  # the mode is the caller's, untouched
+        assert not torch.equal(model.dense(x), model.dense(x))  # dense() in train mode still drops out
 
 
 def test_wrong_sizes_give_clear_errors():

@@ -125,7 +125,8 @@ def test_only_rank_0_writes(two_processes):
     log = (ddp / "train.log").read_text()
     assert log.count("vgg train: A") == 1 and stdout.count("vgg train: A") == 1
     # one of each file, no temporary files left behind (TensorBoard's folder when it is installed)
-    assert sorted(p.name for p in ddp.iterdir() if p.name != "tensorboard") == [
+    # (and the run folder's lock file, .vggnet.lock, which stays: the lock itself ends with the process)
+    assert sorted(p.name for p in ddp.iterdir() if p.name not in ("tensorboard", ".vggnet.lock")) == [
         "best.pt", "checkpoint_00000001.pt", "checkpoint_00000002.pt", "config.yaml", "curves.png", "last.pt",
         "metrics.csv", "train.log"]
     assert len((ddp / "metrics.csv").read_text().splitlines()) == 2  # header + 1 epoch, written once
@@ -299,7 +300,8 @@ def test_on_two_nodes_only_rank_0_writes_and_prints(two_nodes):
     identical file in a shared folder."""
     (node0, out0, err0), (node1, out1, err1) = two_nodes[0], two_nodes[1]
     assert [p.name for p in node0.iterdir()] == [NODE_OUTPUT]
-    assert sorted(p.name for p in (node0 / NODE_OUTPUT).iterdir() if p.name != "tensorboard") == [
+    files = (node0 / NODE_OUTPUT).iterdir()
+    assert sorted(p.name for p in files if p.name not in ("tensorboard", ".vggnet.lock")) == [
         "best.pt", "checkpoint_00000001.pt", "checkpoint_00000002.pt", "config.yaml", "curves.png", "last.pt",
         "metrics.csv", "train.log"]
     assert len((node0 / NODE_OUTPUT / "metrics.csv").read_text().splitlines()) == 2
@@ -320,9 +322,10 @@ def test_on_two_nodes_only_rank_0_writes_and_prints(two_nodes):
 
 
 def file_states(folder):
-    """Every file under `folder` (relative path: size, mtime in ns, bytes)."""
+    """Every file under `folder` (relative path: size, mtime in ns, bytes), but the lock file, which names the
+    last process that held the folder."""
     return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns, p.read_bytes())
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".vggnet.lock"}
 
 
 def fail_on_both_nodes(two_nodes, root, *extra, epochs=1):

@@ -12,6 +12,7 @@ See docs/architecture.md for the layout.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -36,6 +37,8 @@ __all__ = [
     "atomic_write",
     "unwrap",
     "is_checkpoint",
+    "weights_checksum",
+    "SKIP_CHECKSUM_ENV",
 ]
 
 FORMAT = "vggnet.checkpoint"
@@ -151,9 +154,42 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
     return path
 
 
+# Set to 1 to load a checkpoint whose weights no longer match their checksum (after a deliberate edit).
+SKIP_CHECKSUM_ENV = "VGGNET_SKIP_CHECKSUM"
+
+
+def weights_checksum(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 of a state dict: every tensor's name, dtype, shape and bytes, in name order.
+
+    Stored in every checkpoint we write (`weights_sha256`) and verified on load,
+    so a flipped bit in the tensor data (a bad disk, a copy error) is an error
+    naming the file, not a silently different net.
+    """
+    digest = hashlib.sha256()
+    for key in sorted(state_dict):
+        t = state_dict[key].detach().to("cpu").contiguous()
+        digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
 def save_checkpoint(path: str | os.PathLike, ckpt: Mapping[str, Any]) -> Path:
-    """Write `ckpt` to `path` atomically (temporary file, fsync, rename)."""
-    return atomic_write(path, lambda f: torch.save(dict(ckpt), f))
+    """Write `ckpt` to `path` atomically (temporary file, fsync, rename), with its weights' checksum."""
+    blob = dict(ckpt)
+    if isinstance(blob.get("state_dict"), Mapping):
+        blob["weights_sha256"] = weights_checksum(blob["state_dict"])
+    return atomic_write(path, lambda f: torch.save(blob, f))
+
+
+def verify_checksum(ckpt: Mapping[str, Any], path: Path) -> None:
+    """A `CheckpointError` when the stored checksum does not match the weights (files without one pass)."""
+    stored = ckpt.get("weights_sha256")
+    if stored is None or os.environ.get(SKIP_CHECKSUM_ENV) == "1":
+        return
+    if weights_checksum(ckpt["state_dict"]) != stored:
+        raise CheckpointError(f"checkpoint {path}: its weights do not match the checksum stored with them (bits "
+                              f"changed on disk or in a copy); use an earlier checkpoint, or, if you edited the "
+                              f"weights on purpose, load it with {SKIP_CHECKSUM_ENV}=1")
 
 
 def torch_load(path: Path, map_location: str | torch.device = "cpu", what: str = "checkpoint") -> Any:
@@ -175,7 +211,25 @@ def torch_load(path: Path, map_location: str | torch.device = "cpu", what: str =
             first = ("a safe (weights_only) load refuses it: it is damaged, not a PyTorch file, or pickles "
                      f"Python objects{f' ({detail})' if detail else ''}")
         raise CheckpointError(
-            f"{what} {path} cannot be read (truncated, corrupt, or not a vggnet/PyTorch file): {first}") from None
+            f"{what} {path} cannot be read (truncated, corrupt, or not a vggnet/PyTorch file): {first}"
+            f"{_safetensors_hint(path)}") from None
+
+
+def _is_safetensors(path: Path) -> bool:
+    """A safetensors file: 8 bytes of header length, then the JSON header."""
+    if path.suffix.lower() == ".safetensors":
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < 100_000_000
+
+
+def _safetensors_hint(path: Path) -> str:
+    return (f"; it is a safetensors file: convert it with `vgg import safetensors {path} --out CKPT.pt` "
+            f"(a vggnet export keeps its classes and preprocessing)") if _is_safetensors(path) else ""
 
 
 def is_checkpoint(obj: Any) -> bool:
@@ -184,8 +238,8 @@ def is_checkpoint(obj: Any) -> bool:
 
 def check_checkpoint(ckpt: Any, path: Path) -> dict[str, Any]:
     if not is_checkpoint(ckpt):
-        hint = ""
-        if isinstance(ckpt, dict) and any(str(k).startswith("features.") for k in ckpt):
+        hint = _safetensors_hint(path)
+        if not hint and isinstance(ckpt, dict) and any(str(k).startswith("features.") for k in ckpt):
             hint = "; it looks like a bare state dict: convert it with `vgg import torchvision FILE --out CKPT`"
         raise CheckpointError(f"{path} is not a vggnet checkpoint (no format={FORMAT!r} entry){hint}")
     if ckpt.get("version", 0) > VERSION:
@@ -200,7 +254,9 @@ def check_checkpoint(ckpt: Any, path: Path) -> dict[str, Any]:
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a vggnet checkpoint safely; a `CheckpointError` naming the file if it is not one."""
     path = Path(path)
-    return check_checkpoint(torch_load(path, map_location), path)
+    ckpt = check_checkpoint(torch_load(path, map_location), path)
+    verify_checksum(ckpt, path)
+    return ckpt
 
 
 def model_from_checkpoint(

@@ -61,6 +61,7 @@ __all__ = [
     "validate",
     "load_posteriors",
     "predict",
+    "dense_pass_bytes",
     "add_eval_arguments",
     "run_eval",
     "add_predict_arguments",
@@ -804,6 +805,7 @@ def _load_nets(items: Sequence[Any], *, preprocessing: Any, device: torch.device
         except ValueError as exc:
             raise CheckpointError(f"{item if not isinstance(item, Mapping) else 'checkpoint'}: "
                                   f"bad preprocessing entry: {exc}") from None
+        _check_net(model, list(ckpt["classes"]), "checkpoint" if isinstance(item, Mapping) else str(item))
         nets.append(_Net(model=model, preprocessing=pre, classes=list(ckpt["classes"]), name=model.name,
                          checkpoint=None if isinstance(item, Mapping) else str(item), train_scale=_train_scale(ckpt),
                          from_checkpoint=True))
@@ -892,6 +894,8 @@ def evaluate(
         if small:
             raise UserError(f"--test-scales: Q={small[0]} is smaller than the crop size {net.crop_size} of "
                             f"net {net.name}; every test scale must be >= crop_size")
+        _check_scales_fit(net.model, net.test_scales, dev, method=method, flip=flip, amp=amp,
+                          where=f"net {net.name}")
 
     methods = ["dense", "multi-crop"] if method == "both" else [method]
     rank, world = _rank_world()
@@ -958,7 +962,7 @@ def validate(
     """One-scale dense validation, as the training loop runs it every epoch.
 
     Returns `{"top1_error", "top5_error" (percent), "loss" (mean NLL of the
-    posterior), "images"}`. `dataset` is a `vggnet.data` dataset (its transform
+    posterior), "images", "bad_images" (files left out as unreadable)}`. `dataset` is a `vggnet.data` dataset (its transform
     is replaced by the dense test transform at Q = `scale` in a copy). The flip
     is off by default (half the cost); `flip=True` gives the numbers of
     `vgg eval --method dense --test-scales Q`. Under torch.distributed the images
@@ -986,23 +990,100 @@ def validate(
                                   skip_bad=True)
     finally:
         net_model.train(was_training)
-    kept = labels >= 0  # a non-strict dataset's unreadable files are not counted
+    kept = labels >= 0  # a non-strict dataset's unreadable files are not counted (but reported: bad_images)
+    bad_local = float((~kept).sum())
     post, labels = local[(0, "dense")][kept], labels[kept]
     n_local = int(labels.numel())
     if n_local:
         correct = topk_correct(post, labels, (1, 5))
         # -log p(label); the floor keeps an underflowed posterior finite
         nll = -post.gather(1, labels.view(-1, 1)).double().clamp_min(torch.finfo(torch.float32).tiny).log()
-        sums = [float(n_local), float(correct[1].sum()), float(correct[5].sum()), float(nll.sum())]
+        sums = [float(n_local), float(correct[1].sum()), float(correct[5].sum()), float(nll.sum()), bad_local]
     else:
-        sums = [0.0, 0.0, 0.0, 0.0]
+        sums = [0.0, 0.0, 0.0, 0.0, bad_local]
     from vggnet.distributed import all_reduce_sum
 
-    n, c1, c5, loss = all_reduce_sum(sums)  # float64: counts stay exact
+    n, c1, c5, loss, bad = all_reduce_sum(sums)  # float64: counts stay exact
     if n == 0:
         raise DataError("validate: the validation set has no images")
     return {"top1_error": 100.0 * (n - c1) / n, "top5_error": 100.0 * (n - c5) / n, "loss": loss / n,
-            "images": int(n)}
+            "images": int(n), "bad_images": int(bad)}
+
+
+# --------------------------------------------------------------------------- checks before a pass
+
+
+def _check_net(model: VGG, classes: Sequence[str], where: str) -> None:
+    """Refuse a net whose answers would be meaningless: non-finite weights, or fewer class names than outputs."""
+    bad = [k for k, t in model.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise CheckpointError(f"{where}: {len(bad)} weight tensor(s) hold NaN or infinite values "
+                              f"({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}); the run that wrote it had "
+                              f"diverged: use an earlier checkpoint (e.g. best.pt or a numbered one)")
+    if len(classes) != model.num_classes:
+        raise CheckpointError(f"{where}: lists {len(classes)} class names for the net's {model.num_classes} "
+                              f"outputs; a checkpoint needs one name per output (its 'classes' entry)")
+
+
+def dense_pass_bytes(model: VGG, height: int, width: int, *, images: int = 2, bytes_per_value: int = 4) -> int:
+    """Peak activation memory (bytes) of `model.dense` on `images` images of height x width.
+
+    The largest input + output pair of any layer (ReLUs work in place), FC layers
+    applied as convolutions included; weights and framework workspace are not
+    counted, so the real peak is higher.
+    """
+    h, w, c, peak = int(height), int(width), 3, 0
+    for m in model.features:
+        if isinstance(m, nn.Conv2d):
+            peak = max(peak, (c + m.out_channels) * h * w)
+            c = m.out_channels
+        elif isinstance(m, nn.MaxPool2d):
+            peak = max(peak, c * (h * w + (h // 2) * (w // 2)))
+            h, w = h // 2, w // 2
+        elif isinstance(m, (nn.BatchNorm2d, nn.LocalResponseNorm)):
+            peak = max(peak, 2 * c * h * w)
+    h, w = max(h - model.grid + 1, 1), max(w - model.grid + 1, 1)  # FC1 as a grid x grid conv
+    for m in model.classifier:
+        if isinstance(m, nn.Linear):
+            peak = max(peak, c * h * w + m.out_features * h * w)
+            c = m.out_features
+    return peak * images * bytes_per_value
+
+
+def _available_bytes(device: torch.device) -> int | None:
+    """Free memory of `device` (CUDA: free GPU memory; CPU: MemAvailable), None when unknown."""
+    try:
+        if device.type == "cuda":
+            return int(torch.cuda.mem_get_info(device)[0])
+        if device.type == "cpu":
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+    except (OSError, RuntimeError, ValueError):
+        pass
+    return None
+
+
+def _check_scales_fit(model: VGG, scales: Sequence[int], device: torch.device, *, method: str, flip: bool,
+                      amp: str, where: str) -> None:
+    """Refuse a test scale whose pass cannot fit in memory, with the estimate, before any work.
+
+    The estimate is for the smallest image at Q (Q x Q): the rescaled image as
+    8-bit RGB and as a float tensor, plus a dense pass over it (and its flip).
+    """
+    available = _available_bytes(device)
+    if available is None:
+        return
+    q = max(scales)
+    need = (3 + 3 * 4) * q * q
+    if method in ("dense", "both") and isinstance(model, VGG):  # a foreign module: only the image is estimated
+        need += dense_pass_bytes(model, q, q, images=2 if flip else 1, bytes_per_value=2 if amp == "bf16" else 4)
+    if need > available:
+        fits = int(q * math.sqrt(available / need))
+        raise UserError(f"--test-scales: Q={q} needs at least {need / 2**30:.1f} GiB for the {method} pass of a "
+                        f"{q}x{q} image{' and its flip' if flip else ''} through {where}, more than the "
+                        f"{available / 2**30:.1f} GiB free on {device}; use test scales up to about {fits}")
 
 
 # --------------------------------------------------------------------------- predict
@@ -1029,6 +1110,7 @@ def predict(
     single centre crop (smallest side resized to crop_size / `crop_pct`). A file
     that cannot be read gives `{"image", "error"}` and the others are still predicted.
     """
+    from vggnet.data.datasets import image_file_problem
     from vggnet.data.transforms import DenseEvalPreset, MultiCropEvalPreset, Preprocessing, load_image
     from vggnet.checkpoint import model_from_checkpoint
 
@@ -1038,9 +1120,11 @@ def predict(
     amp, channels_last = _execution(amp, channels_last, dev)
     cl = torch.channels_last if channels_last else torch.contiguous_format
     model, ckpt = model_from_checkpoint(checkpoint)
-    model.eval().to(dev, memory_format=cl)
     pre = Preprocessing.from_dict(ckpt["preprocessing"])
     classes = list(ckpt["classes"])
+    where = "checkpoint" if isinstance(checkpoint, Mapping) else str(checkpoint)
+    _check_net(model, classes, where)
+    model.eval().to(dev, memory_format=cl)
     descriptions = (ckpt.get("meta") or {}).get("class_descriptions")
     if descriptions is not None and len(descriptions) != len(classes):
         descriptions = None
@@ -1050,12 +1134,17 @@ def predict(
         centers = [CenterCropEvalPreset(resize=q, crop_size=model.crop_size, preprocessing=pre) for q in qs]
     if qs[0] < model.crop_size:
         raise UserError(f"--test-scales: Q={qs[0]} is smaller than the crop size {model.crop_size}")
+    _check_scales_fit(model, qs, dev, method=method, flip=flip, amp=amp, where=f"net {model.name} of {where}")
     dense = [DenseEvalPreset(scale=q, preprocessing=pre) for q in qs]
     crops = [MultiCropEvalPreset(scale=q, crop_size=model.crop_size, preprocessing=pre, grid=grid, flip=flip)
              for q in qs]
     k = min(topk, len(classes))
     out: list[dict[str, Any]] = []
     for path in images:
+        problem = image_file_problem(path)  # the rule training lists files by; a FIFO would block forever
+        if problem is not None:
+            out.append({"image": str(path), "error": f"{path}: {problem}"})
+            continue
         try:
             # decoded once (at reduced size if large; at full size for torchvision's centre crop), rescaled to every Q
             img = load_image(path, min_side=None if method == "center" else qs[-1])
@@ -1226,9 +1315,13 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
 def image_files(paths: Sequence[str | os.PathLike]) -> list[str]:
     """`paths` with every folder replaced by the image files in it (recursively, sorted by path).
 
-    A folder without images is a `UserError`; a file is kept as given (whether it
-    decodes is decided when it is read)."""
-    from vggnet.data.datasets import IMG_EXTENSIONS
+    Folders are listed by the rule training uses (`vggnet.data.image_file_problem`:
+    regular files with an image suffix, links followed but no directory twice);
+    what a folder holds but cannot be used (a FIFO, a link loop, a HEIC without
+    its plugin) is named in one `LeftOutWarning`. A folder without images is a
+    `UserError`; a file is kept as given (whether it can be read is decided when
+    it is read)."""
+    from vggnet.data.datasets import IMAGE_EXTENSIONS, _list_images, _warn_left_out
 
     out: list[str] = []
     for path in paths:
@@ -1236,10 +1329,11 @@ def image_files(paths: Sequence[str | os.PathLike]) -> list[str]:
         if not folder.is_dir():
             out.append(str(path))
             continue
-        found = sorted(str(p) for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")
-                       and p.name.lower().endswith(IMG_EXTENSIONS))
+        left_out: list[tuple[str, str]] = []
+        found = sorted(str(p) for p in _list_images(folder, left_out=left_out))
+        _warn_left_out(folder, left_out)
         if not found:
-            raise UserError(f"{folder}: a folder with no image files ({', '.join(IMG_EXTENSIONS)})")
+            raise UserError(f"{folder}: a folder with no image files ({', '.join(IMAGE_EXTENSIONS)})")
         out += found
     return out
 

@@ -219,8 +219,8 @@ class VGG(nn.Module):
                 weight = module.weight.view(module.out_features, -1, k, k)
                 x = F.conv2d(x, weight, module.bias)
                 first = False
-            elif isinstance(module, nn.Dropout) and stop_before_last and module is modules[end - 1]:
-                continue  # the descriptor is taken after FC2's ReLU, before its dropout
+            elif isinstance(module, nn.Dropout) and stop_before_last:
+                continue  # descriptors are deterministic whatever the mode: no dropout (FC1's or FC2's)
             else:
                 x = module(x)
         return x

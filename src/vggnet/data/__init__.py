@@ -6,7 +6,7 @@
 """
 
 from vggnet.data.datasets import (
-    BadImageWarning, Batch, ImageDataset, build_dataset, check_bad_fraction, collate_skip_bad, make_loader,
+    IMAGE_EXTENSIONS, BadImageWarning, Batch, ImageDataset, LeftOutWarning, build_dataset, image_file_problem, check_bad_fraction, collate_skip_bad, make_loader,
     read_labels_file, read_loc_solution, read_synsets, read_voc_xml,
 )
 from vggnet.data.stats import compute_stats, load_stats, save_stats
@@ -19,7 +19,7 @@ from vggnet.data.transforms import (
 )
 
 __all__ = [
-    "BadImageWarning", "Batch", "ImageDataset", "build_dataset", "check_bad_fraction", "collate_skip_bad",
+    "IMAGE_EXTENSIONS", "BadImageWarning", "LeftOutWarning", "image_file_problem", "Batch", "ImageDataset", "build_dataset", "check_bad_fraction", "collate_skip_bad",
     "make_loader", "read_labels_file", "read_loc_solution", "read_synsets", "read_voc_xml",
     "compute_stats", "load_stats", "save_stats",
     "SHAPES", "SyntheticShapes", "write_synthetic",

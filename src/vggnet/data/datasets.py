@@ -18,6 +18,17 @@ when too many are bad. In evaluation (`strict=True`) the same file raises
 `DataError` naming it: the test set never shrinks silently. Layout mistakes (an
 empty class folder, a missing labels file, a label that is not a known class) are
 errors when the dataset is built, not in the middle of an epoch.
+
+Listing files: one rule for training, evaluation and `vgg predict`
+(`image_file_problem`). A file is an image when its suffix is one of
+torchvision's `IMG_EXTENSIONS` or `.gif` (Pillow reads the first frame of an
+animated GIF, as `predict` always has), or a format Pillow has a plugin for
+here (`.avif`, `.heic` with pillow-heif, ...). Symbolic links are followed
+(class folders often are links) but no directory is walked twice, so a link
+loop cannot multiply the training set. Files left out for a reason a user would
+want to know (a FIFO or device named `.jpg`, a broken link, a HEIC without its
+plugin, a symlink loop) are named in one `LeftOutWarning` per dataset and kept
+in `ImageDataset.left_out` as (path, reason) pairs for the run's log.
 """
 
 from __future__ import annotations
@@ -25,6 +36,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+import stat
 import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -40,7 +52,7 @@ from vggnet.data.transforms import BadImageError, decode_image, displayed_size, 
 from vggnet.errors import DataError
 
 __all__ = [
-    "IMG_EXTENSIONS", "BadImageWarning", "ImageDataset", "Batch", "build_dataset", "collate_skip_bad",
+    "IMG_EXTENSIONS", "IMAGE_EXTENSIONS", "BadImageWarning", "LeftOutWarning", "image_file_problem", "ImageDataset", "Batch", "build_dataset", "collate_skip_bad",
     "check_bad_fraction", "make_loader", "read_labels_file", "read_synsets", "read_voc_xml", "read_loc_solution",
 ]
 
@@ -49,19 +61,165 @@ class BadImageWarning(UserWarning):
     """An image was skipped in training because it cannot be decoded; the message names it."""
 
 
+class LeftOutWarning(UserWarning):
+    """Files of a dataset folder that were not listed (not regular files, unreadable formats, link loops)."""
+
+
+def _pillow_suffixes() -> set[str]:
+    from PIL import Image
+
+    Image.init()  # registers every plugin Pillow has here (and pillow-heif's, once imported by the user)
+    return {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+
+
+# Formats that are images but that this Pillow may not read: named when left out, never silently.
+_IMAGE_LIKE = (".heic", ".heif", ".avif", ".jxl", ".jp2", ".svg", ".raw", ".cr2", ".nef", ".arw", ".dng")
+# The images we list: torchvision's ImageFolder suffixes, plus GIF (first frame, what `predict` reads).
+IMAGE_EXTENSIONS: tuple[str, ...] = tuple(IMG_EXTENSIONS) + (".gif",)
+
+
+def _suffix_problem(name: str) -> str | None:
+    """None for a file name we read as an image; the reason for an image-like one we cannot; '' for others."""
+    lower = name.lower()
+    if lower.endswith(IMAGE_EXTENSIONS):
+        return None
+    suffix = os.path.splitext(lower)[1]
+    if suffix in _IMAGE_LIKE:
+        if suffix in _pillow_suffixes():
+            return None
+        plugin = " (install pillow-heif)" if suffix in (".heic", ".heif") else ""
+        return f"{suffix} images cannot be decoded by this Pillow{plugin}"
+    return ""
+
+
+def _file_kind(path: str | os.PathLike) -> str | None:
+    """None for a regular file (links followed); else what it is, for a message."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "a broken symbolic link" if os.path.islink(path) else "no such file"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe), not a regular file"
+    if stat.S_ISSOCK(mode):
+        return "a socket, not a regular file"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device, not a regular file"
+    return "not a regular file"
+
+
+def image_file_problem(path: str | os.PathLike) -> str | None:
+    """Why `path` is not read as an image (None when it is): the one rule of training, evaluation and predict.
+
+    Reading a FIFO named `.jpg` would block forever, so only regular files (or
+    links to them) are images; their suffix must be one we decode.
+    """
+    kind = _file_kind(path)
+    if kind is not None:
+        return kind
+    reason = _suffix_problem(os.path.basename(path))
+    if reason == "":
+        return (f"not an image file name (expected a suffix among "
+                f"{', '.join(sorted({*IMAGE_EXTENSIONS, *(e for e in _IMAGE_LIKE if e in _pillow_suffixes())}))})")
+    return reason
+
+
 def _is_image(name: str) -> bool:
-    return not name.startswith(".") and name.lower().endswith(IMG_EXTENSIONS)
+    return not name.startswith(".") and _suffix_problem(name) is None
 
 
-def _list_images(folder: Path, recursive: bool = True) -> list[Path]:
-    if not recursive:
-        return sorted(p for p in folder.iterdir() if p.is_file() and _is_image(p.name))
-    found = []
-    # followlinks like torchvision's make_dataset: class folders are often symlinks
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found += [Path(dirpath) / f for f in sorted(filenames) if _is_image(f)]
+def _dir_ids(folders: Iterable[Path]) -> set[tuple[int, int]]:
+    ids = set()
+    for f in folders:
+        try:
+            st = f.stat()
+        except OSError:
+            continue
+        ids.add((st.st_dev, st.st_ino))
+    return ids
+
+
+def _list_images(folder: Path, recursive: bool = True, left_out: list[tuple[str, str]] | None = None,
+                 seen: set[tuple[int, int]] | None = None) -> list[Path]:
+    """Image files under `folder`, in sorted walk order (a folder's files, then its sub-folders).
+
+    Links are followed like torchvision's make_dataset does (class folders are
+    often symlinks), but a directory already walked (a link loop such as
+    `loop -> ..`, or a second link to one folder), `folder` itself or one of its
+    parents is not entered again; `seen` shares the walked directories between
+    calls (the class folders of one split). Files that look like images but
+    cannot be read as one go to `left_out` with the reason.
+    """
+    left_out = [] if left_out is None else left_out
+    found: list[Path] = []
+    seen = set() if seen is None else seen
+    for start in (folder.absolute(), Path(os.path.realpath(folder))):
+        seen |= _dir_ids([start, *start.parents])
+    stack = [folder]
+    while stack:
+        here = stack.pop()
+        try:
+            st = here.stat()
+            with os.scandir(here) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except PermissionError:
+            raise DataError(f"{here}: permission denied (the folder cannot be listed); "
+                            f"fix its permissions (chmod a+rx) or remove it") from None
+        except OSError as exc:
+            raise DataError(f"{here}: cannot list the folder: {exc.strerror or exc}") from None
+        seen.add((st.st_dev, st.st_ino))
+        subdirs = []
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            path = Path(e.path)
+            try:
+                is_dir = e.is_dir()  # follows links
+            except OSError:
+                is_dir = False
+            if is_dir:
+                if not recursive:
+                    continue
+                try:
+                    target = e.stat()
+                except OSError as exc:
+                    left_out.append((str(path), f"cannot be read ({exc.strerror or exc})"))
+                    continue
+                if (target.st_dev, target.st_ino) in seen:
+                    left_out.append((str(path), f"a link to {os.path.realpath(path)}, a folder already listed "
+                                                f"(a symlink loop): not followed"))
+                    continue
+                seen.add((target.st_dev, target.st_ino))
+                subdirs.append(path)
+                continue
+            reason = _suffix_problem(e.name)
+            if reason == "":
+                continue  # not an image name (labels, XML boxes, notes): not ours to report
+            if reason is None:
+                try:
+                    regular = e.is_file()  # follows links; no stat for a plain file (d_type)
+                except OSError:
+                    regular = False
+                if regular:
+                    found.append(path)
+                    continue
+                reason = _file_kind(path) or "not a regular file"
+            left_out.append((str(path), reason))
+        stack.extend(reversed(subdirs))
     return found
+
+
+def _warn_left_out(where: Path, left_out: Sequence[tuple[str, str]]) -> None:
+    if not left_out:
+        return
+    shown = "; ".join(f"{p}: {r}" for p, r in left_out[:10])
+    more = f"; and {len(left_out) - 10} more" if len(left_out) > 10 else ""
+    warnings.warn(f"{where}: left out {len(left_out)} file(s): {shown}{more}", LeftOutWarning, stacklevel=3)
 
 
 # --------------------------------------------------------------------------- annotation formats
@@ -260,8 +418,10 @@ class ImageDataset(Dataset):
 
     def __init__(self, samples: Sequence[tuple[str, int]], classes: Sequence[str], *,
                  transform: Callable[..., Any] | None = None, strict: bool = True, root: str | Path = "",
-                 boxes: Sequence[Any] | None = None) -> None:
+                 boxes: Sequence[Any] | None = None, left_out: Sequence[tuple[str, str]] = ()) -> None:
         self.samples = [(str(p), int(t)) for p, t in samples]
+        # (path, reason) of the files of the folder that were not listed (see `image_file_problem`)
+        self.left_out = [(str(p), str(r)) for p, r in left_out]
         self.targets = [t for _, t in self.samples]
         self.classes = list(classes)
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
@@ -424,11 +584,16 @@ def _find_labels_file(split_dir: Path, data_root: Path, split: str) -> Path | No
 
 def _subfolders(folder: Path) -> list[str]:
     """Sorted names of the visible sub-folders (the class folders of an ImageFolder layout)."""
-    with os.scandir(folder) as entries:  # closed even when the caller only asks whether any exist
-        return sorted(d.name for d in entries if d.is_dir() and not d.name.startswith("."))
+    try:
+        with os.scandir(folder) as entries:  # closed even when the caller only asks whether any exist
+            return sorted(d.name for d in entries if d.is_dir() and not d.name.startswith("."))
+    except PermissionError:
+        raise DataError(f"{folder}: permission denied (the folder cannot be listed); "
+                        f"fix its permissions (chmod a+rx)") from None
 
 
-def _class_folders(split_dir: Path, classes: Sequence[str] | None) -> tuple[list[tuple[str, int]], list[str]]:
+def _class_folders(split_dir: Path, classes: Sequence[str] | None,
+                   left_out: list[tuple[str, str]]) -> tuple[list[tuple[str, int]], list[str]]:
     folders = _subfolders(split_dir)
     if classes is None:
         classes = folders
@@ -439,19 +604,23 @@ def _class_folders(split_dir: Path, classes: Sequence[str] | None) -> tuple[list
                         f"{' ...' if len(unknown) > 5 else ''} are not among the {len(classes)} known classes "
                         f"(e.g. {', '.join(list(classes)[:5])}); the model's classes come from its training set")
     samples: list[tuple[str, int]] = []
+    # a link inside one class folder to another (or to the split folder) must not relabel its images
+    seen = _dir_ids([split_dir, *(split_dir / name for name in folders)])
     for name in folders:
-        files = _list_images(split_dir / name)
+        before = len(left_out)
+        files = _list_images(split_dir / name, left_out=left_out, seen=seen)
         if not files:
+            why = "".join(f"; left out {p}: {r}" for p, r in left_out[before:before + 3])
             raise DataError(f"{split_dir / name}: empty class folder (no files ending in "
-                            f"{', '.join(IMG_EXTENSIONS)}); remove it or add its images")
+                            f"{', '.join(IMAGE_EXTENSIONS)}{why}); remove it or add its images")
         samples += [(str(p), class_to_idx[name]) for p in files]
     return samples, list(classes)
 
 
 def _flat_with_labels(split_dir: Path, labels_file: Path, classes: Sequence[str] | None,
-                      synsets: Any) -> tuple[list[tuple[str, int]], list[str]]:
+                      synsets: Any, left_out: list[tuple[str, str]]) -> tuple[list[tuple[str, int]], list[str]]:
     labels = read_labels_file(labels_file, synsets)
-    files = _list_images(split_dir)
+    files = _list_images(split_dir, left_out=left_out)
     by_key: dict[str, Path] = {}
     for p in files:
         rel = p.relative_to(split_dir).as_posix()
@@ -472,8 +641,9 @@ def _flat_with_labels(split_dir: Path, labels_file: Path, classes: Sequence[str]
         seen.add(p)
         samples.append((str(p), class_to_idx[name]))
     if missing:
+        why = "".join(f"; left out {p}: {r}" for p, r in left_out[:3])
         raise DataError(f"{labels_file}: {len(missing)} labelled image(s) are not in {split_dir}, "
-                        f"e.g. {', '.join(missing[:3])}")
+                        f"e.g. {', '.join(missing[:3])}{why}")
     unlabelled = [p for p in files if p not in seen]
     if unlabelled:
         raise DataError(f"{split_dir}: {len(unlabelled)} image(s) have no label in {labels_file}, "
@@ -535,6 +705,7 @@ def build_dataset(root: str | os.PathLike, transform: Callable[..., Any] | None 
     """
     root = Path(root)
     split_dir, data_root = _split_dir(root, split)
+    left_out: list[tuple[str, str]] = []
     if classes is not None:
         classes = list(classes)
         if len(set(classes)) != len(classes) or not classes:
@@ -543,18 +714,19 @@ def build_dataset(root: str | os.PathLike, transform: Callable[..., Any] | None 
         labels_path = Path(labels_file)
         if not labels_path.is_file():
             raise DataError(f"{labels_path}: labels file not found")
-        samples, classes = _flat_with_labels(split_dir, labels_path, classes, synsets)
+        samples, classes = _flat_with_labels(split_dir, labels_path, classes, synsets, left_out)
     elif _subfolders(split_dir):
-        samples, classes = _class_folders(split_dir, classes)
+        samples, classes = _class_folders(split_dir, classes, left_out)
     else:
         found = _find_labels_file(split_dir, data_root, split)
         if found is None:
             raise DataError(f"{split_dir}: no class folders and no labels file (expected {split_dir}/<class>/*.jpg, "
                             f"or flat images with a labels file: CSV image,label, the ILSVRC2012 devkit "
                             f"ground truth or LOC_{split}_solution.csv)")
-        samples, classes = _flat_with_labels(split_dir, found, classes, synsets)
+        samples, classes = _flat_with_labels(split_dir, found, classes, synsets, left_out)
     if not samples:
         raise DataError(f"{split_dir}: no images")
     box_sources = None if boxes in (None, False) else _box_sources(samples, split_dir, data_root, split, boxes)
+    _warn_left_out(split_dir, left_out)
     return ImageDataset(samples, classes, transform=transform, strict=(split != "train") if strict is None else strict,
-                        root=split_dir, boxes=box_sources)
+                        root=split_dir, boxes=box_sources, left_out=left_out)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
@@ -123,11 +124,16 @@ class TrainConfig:
 
     # ----------------------------------------------------------------- validation
 
+    def _check_types(self) -> None:
+        for f in fields(self):
+            setattr(self, f.name, _check_setting_type(f.name, str(f.type), getattr(self, f.name)))
+
     def validate(self) -> TrainConfig:
         """Check and normalise every setting; a `UserError` naming the flag. Runs before any work."""
         from vggnet.data.transforms import parse_scale
         from vggnet.models import resolve_name
 
+        self._check_types()
         try:
             self.model = resolve_name(self.model)
         except ValueError as exc:
@@ -300,6 +306,34 @@ def default_workers() -> int:
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
     return max(0, min(4, cores - 1))
+
+
+# The type every annotated setting must have (from Python, a YAML file or the command line alike).
+_KINDS = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+
+
+def _kind_name(kind: str) -> str:
+    return {"int": "an integer", "float": "a number", "bool": "true or false", "str": "text"}[kind]
+
+
+def _check_setting_type(name: str, annotation: str, value: Any) -> Any:
+    """`value` of setting `name` if it has the annotated type (an integral float for an int becomes
+    the int); else a `UserError` naming the flag."""
+    optional = annotation.endswith(" | None")
+    kind = annotation.removesuffix(" | None")
+    if kind not in _KINDS or (optional and value is None):
+        return value
+    if kind == "int" and isinstance(value, float) and value.is_integer():
+        value = int(value)  # `val_scale: 40.0`: the number the user meant
+    if kind == "str" and isinstance(value, os.PathLike):
+        value = os.fspath(value)  # a pathlib.Path from Python for --data, --output-dir, ...
+    ok = isinstance(value, _KINDS[kind]) and (kind == "bool" or not isinstance(value, bool))
+    if kind == "float" and ok and not math.isfinite(value):
+        ok = False
+    if not ok:
+        raise UserError(f"--{name.replace('_', '-')} must be {_kind_name(kind)}"
+                        f"{' (or unset)' if optional else ''}, got {value!r}")
+    return value
 
 
 def show_setting(value: Any) -> str:

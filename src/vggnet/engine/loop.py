@@ -38,8 +38,8 @@ from vggnet import distributed
 from vggnet.engine.config import RESUME_MUST_MATCH, TrainConfig, parse_init, show_setting
 from vggnet.engine.data import build_datasets, make_train_loader
 from vggnet.engine.outputs import RunOutputs, duration
-from vggnet.engine.state import (StopRequest, agree_on_resume, capture_rng, init_from, link_or_copy,
-                                 make_optimizer, make_scheduler, plain, restore_rng, seed_everything)
+from vggnet.engine.state import (StopRequest, agree_on_resume, capture_rng, claim_run_folder, init_from,
+                                 link_or_copy, make_optimizer, make_scheduler, plain, restore_rng, seed_everything)
 from vggnet.engine.task import ClassificationTask, Task
 from vggnet.errors import CheckpointError, UserError
 from vggnet.execution import choose_execution
@@ -81,6 +81,7 @@ class Trainer:
         self.last_save_time = time.monotonic()
         self.finished_before = False
         self.signal: int | None = None
+        self.folder_lock: Any = None  # rank 0's lock on the run folder (`claim_run_folder`)
         self._reset_epoch_totals()
 
     def _reset_epoch_totals(self) -> None:
@@ -149,6 +150,7 @@ class Trainer:
             raise UserError(f"--batch-size {cfg.batch_size} is larger than the training set ({len(train)} images); "
                             f"an epoch must hold at least one global batch")
         self.classes = list(train.classes)
+        self._log_left_out(train, val)
         if resume is not None and list(resume["classes"]) != self.classes:
             raise CheckpointError(f"{self.resume_path} was trained on {len(resume['classes'])} classes "
                                   f"({', '.join(resume['classes'][:4])}, ...) but the training set has "
@@ -175,6 +177,16 @@ class Trainer:
         self.loader = make_train_loader(train, self.sampler, seed=cfg.seed, micro_batch=self.micro,
                                         workers=cfg.workers, collate=self.task.collate,
                                         pin_memory=self.device.type == "cuda")
+
+    def _log_left_out(self, *datasets: Any) -> None:
+        """Name every file the datasets' folders held but do not use (FIFOs, link loops, unreadable formats),
+        once per run, in the console and train.log: Python warnings may be silenced (-W ignore)."""
+        for ds in datasets:
+            left_out = getattr(ds, "left_out", [])
+            if left_out:
+                self.log(f"warning: {len(left_out)} file(s) of {getattr(ds, 'root', 'the dataset')} left out:")
+                for path, reason in left_out:
+                    self.log(f"  {path}: {reason}")
 
     def _statistics(self, train: Any, resume: Mapping[str, Any] | None,
                     init_ckpt: Mapping[str, Any] | None) -> tuple[dict[str, Any], str]:
@@ -356,21 +368,41 @@ class Trainer:
         ckpt = make_checkpoint(self.model, preprocessing=self.preprocessing.to_dict(), classes=self.classes,
                                meta=meta, train=train_state)
         path = self.out / f"checkpoint_{self.global_step:08d}.pt"
-        save_checkpoint(path, ckpt)
-        link_or_copy(path, self.out / "last.pt")
+        with self.writing(path):
+            save_checkpoint(path, ckpt)
+        with self.writing(self.out / "last.pt"):
+            link_or_copy(path, self.out / "last.pt")
         if best:
-            link_or_copy(path, self.out / "best.pt")
+            with self.writing(self.out / "best.pt"):
+                link_or_copy(path, self.out / "best.pt")
         if self.ema is not None:
             # the averaged weights as a net of their own, for vgg eval / predict
-            save_checkpoint(self.out / "ema.pt", make_checkpoint(
-                self.ema.module, preprocessing=self.preprocessing.to_dict(), classes=self.classes,
-                meta={**meta, "ema_decay": cfg.ema_decay, "source": "vgg train (EMA of the weights)"}))
+            with self.writing(self.out / "ema.pt"):
+                save_checkpoint(self.out / "ema.pt", make_checkpoint(
+                    self.ema.module, preprocessing=self.preprocessing.to_dict(), classes=self.classes,
+                    meta={**meta, "ema_decay": cfg.ema_decay, "source": "vgg train (EMA of the weights)"}))
         self.last_checkpoint = path
         self.last_save_time = time.monotonic()
         numbered = sorted(self.out.glob("checkpoint_*.pt"), key=lambda p: p.name, reverse=True)
         for old in numbered[cfg.keep:]:
             old.unlink(missing_ok=True)
         return path
+
+    @contextlib.contextmanager
+    def writing(self, path: Path):
+        """A failed write (disk full, read-only folder, a quota) as a `TrainingError` that names the file and
+        the last good checkpoint, which the atomic writes leave intact, instead of torch's or the OS's traceback."""
+        try:
+            yield
+        except (OSError, RuntimeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+            if isinstance(exc, OSError) and exc.errno == 28 or "file write failed" in reason:
+                reason = f"no space left on the device ({reason})"
+            raise TrainingError(
+                f"cannot write {path}: {reason}; training stopped at step {self.global_step} (epoch "
+                f"{self.epoch + 1}). Last good checkpoint: {self.last_checkpoint or 'none written yet'} (intact: "
+                f"checkpoints are written to a temporary file and renamed). Free space or fix the folder, then "
+                f"continue with --resume auto") from None
 
     # ----------------------------------------------------------------- the loop
 
@@ -397,6 +429,7 @@ class Trainer:
         try:
             for step in range(start_step, self.steps_per_epoch):
                 step_loss = torch.zeros((), dtype=torch.float64, device=dev)
+                good = 0  # images of this step that were read (bad files are skipped)
                 for k in range(self.accum):
                     batch = next(batches)
                     skipped = getattr(batch, "skipped", 0)
@@ -410,6 +443,7 @@ class Trainer:
                         weight = 1.0
                         x, targets = task.inputs_targets(batch, dev)
                     totals["bad"] += skipped
+                    good += int(x.shape[0]) if weight else 0
                     totals["seen"] += (int(x.shape[0]) if weight else 0) + skipped
                     x = x.contiguous(memory_format=cl)
                     # DDP all-reduces gradients only on the last micro-batch of the step
@@ -427,8 +461,9 @@ class Trainer:
                 # requests, so that every rank takes the same decision at the same step.
                 minutes_due = (cfg.checkpoint_minutes > 0
                                and time.monotonic() - self.last_save_time >= 60 * cfg.checkpoint_minutes)
-                loss_sum, stop_flag, save_flag = distributed.all_reduce_sum(
-                    [float(step_loss), float(stop.signal is not None), float(minutes_due)])
+                loss_sum, stop_flag, save_flag, good_sum = distributed.all_reduce_sum(
+                    [float(step_loss), float(stop.signal is not None), float(minutes_due), float(good)])
+                loss_sum *= self._mean_over_read_images(good_sum)
                 loss_value = loss_sum / self.info.world_size
                 lr = self.optimizer.param_groups[0]["lr"]
                 if not math.isfinite(loss_value):
@@ -474,6 +509,25 @@ class Trainer:
             self.outputs.close_bar()
         return False
 
+    def _mean_over_read_images(self, read: float) -> float:
+        """Make the step's gradient the mean over the images that were read; returns the factor applied.
+
+        Each image's loss was divided by the full global batch; when bad files
+        were skipped, the gradients (already summed over processes) are scaled
+        by batch / read, so a skipped image does not shrink the step: the step
+        is the paper's mean over its mini-batch, of the images it has. A step
+        whose images were all bad keeps its zero gradient (momentum and weight
+        decay still act, as for any step).
+        """
+        expected = self.micro * self.accum * self.info.world_size
+        if not 0 < read < expected:
+            return 1.0
+        factor = expected / read
+        for p in self.model.parameters():
+            if p.grad is not None:
+                p.grad.mul_(factor)
+        return factor
+
     def end_epoch(self, stop: StopRequest) -> bool:
         """Validate, adjust the learning rate, log, checkpoint; True if training ends here."""
         from vggnet.data.datasets import check_bad_fraction
@@ -482,7 +536,11 @@ class Trainer:
         t = self.totals
         loss_total, done, elapsed = t["loss_sum"], t["steps"], t["seconds"]
         seen, bad = (int(v) for v in distributed.all_reduce_sum([t["seen"], t["bad"]]))
-        check_bad_fraction(bad, seen, cfg.max_bad_fraction, where=f"epoch {self.epoch + 1} of the training set")
+        try:  # raised only once this epoch's checkpoint is written: the epoch's work is kept
+            check_bad_fraction(bad, seen, cfg.max_bad_fraction, where=f"epoch {self.epoch + 1} of the training set")
+            too_many_bad = None
+        except UserError as exc:
+            too_many_bad = exc
         t0 = time.perf_counter()
         self.sync_batch_norm()  # validate the net that is saved, the same on every rank
         ema_metrics = None
@@ -517,6 +575,7 @@ class Trainer:
             "train_images_per_s": done * cfg.batch_size / elapsed if elapsed > 0 else float("nan"),
             "epoch_time_s": elapsed + val_time,
             "bad_images": bad,
+            "val_bad_images": int(metrics.get("bad_images", 0)),  # unreadable validation files, left out
         }
         if ema_metrics is not None:
             row.update({"val_ema_loss": float(ema_metrics["loss"]),
@@ -564,7 +623,12 @@ class Trainer:
         keys = ("train_loss", "val_loss", *(f"val_{m}" for m in task.metrics), "lr")
         self.outputs.scalars("epoch", {k: row[k] for k in keys}, row["global_step"], flush=True)
         self.save(best=improved, finished=finished)
-        self.outputs.write_metrics(self.history)
+        with self.writing(self.out / "metrics.csv"):
+            self.outputs.write_metrics(self.history)
+        if too_many_bad is not None:
+            raise TrainingError(f"{too_many_bad}. The epoch's checkpoint is written ({self.last_checkpoint}); "
+                                f"fix or remove the files, or raise --max-bad-fraction, and continue with "
+                                f"--resume auto")
         return finished
 
     def sync_batch_norm(self) -> None:
@@ -618,10 +682,36 @@ class Trainer:
 
     # ----------------------------------------------------------------- run
 
+    def claim_folder(self) -> None:
+        """Rank 0 locks the run folder (and checks it) before anything looks for checkpoints in it."""
+        error = None
+        if self.info.is_main:
+            try:
+                self.folder_lock = claim_run_folder(self.out)
+            except UserError as exc:
+                error = str(exc)
+        if distributed.is_distributed():
+            error = distributed.broadcast_object(error)
+        if error is not None:
+            raise UserError(error)
+
     def run(self) -> dict[str, Any]:
+        self.task.configure(self.cfg)
+        self.resolve_execution()  # its errors (a batch that does not split) come before the folder is made
+        created = not self.out.exists()
+        self.claim_folder()
+        try:
+            return self._run()
+        except BaseException:
+            if self.folder_lock is not None and created:
+                self.folder_lock.remove_if_unused()  # a start that failed leaves no empty folder behind
+            raise
+        finally:
+            if self.folder_lock is not None:
+                self.folder_lock.release()
+
+    def _run(self) -> dict[str, Any]:
         cfg = self.cfg
-        self.task.configure(cfg)
-        self.resolve_execution()
         resume, self.resume_path = agree_on_resume(cfg, self.info, self.out, self.log, self.check_resumable)
         init_ckpt = None
         scheme, init_path = parse_init(cfg.init)
@@ -650,7 +740,7 @@ class Trainer:
         self.print_header(resume)
         if self.finished_before and (self.stopped == "plateau" or self.epoch >= cfg.epochs):
             self.log(f"the run in {self.out} is already finished ({self.stopped}, {self.epoch} epochs); "
-                     f"nothing to do (raise --epochs to train on)")
+                     f"nothing to do ({self._train_on_hint()})")
             return self.result()
         stop = StopRequest(self.log)
         stop.install()
@@ -685,6 +775,13 @@ class Trainer:
                      f"{self.task.units.get(self.task.monitor, '')} at epoch {self.best_epoch}; {self.out / 'best.pt'}")
         self.signal = stop.signal
         return self.result()
+
+    def _train_on_hint(self) -> str:
+        """What would let a finished run train on: more epochs, or (after its last plateau) more lr drops."""
+        if self.stopped == "plateau":
+            return (f"it ended at a plateau after its {self.cfg.lr_drops} lr reductions: raise --lr-drops to train "
+                    f"on at a lower lr")
+        return "raise --epochs to train on"
 
     def print_header(self, resume: Mapping[str, Any] | None) -> None:
         cfg = self.cfg

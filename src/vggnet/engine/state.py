@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import signal
@@ -32,8 +33,8 @@ from vggnet.errors import CheckpointError, UserError
 from vggnet.execution import choose_execution
 
 __all__ = ["capture_rng", "restore_rng", "seed_everything", "find_checkpoints", "link_or_copy", "plain",
-           "StopRequest", "locate_resume", "agree_on_resume", "init_from", "make_optimizer", "resolve_execution",
-           "make_scheduler", "parameter_groups"]
+           "StopRequest", "RunFolderLock", "claim_run_folder", "locate_resume", "agree_on_resume", "init_from",
+           "make_optimizer", "resolve_execution", "make_scheduler", "parameter_groups"]
 
 
 def capture_rng() -> dict[str, Any]:
@@ -144,6 +145,96 @@ class StopRequest:
 
 
 
+# The files a run writes besides its checkpoints: in a folder that is not a run, they are the user's.
+RUN_OUTPUTS = ("config.yaml", "metrics.csv", "curves.png", "train.log", "last.pt", "best.pt", "ema.pt", "tensorboard")
+CONFIG_HEADERS = ("# the resolved settings of this run", "# vgg train:")  # config.yaml's first line, now and before
+LOCK_NAME = ".vggnet.lock"
+
+
+class RunFolderLock:
+    """An exclusive `fcntl.flock` on `DIR/.vggnet.lock` for the life of a run.
+
+    The kernel drops the lock when its process ends, however it ends (kill -9
+    included), so a stale lock file never blocks a resume; the PID written in
+    it only names the holder in the message of a refused run.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        import fcntl
+
+        self.path = folder / LOCK_NAME
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(self.fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(self.fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EACCES, errno.EAGAIN):
+                raise UserError(f"--output-dir {folder} is in use by another run (process {holder}, which holds "
+                                f"{self.path}); two runs in one folder would delete each other's checkpoints: "
+                                f"wait for it to end or choose another --output-dir") from None
+            raise
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+
+    def remove_if_unused(self) -> None:
+        """Remove the folder if it holds nothing but this lock (a run that failed before writing anything)."""
+        folder = self.path.parent
+        if [p.name for p in folder.iterdir()] == [LOCK_NAME]:
+            self.path.unlink(missing_ok=True)
+            self.release()
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # closing the descriptor releases the lock
+            self.fd = -1
+
+
+def claim_run_folder(out: Path) -> RunFolderLock:
+    """Make `out` this run's folder, or a `UserError` saying why it cannot be (before any work).
+
+    `out` must be a directory we can write in, not another run's at the moment
+    (an exclusive lock, held until `release()`), and not a folder of other
+    files that the run's outputs would overwrite.
+    """
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--output-dir {out} is a file, not a folder; choose a folder for the run's checkpoints")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".vggnet-write-test.{os.getpid()}"
+        with open(probe, "wb") as f:
+            f.write(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"--output-dir {out}: cannot write there ({exc.strerror or exc}); the run's checkpoints "
+                        f"need a writable folder with free space") from None
+    lock = RunFolderLock(out)
+    try:
+        if not find_checkpoints(out) and not _is_our_config(out / "config.yaml"):
+            clash = [name for name in RUN_OUTPUTS if (out / name).exists()]
+            if clash:
+                others = sorted(p.name for p in out.iterdir() if p.name not in clash and p.name != LOCK_NAME)
+                listed = ", ".join(clash + others[:5]) + (" ..." if len(others) > 5 else "")
+                raise UserError(f"--output-dir {out} is not a vggnet run folder but holds {listed}; the run would "
+                                f"overwrite {', '.join(clash)}: choose an empty or new folder")
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def _is_our_config(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.readline().startswith(CONFIG_HEADERS)
+    except OSError:
+        return False
+
+
 def locate_resume(cfg: TrainConfig, out: Path, log: Callable[[str], None],
                   check: Callable[[Mapping[str, Any], Path], None]) -> tuple[dict[str, Any] | None, Path | None]:
     """(the checkpoint to continue, loaded; its path), or (None, None) for a fresh run.
@@ -163,18 +254,23 @@ def locate_resume(cfg: TrainConfig, out: Path, log: Callable[[str], None],
         if not candidates:
             log(f"--resume auto: no checkpoint in {folder}; starting a new run")
             return None, None
-        errors = []
+        errors: dict[str, list[str]] = {}  # reason (the file's name taken out) -> files
         for path in candidates:
             try:
                 ckpt = load_checkpoint(path)
                 check(ckpt, path)
             except CheckpointError as exc:
-                errors.append(str(exc))
-                log(f"warning: --resume auto: skipping {exc}; trying the previous checkpoint")
+                reason = str(exc).replace(str(path), "{}")
+                if reason not in errors:  # one warning per reason, not one per file
+                    log(f"warning: --resume auto: skipping {exc}; trying the previous checkpoint")
+                errors.setdefault(reason, []).append(path.name)
                 continue
             return ckpt, path
         raise CheckpointError(f"--resume auto: none of the {len(candidates)} checkpoints in {folder} can be "
-                              f"used:\n  " + "\n  ".join(errors))
+                              f"used:\n  " + "\n  ".join(
+                                  reason.replace("{}", files[0]) + (f" (also {', '.join(files[1:])})"
+                                                                    if len(files) > 1 else "")
+                                  for reason, files in errors.items()))
     path = Path(cfg.resume)
     try:
         ckpt = load_checkpoint(path)

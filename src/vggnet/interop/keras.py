@@ -22,14 +22,20 @@ __all__ = ["import_keras"]
 def _h5_names(group: Any, attr: str) -> list[str] | None:
     """A list-of-strings attribute, also when Keras split a long one into `attr0`, `attr1`, ..."""
     if attr in group.attrs:
-        values = list(group.attrs[attr])
+        parts = [group.attrs[attr]]
     elif f"{attr}0" in group.attrs:
-        values, i = [], 0
+        parts, i = [], 0
         while f"{attr}{i}" in group.attrs:
-            values += list(group.attrs[f"{attr}{i}"])
+            parts.append(group.attrs[f"{attr}{i}"])
             i += 1
     else:
         return None
+    values = []
+    for part in parts:
+        # Keras writes arrays of byte strings; anything else (a number, an array of ints) is not its file
+        if np.ndim(part) != 1 or not all(isinstance(v, (bytes, str)) for v in part):
+            raise ValueError(f"its {attr!r} attribute is {np.asarray(part).tolist()!r}, not a list of layer names")
+        values += list(part)
     return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
 
 
@@ -68,7 +74,10 @@ def _read_keras(path: Path) -> list[tuple[str, list[np.ndarray]]]:
         root = f
         if "layer_names" not in f.attrs and "model_weights" in f:  # a whole model saved with model.save()
             root = f["model_weights"]
-        names = _h5_names(root, "layer_names")
+        try:
+            names = _h5_names(root, "layer_names")
+        except ValueError as exc:
+            raise CheckpointError(f"{path} is not a Keras h5 weights file: {exc}") from None
         if names is None and isinstance(f.get("layers"), h5py.Group):
             return _read_keras3(f["layers"], path)
         if names is None:
@@ -77,7 +86,7 @@ def _read_keras(path: Path) -> list[tuple[str, list[np.ndarray]]]:
         for layer in names:
             try:
                 group = root[layer]
-                weight_names = _h5_names(group, "weight_names") or []
+                weight_names = _h5_names(group, "weight_names") or []  # ValueError: not names
                 arrays = [np.asarray(group[w], dtype=np.float32) for w in weight_names]
             except (KeyError, OSError, ValueError) as exc:
                 raise CheckpointError(f"Keras weights {path}: layer {layer!r} cannot be read: {exc}") from None
