@@ -284,11 +284,11 @@ class _MultiScale:
     def __call__(self, image: Any, boxes: tv_tensors.BoundingBoxes | None = None) -> Any:
         from torchvision.transforms.v2 import functional as TF
 
-        from vggnet.data.transforms import _ensure_decoded
+        from vggnet.data.transforms import _ensure_decoded, _size_hw
 
         where = str(getattr(image, "filename", "") or "an image")
-        image = _ensure_decoded(image, self.decode_side)
-        h, w = image.height, image.width
+        image = _ensure_decoded(image, self.decode_side)  # a Pillow image, or a uint8 tensor from TorchCodec
+        h, w = _size_hw(image)
         xs = [p(image) for p in self.presets]
         if boxes is None:
             return xs, tv_tensors.BoundingBoxes(torch.zeros(0, 4), format="XYXY", canvas_size=(h, w))

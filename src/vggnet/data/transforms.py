@@ -285,7 +285,10 @@ def _ensure_decoded(image: Any, min_side: int | None) -> Any:
         if _pending(image) or image.mode != "RGB":
             from vggnet.data.decode import fast_jpeg  # TorchCodec where it wins and gives Pillow's pixels
 
-            pixels = fast_jpeg(image, min_side, _orientation(image)) if _pending(image) else None
+            # JPEGs only: reading a PNG's EXIF makes Pillow load (and half-decode) its pixels, which would
+            # hide a corrupt file from `decode_image` below
+            pixels = (fast_jpeg(image, min_side, _orientation(image))
+                      if _pending(image) and image.format == "JPEG" else None)
             if pixels is not None:
                 # (3, H, W) with (H, W, 3) strides, the layout of Pillow's pixels: torch's vectorised
                 # antialiased resize has its fast path for exactly this layout
