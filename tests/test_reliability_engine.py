@@ -225,6 +225,26 @@ def test_left_out_files_are_named_in_train_log_even_with_warnings_silenced(tmp_p
     assert "2 file(s) of" in proc.stdout and "Warning" not in proc.stderr
 
 
+def test_unreadable_training_files_are_named_once_per_run_in_train_log_with_warnings_silenced(tmp_path):
+    """A file that fails to decode in a loader worker: named in the console and train.log through the run's
+    own logger, once in a run of two epochs, also under `-W ignore` (a warning in a worker would be lost)."""
+    data = _flat_images(tmp_path / "data", {"a": ["x.png", "x2.png", "bad.jpg"], "b": ["y.png", "y2.png"]})
+    code = ("import sys; from vggnet.engine import TrainConfig, train; "
+            f"train(TrainConfig(**{{**{TINY!r}, 'epochs': 2, 'workers': 1}}, batch_size=5, max_bad_fraction=0.5, "
+            f"data=sys.argv[1], output_dir=sys.argv[2]))")
+    proc = subprocess.run([sys.executable, "-W", "ignore", "-c", code, str(data), str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=180,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "PYTHONWARNINGS": "ignore"})
+    assert proc.returncode == 0, proc.stderr
+    bad = str(data / "train" / "a" / "bad.jpg")
+    log = (tmp_path / "run" / "train.log").read_text()
+    lines = [line for line in log.splitlines() if bad in line]
+    assert len(lines) == 1 and lines[0].startswith("warning: skipping bad image") and "empty file" in lines[0], lines
+    assert sum(bad in line for line in proc.stdout.splitlines()) == 1
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[1:]
+    assert [r.split(",")[-2] for r in rows] == ["1", "1"]  # counted in both epochs, named once
+
+
 def test_resume_with_changed_settings_says_it_once_naming_the_setting(tmp_path, capsys):
     out = tmp_path / "run"
     train(_tiny_synthetic(out, checkpoint_every=1, max_steps=3, keep=3))

@@ -11,16 +11,19 @@ crops the straight run would have seen.
 from __future__ import annotations
 
 import signal
-from typing import Any, Callable, Iterator
+import warnings
+from typing import Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vggnet import distributed
+from vggnet.data.datasets import BadImageWarning
 from vggnet.engine.config import TrainConfig
 
-__all__ = ["SeededAugmentation", "EpochTagged", "worker_init", "build_datasets", "make_train_loader"]
+__all__ = ["SeededAugmentation", "SkippedImage", "EpochTagged", "worker_init", "build_datasets",
+           "make_train_loader"]
 
 
 class SeededAugmentation(Dataset):
@@ -43,9 +46,34 @@ class SeededAugmentation(Dataset):
         # would also reseed the CUDA generators, which fork_rng(devices=[]) does not restore
         # (with --workers 0 it would reset the GPU dropout stream at every image), and costs
         # a stack capture per call while CUDA is not initialised.
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             torch.default_generator.manual_seed(item_seed)
-            return self.dataset[index]
+            item = self.dataset[index]
+        bad = [w for w in caught if issubclass(w.category, BadImageWarning)]
+        for w in caught:  # anything else is warned as usual
+            if w not in bad:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        if item is None:
+            # a file the dataset could not read: its name and reason travel with the batch to the
+            # main process, which logs it once (a warning in a loader worker may be silenced or lost)
+            return SkippedImage(str(bad[-1].message) if bad else f"skipping image {index}: unreadable")
+        return item
+
+
+class SkippedImage(NamedTuple):
+    """A training item whose file could not be read: what to tell the user."""
+
+    message: str
+
+
+def collate_naming_skips(collate: Callable[[list[Any]], Any]) -> Callable[[list[Any]], tuple[Any, list[str]]]:
+    """`collate` over the readable items (a `SkippedImage` counts as a bad file), and the messages of the
+    skipped ones: `(batch, [message, ...])`."""
+    def collate_fn(items: list[Any]) -> tuple[Any, list[str]]:
+        messages = [it.message for it in items if isinstance(it, SkippedImage)]
+        return collate([None if isinstance(it, SkippedImage) else it for it in items]), messages
+    return collate_fn
 
 
 class EpochTagged(Sampler):
@@ -110,5 +138,6 @@ def make_train_loader(dataset: Dataset, sampler: distributed.ResumableDistribute
     """
     return DataLoader(
         SeededAugmentation(dataset, seed), batch_size=micro_batch, sampler=EpochTagged(sampler),
-        num_workers=workers, collate_fn=collate, pin_memory=pin_memory, worker_init_fn=worker_init,
+        num_workers=workers, collate_fn=collate_naming_skips(collate), pin_memory=pin_memory,
+        worker_init_fn=worker_init,
         generator=torch.Generator().manual_seed(seed), prefetch_factor=4 if workers > 0 else None)

@@ -81,6 +81,7 @@ class Trainer:
         self.last_save_time = time.monotonic()
         self.finished_before = False
         self.signal: int | None = None
+        self.reported_bad: set[str] = set()  # unreadable training files already named in the log
         self.folder_lock: Any = None  # rank 0's lock on the run folder (`claim_run_folder`)
         self._reset_epoch_totals()
 
@@ -431,7 +432,11 @@ class Trainer:
                 step_loss = torch.zeros((), dtype=torch.float64, device=dev)
                 good = 0  # images of this step that were read (bad files are skipped)
                 for k in range(self.accum):
-                    batch = next(batches)
+                    batch, skipped_files = next(batches)
+                    for message in skipped_files:  # every unreadable file named once per run, in train.log too
+                        if message not in self.reported_bad:
+                            self.reported_bad.add(message)
+                            self.log(f"warning: {message}")
                     skipped = getattr(batch, "skipped", 0)
                     if len(batch) == 0:
                         # every image of this micro-batch was a bad file: a zero-weight step on a blank
