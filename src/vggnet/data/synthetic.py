@@ -310,6 +310,26 @@ def _write_range(args: tuple[Path, dict[str, Any], str, int, int, int, int]) -> 
     return stop - start
 
 
+def _prepare_output(out: str | os.PathLike, force: bool, folders: Sequence[str],
+                    counts: Sequence[tuple[int, str]]) -> Path:
+    """`out` ready to be written: refused if it is a file, or not empty without `force` (then only
+    `folders` and synthetic.json, what a writer here makes, are removed); image counts checked."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise UserError(f"{out}: exists and is not empty; pass --force (force=True) to overwrite it")
+        for name in folders:
+            if (out / name).is_dir():
+                shutil.rmtree(out / name)
+        (out / "synthetic.json").unlink(missing_ok=True)
+    for n, flag in counts:
+        if n < 0:
+            raise UserError(f"{flag}: expected a number of images >= 0, got {n}")
+    return out
+
+
 def write_synthetic(out: str | os.PathLike, classes: int | Sequence[str] = 10, train: int = 2000, val: int = 500,
                     seed: int = 0, force: bool = False, *, image_size: tuple[int, int] = (160, 400),
                     quality: int = 90, workers: int = 0) -> dict[str, Any]:
@@ -320,19 +340,7 @@ def write_synthetic(out: str | os.PathLike, classes: int | Sequence[str] = 10, t
     this function writes (train/, val/, annotations/, synthetic.json).
     Returns the settings written to `out/synthetic.json`.
     """
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()):
-        if not force:
-            raise UserError(f"{out}: exists and is not empty; pass --force (force=True) to overwrite it")
-        for name in ("train", "val", "annotations"):
-            if (out / name).is_dir():
-                shutil.rmtree(out / name)
-        (out / "synthetic.json").unlink(missing_ok=True)
-    for n, flag in ((train, "--train"), (val, "--val")):
-        if n < 0:
-            raise UserError(f"{flag}: expected a number of images >= 0, got {n}")
+    out = _prepare_output(out, force, ("train", "val", "annotations"), ((train, "--train"), (val, "--val")))
     if not 1 <= quality <= 100:
         raise UserError(f"--quality: expected 1 to 100, got {quality}")
     names = _resolve_classes(classes)
@@ -401,19 +409,8 @@ def write_multilabel(out: str | os.PathLike, classes: int | Sequence[str] = 10, 
 
     `trainval` images are split in halves into train and val; `test` images follow.
     """
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()):
-        if not force:
-            raise UserError(f"{out}: exists and is not empty; pass --force (force=True) to overwrite it")
-        for name in ("JPEGImages", "Annotations", "ImageSets"):
-            if (out / name).is_dir():
-                shutil.rmtree(out / name)
-        (out / "synthetic.json").unlink(missing_ok=True)
-    for n, flag in ((trainval, "--train"), (test, "--val")):
-        if n < 0:
-            raise UserError(f"{flag}: expected a number of images >= 0, got {n}")
+    out = _prepare_output(out, force, ("JPEGImages", "Annotations", "ImageSets"),
+                          ((trainval, "--train"), (test, "--val")))
     names = _resolve_classes(classes)
     SyntheticShapes(0, classes=names, image_size=image_size)  # validates image_size
     for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
