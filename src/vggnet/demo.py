@@ -243,7 +243,8 @@ def run(output_dir: str | os.PathLike = "demo_run", *, quick: bool = False, epoc
           f"{', '.join(map(str, scales))}): top-1 accuracy {o['top1_accuracy']:.2f}% (top-1 error "
           f"{o['top1_error']:.2f}%, top-5 error {o['top5_error']:.2f}%) on {o['images']} validation images; "
           f"{_fmt(seconds)} in all (dataset {_fmt(timings['dataset'])}, training {_fmt(timings['train'])}, "
-          f"evaluation {_fmt(timings['evaluate'])})")
+          f"evaluation {_fmt(timings['evaluate'])}, localisation {_fmt(timings['localisation'])}, "
+          f"transfer {_fmt(timings['transfer'])})")
     print(f"run folder: {out}/ (train/best.pt, train/metrics.csv, train/curves.png, results.md, predictions.txt)")
     return {"top1_error": o["top1_error"], "top5_error": o["top5_error"], "top1_accuracy": o["top1_accuracy"],
             "table": table, "seconds": seconds, "timings": timings, "history": result.get("history", []),
