@@ -42,7 +42,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 def _usage() -> str:
     width = max(len(n) for n in COMMANDS)
     lines = ["usage: vgg <command> [options]", "",
-             "VGG (Simonyan & Zisserman, arXiv 1409.1556): models, training, evaluation.", "", "commands:"]
+             "VGG (Simonyan & Zisserman, arXiv 1409.1556): models, training, evaluation, localisation, "
+             "transfer.", "", "commands:"]
     lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "`vgg <command> --help` describes a command."]
     return "\n".join(lines)
