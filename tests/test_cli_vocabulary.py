@@ -48,14 +48,15 @@ def test_checkpoint_flag_for_eval_and_predict():
         assert "--checkpoint" in option_strings(parser_of(name))
 
 
-def test_info_json_into_a_closed_pipe_is_not_a_traceback(monkeypatch, capsys):
-    # `vgg info --json | head -1`: stdout is a pipe whose reader has gone
+@pytest.mark.parametrize("argv", [["info", "--json"], ["--help"]])
+def test_output_into_a_closed_pipe_is_not_a_traceback(monkeypatch, capsys, argv):
+    # `vgg info --json | head -1`, `vgg --help | head`: stdout is a pipe whose reader has gone
     read_end, write_end = os.pipe()
     os.close(read_end)
     stream = open(write_end, "w")
     monkeypatch.setattr(sys, "stdout", stream)
     try:
-        assert main(["info", "--json"]) == 141
+        assert main(argv) == 141
         stream.write("x" * 100_000)  # stdout now leads to /dev/null: Python's exit flush cannot fail again
         stream.flush()
     finally:

@@ -67,6 +67,20 @@ def _load_command(name: str):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `vgg` with `argv` (default: sys.argv[1:]); returns the exit status."""
+    try:
+        status = _main(argv)  # (argparse's own --help output ignores a closed pipe by itself)
+        sys.stdout.flush()  # inside the try: a closed pipe is reported here, not at interpreter exit
+        return status
+    except BrokenPipeError:
+        # `vgg info --json | head -1`, `vgg train --help | head`: the reader has gone, which is not an
+        # error of ours. Point stdout at /dev/null so that Python's final flush does not raise again
+        # (Python docs, "Note on SIGPIPE"); 141 = 128 + SIGPIPE, what a C tool's status would be.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
@@ -85,16 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser = argparse.ArgumentParser(prog=f"vgg {name}", description=help_)
         add(parser)
         args = parse_args_with_config(parser, argv[1:])
-        status = int(run(args) or 0)
-        sys.stdout.flush()  # inside the try: a closed pipe is reported here, not at interpreter exit
-        return status
-    except BrokenPipeError:
-        # `vgg info --json | head -1`: the reader has gone, which is not an error of ours. Point
-        # stdout at /dev/null so that Python's final flush does not raise again (Python docs,
-        # "Note on SIGPIPE"); 141 = 128 + SIGPIPE, what a C tool's status would be.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 141
+        return int(run(args) or 0)
     except UserError as exc:
         print(f"vgg {name}: error: {exc}", file=sys.stderr)
         return 2
