@@ -93,7 +93,8 @@ def row_numbers(plan: Plan, row: Row) -> dict[str, float | None]:
                 source = (result["nets"][0]["results"].get(row.method) or {}).get("all")
         else:
             source = result.get("overall")
-        return {m: (float(source[m]) if source and m in source else None) for m in plan.grid.metrics}
+        # a metric may be null: top-5 error with 5 classes or fewer is "n/a"
+        return {m: (float(source[m]) if source and source.get(m) is not None else None) for m in plan.grid.metrics}
     out: dict[str, float | None] = {}
     for m in plan.grid.metrics:
         value = _find(result, m)
