@@ -510,6 +510,15 @@ def _run_pass(
 # --------------------------------------------------------------------------- results
 
 
+def markdown_table(head: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    """A Markdown table whose columns are padded to their widest cell (readable as plain text too)."""
+    widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(head, widths)) + " |",
+             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in body]
+    return "\n".join(lines)
+
+
 @dataclass
 class EvalResult:
     """Posteriors and metrics of one evaluation.
@@ -678,11 +687,7 @@ class EvalResult:
         body = [[r["net"], r["train_scale"], r["test_scale"], r["method"],
                  f"{r['top1_error']:.2f}", self._top5(r["top5_error"]), f"{100.0 - r['top1_error']:.2f}"]
                 for r in self.rows]
-        widths = [max(len(row[i]) for row in [head] + body) for i in range(len(head))]
-        lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(head, widths)) + " |",
-                 "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-        lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in body]
-        return "\n".join(lines)
+        return markdown_table(head, body)
 
     def to_markdown(self, *, per_class: bool = True) -> str:
         o = self.overall

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from vggnet.errors import CheckpointError, DataError, UserError
+from vggnet.errors import DataError, UserError
 from vggnet.localize import (BOX_MODES, HEADS, TARGETS, count_images_without_boxes, load_classifier_checkpoint,
                              load_localiser, mean_box, mean_box_error, protocol1)
 
@@ -202,11 +202,9 @@ def report_table(report: dict[str, Any]) -> str:
     """The paper-style table (Tables 8-9): net / test Q / method / localisation error."""
     head = ["localisation net", "test Q", "method", "loc. error (%)"]
     body = [[r["net"], r["test_scale"], r["method"], f"{r['localisation_error']:.2f}"] for r in report["rows"]]
-    widths = [max(len(row[i]) for row in [head] + body) for i in range(len(head))]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(head, widths)) + " |",
-             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in body]
-    return "\n".join(lines)
+    from vggnet.evaluate import markdown_table
+
+    return markdown_table(head, body)
 
 
 def _markdown(report: dict[str, Any]) -> str:

@@ -311,7 +311,9 @@ def decode_files(paths: Sequence[str | Path], device: torch.device | str) -> lis
     jpegs: list[int] = []
     for i, p in enumerate(paths):
         img = open_image(p)
-        if decode.use_torchcodec(img, _orientation(img)) and Path(p).read_bytes()[-2:] == b"\xff\xd9":
+        # JPEGs only before `_orientation`: a PNG's EXIF read would half-decode it (see `_ensure_decoded`)
+        if (img.format == "JPEG" and decode.use_torchcodec(img, _orientation(img))
+                and Path(p).read_bytes()[-2:] == b"\xff\xd9"):
             jpegs.append(i)
         img.close()
     if jpegs:

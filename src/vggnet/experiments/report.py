@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from vggnet.experiments.grid import Grid, Row
+from vggnet.experiments.grid import Row
 from vggnet.experiments.runner import Plan, _read_json, _write_json, cell_status
 
 __all__ = ["environment", "build_report", "write_report", "format_table", "METRIC_LABELS"]
@@ -185,11 +185,9 @@ def format_table(report: Mapping[str, Any]) -> str:
             line += [_fmt(r["ours"].get(m)), "-" if paper is None else str(paper)]  # as the paper prints it
         line.append(r["status"])
         body.append(line)
-    widths = [max(len(x[i]) for x in [head] + body) for i in range(len(head))]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(head, widths)) + " |",
-             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(x, widths)) + " |" for x in body]
-    return "\n".join(lines)
+    from vggnet.evaluate import markdown_table
+
+    return markdown_table(head, body)
 
 
 def to_markdown(report: Mapping[str, Any]) -> str:
