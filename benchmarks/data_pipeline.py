@@ -11,8 +11,10 @@ this one process with one thread (as one DataLoader worker runs):
     vgg train jit   build_dataset + TrainPreset(scale=(256, 512)), PCA lighting on (the paper's multi-scale)
     tv eval         ImageFolder + Resize(256) + ToTensor + Normalize (whole image, dense evaluation)
     vgg eval        build_dataset + DenseEvalPreset(scale=256)
-    ..., Pillow only   the same vgg pipelines with `vggnet.data.decode.DECODER = "pillow"`: every
-                    file decoded by Pillow, as before TorchCodec was used (new / before)
+    ..., Pillow decode the same vgg pipelines with `vggnet.data.decode.DECODER = "pillow"`: every
+                    file decoded by Pillow (what TorchCodec brings)
+    ..., before     Pillow decode and every step through v2.Compose (`vggnet.data.transforms.DIRECT =
+                    False`): the pipeline before TorchCodec and the direct kernels (new / before)
     decode TorchCodec  TorchCodec's decode_jpeg only (where it is installed)
 
 and prints images/s with ratios to torchvision and to raw decoding. A second,
@@ -76,16 +78,20 @@ def pipelines(folder: Path) -> dict[str, Callable[[], Any]]:
     def run(ds: Any) -> Callable[[], Any]:
         return lambda: [ds[i] for i in range(len(ds))]
 
-    def before(ds: Any) -> Callable[[], Any]:
-        """The same pipeline with Pillow decoding every file (vggnet before TorchCodec)."""
+    def variant(ds: Any, *, compose: bool) -> Callable[[], Any]:
+        """The same pipeline with Pillow decoding every file; with `compose`, also every step through
+        v2.Compose (vggnet before TorchCodec and the direct kernels)."""
         from vggnet.data import decode as decoders
+        from vggnet.data import transforms
 
         def go() -> Any:
             decoders.DECODER = "pillow"
+            transforms.DIRECT = not compose
             try:
                 return [ds[i] for i in range(len(ds))]
             finally:
                 decoders.DECODER = "auto"
+                transforms.DIRECT = True
         return go
 
     def decode() -> Any:
@@ -101,9 +107,11 @@ def pipelines(folder: Path) -> dict[str, Callable[[], Any]]:
         return [decode_jpeg(p) for p in paths]
 
     out = {"decode": decode, "tv train": run(tv_train), "tv-v2 train": run(tv2_train),
-           "vgg train S": run(vgg_fixed), "vgg train S, Pillow only": before(vgg_fixed),
+           "vgg train S": run(vgg_fixed), "vgg train S, Pillow decode": variant(vgg_fixed, compose=False),
+           "vgg train S, before": variant(vgg_fixed, compose=True),
            "vgg train jit": run(vgg_jitter), "tv eval": run(tv_eval), "vgg eval": run(vgg_eval),
-           "vgg eval, Pillow only": before(vgg_eval)}
+           "vgg eval, Pillow decode": variant(vgg_eval, compose=False),
+           "vgg eval, before": variant(vgg_eval, compose=True)}
     from vggnet.data.decode import torchcodec_available
 
     if torchcodec_available():
@@ -135,7 +143,8 @@ def report(title: str, rates: dict[str, float]) -> list[str]:
         lines.append(f"| {k} | {v:.0f} | {vs_tv} | {rates['decode'] / v:.2f}x |")
     lines.append("")
     for k in ("vgg train S", "vgg eval"):
-        lines.append(f"{k}: {rates[k] / rates[k + ', Pillow only']:.2f}x the same pipeline decoding with Pillow only")
+        lines.append(f"{k}: {rates[k] / rates[k + ', before']:.2f}x the pipeline before (Pillow decode, v2.Compose); "
+                     f"{rates[k] / rates[k + ', Pillow decode']:.2f}x the same pipeline decoding with Pillow")
     return lines
 
 

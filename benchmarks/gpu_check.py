@@ -10,7 +10,10 @@ would start after `--budget` seconds is skipped and named in the table):
      Q = 256, 384, 512 with flips, multi-crop 150 crops, in bf16;
   3. `vgg train` for 50 steps on the synthetic shapes (bf16, the machine's
      data-loading workers): the whole loop's images/s against the bare step's;
-  4. `torchrun --nproc-per-node=1` with NCCL: a few steps of `vgg train` in one
+  4. `vgg train` for 20 steps on JPEG files of ImageNet's size (500x375, written
+     first), decoded by the loader workers (`--decode-device cpu`) and in batches
+     on the GPU (`--decode-device cuda`);
+  5. `torchrun --nproc-per-node=1` with NCCL: a few steps of `vgg train` in one
      DDP process, to show the distributed path runs on this machine.
 
     python benchmarks/gpu_check.py --out gpu_check.md                 # on the GPU machine
@@ -61,9 +64,11 @@ class Table:
 def settings(args: argparse.Namespace) -> dict[str, Any]:
     if args.quick:
         return dict(width=1 / 16, fc_width=64, crop=32, batch=4, steps=1, rounds=2, scales=[32, 48],
-                    image=(36, 48), images=2, train_steps=4, classes=10)
+                    image=(36, 48), images=2, train_steps=4, classes=10, jpeg_steps=2, jpeg_size=(40, 56),
+                    jpeg_scale=36)
     return dict(width=1.0, fc_width=4096, crop=224, batch=64, steps=5, rounds=3, scales=[256, 384, 512],
-                image=(375, 500), images=16, train_steps=50, classes=1000)
+                image=(375, 500), images=16, train_steps=50, classes=1000, jpeg_steps=20, jpeg_size=(375, 500),
+                jpeg_scale=256)
 
 
 def training_step(s: dict[str, Any], device: torch.device, table: Table, quick: bool, compile_: bool) -> float:
@@ -173,6 +178,33 @@ def train_loop(s: dict[str, Any], device: torch.device, table: Table, bare: floa
               f"vs the bare step above; {result['global_step']} steps")
 
 
+def jpeg_loop(s: dict[str, Any], device: torch.device, table: Table, workers: int, out: Path) -> None:
+    """Section 4: the whole loop on JPEG files, decoded by the workers and on the GPU."""
+    from vggnet.data.synthetic import write_synthetic
+    from vggnet.engine import TrainConfig, train
+
+    steps = s["jpeg_steps"]
+    data = out / "jpegs"
+    write_synthetic(data, classes=4, train=steps * s["batch"], val=s["batch"], image_size=s["jpeg_size"],
+                    workers=workers)
+    section = f"`vgg train`, {steps} steps, JPEGs of {s['jpeg_size'][0]}-{s['jpeg_size'][1]} px, bf16"
+    rates: dict[str, float | None] = {}
+    for where in ("cpu", "cuda"):
+        if where == "cuda" and device.type != "cuda":
+            table.add(section, "--decode-device cuda", None, None, "skipped: needs a GPU")
+            continue
+        run = out / f"jpeg-{where}"
+        cfg = TrainConfig(model="D", width=s["width"], fc_width=s["fc_width"], crop_size=s["crop"],
+                          scale=s["jpeg_scale"], data=str(data), batch_size=s["batch"], epochs=1, max_steps=steps,
+                          workers=workers, device=str(device), amp="bf16", channels_last="on", progress=False,
+                          stats_sample=s["batch"], output_dir=str(run), dropout=0.5, decode_device=where)
+        train(cfg)
+        seconds = _train_seconds(run)
+        rates[where] = steps * s["batch"] / seconds if seconds else None
+        table.add(section, f"--decode-device {where} ({workers} workers)", rates[where],
+                  rates.get("cpu") if where == "cuda" else None, "vs --decode-device cpu" if where == "cuda" else "")
+
+
 def _train_seconds(run: Path) -> float | None:
     """Training seconds of the run's last checkpoint (the loop's own clock: data loading and steps, no set-up)."""
     path = run / "last.pt"
@@ -245,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
             eval_cost(s, device, table, args.quick)
         if due("`vgg train`"):
             train_loop(s, device, table, bare, workers, out)
+        if due("`vgg train` on JPEGs"):
+            jpeg_loop(s, device, table, workers, out)
         if args.no_torchrun:
             table.add("torchrun --nproc-per-node=1", "-", None, None, "skipped (--no-torchrun)")
         elif due("torchrun --nproc-per-node=1"):

@@ -292,3 +292,46 @@ def test_jpeg_draft_decodes_smaller_and_boxes_follow(tmp_path):
     assert x.shape == (3, 100, 133)
     assert b[0].tolist() == pytest.approx([400 * 133 / 800, 200 / 6, 600 * 133 / 800, 400 / 6], abs=1e-3)
     assert max(abs(f - e) for f, e in zip(_bright_box(x), b[0].tolist())) <= 1.5
+
+
+def _both_paths(preset, make_image, seed):
+    """The preset's output for a fresh `make_image()` through its direct kernels and through v2.Compose,
+    with the same seed, each with the random number drawn next."""
+    from vggnet.data import transforms
+
+    out = []
+    for direct in (True, False):
+        transforms.DIRECT = direct
+        try:
+            torch.manual_seed(seed)
+            out.append((preset(make_image()), torch.rand(1)))  # the next draw shows both consumed the same numbers
+        finally:
+            transforms.DIRECT = True
+    return out
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("kind", ["pillow", "tensor", "jpeg"])
+def test_direct_path_is_bitwise_the_compose(tmp_path, seed, kind):
+    # images without boxes skip v2.Compose; the crop, flip, lighting and normalisation must not change at all
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 256, (45 + seed, 70 - seed, 3), dtype=np.uint8)
+    pca = {"eigval": [55.0, 4.8, 1.2], "eigvec": [[-0.58, -0.58, -0.57], [-0.81, 0.04, 0.59], [0.05, -0.82, 0.57]]}
+    presets = [TrainPreset(crop_size=32, scale=(36, 60), preprocessing=Preprocessing.caffe(), pca=pca),
+               TrainPreset(crop_size=32, scale=40, preprocessing=PLAIN, hflip=False),
+               DenseEvalPreset(scale=40, preprocessing=Preprocessing.caffe())]
+    path = tmp_path / "image.jpg"
+    Image.fromarray(arr).save(path, quality=90)
+    make_image = {"pillow": lambda: Image.fromarray(arr),
+                  "tensor": lambda: torch.from_numpy(arr).permute(2, 0, 1),
+                  # a lazily opened file, decoded by TorchCodec or Pillow first, as in a dataset
+                  "jpeg": lambda: open_image(path)}[kind]
+    for preset in presets:
+        (direct, after_direct), (compose, after_compose) = _both_paths(preset, make_image, seed)
+        assert type(direct) is torch.Tensor and direct.dtype == torch.float32
+        assert torch.equal(direct, compose), type(preset).__name__
+        assert torch.equal(after_direct, after_compose)
+    # a policy (RandAugment) only runs in the Compose: the direct path steps aside
+    policy = TrainPreset(crop_size=32, scale=40, preprocessing=PLAIN, auto_augment="randaugment")
+    (a, _), (b, _) = _both_paths(policy, make_image, seed)
+    assert torch.equal(a, b)

@@ -38,6 +38,10 @@ def test_quick_cpu_run_writes_one_table_with_every_section(tmp_path):
     assert "whole loop (0 workers)" in loop and "4 steps" in loop
     cells = [c.strip() for c in loop.strip("|").split("|")]
     assert float(cells[2]) > 0 and cells[3].endswith("x")                  # images/s, and vs the bare step
+    jpegs = [r for r in rows if "JPEGs of 40-56 px" in r]
+    assert len(jpegs) == 2 and "--decode-device cpu (0 workers)" in jpegs[0]
+    assert float([c.strip() for c in jpegs[0].strip("|").split("|")][2]) > 0
+    assert "--decode-device cuda" in jpegs[1] and "skipped: needs a GPU" in jpegs[1]
     assert "skipped (--no-torchrun)" in text
 
 

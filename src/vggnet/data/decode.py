@@ -17,7 +17,7 @@ image (one thread, measured in docs/benchmarks.md, "Data pipeline"):
 
 `DECODER = "pillow"` turns TorchCodec off (the benchmark compares the two).
 On a GPU, `choose_decode_device` decides whether JPEGs may be decoded on the
-GPU in batches (nvJPEG through TorchCodec, `vggnet.data.transforms.decode_files`).
+GPU in batches (nvJPEG through TorchCodec, `vggnet.data.device_decode`).
 """
 
 from __future__ import annotations

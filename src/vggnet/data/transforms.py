@@ -13,10 +13,19 @@ Every step is a `torchvision.transforms.v2` transform, so bounding boxes
 rescale, the crop and the flip. Presets are small keyword-only classes that wrap a
 `v2.Compose`, in the manner of torchvision's `references/classification/presets.py`.
 
-Decoding is Pillow's (torchvision 0.29 deprecates its own decoders). A JPEG much
-larger than the scale it will be rescaled to is decoded with `Image.draft()`, which
-lets libjpeg downscale by 1/2, 1/4 or 1/8 in the DCT domain for a fraction of the
-full decoding cost. EXIF orientation is applied and every Pillow mode becomes RGB.
+Decoding (torchvision 0.29 deprecates its own decoders): TorchCodec for JPEGs near
+the size they will be rescaled to, where it gives Pillow's pixels faster
+(`vggnet.data.decode`); Pillow for everything else. A JPEG much larger than the
+scale it will be rescaled to is decoded with `Image.draft()`, which lets libjpeg
+downscale by 1/2, 1/4 or 1/8 in the DCT domain for a fraction of the full
+decoding cost. EXIF orientation is applied and every Pillow mode becomes RGB.
+
+An image without boxes (and without a RandAugment-style policy) skips
+`v2.Compose`: the presets call the same steps' kernels directly and draw the
+same random numbers in the same order, so the tensor is bitwise the Compose's
+(tests/test_data_transforms.py holds the two paths to that) without v2's
+per-call dispatch, which cost about as much as the rescale itself. `DIRECT =
+False` sends everything through the Compose (the benchmark's reference).
 
 What the network sees is `(rgb01 * pixel_scale - mean) / std` (`Preprocessing`);
 the paper's (Caffe's) convention is pixel_scale=255, mean = training-set mean RGB
@@ -56,6 +65,8 @@ CAFFE_MEAN = (123.68, 116.779, 103.939)
 # torchvision's ImageNet normalisation, for weights imported from torchvision (pixel_scale=1).
 TORCHVISION_MEAN = (0.485, 0.456, 0.406)
 TORCHVISION_STD = (0.229, 0.224, 0.225)
+
+DIRECT = True  # images without boxes skip v2.Compose (same kernels, same random draws); False: always Compose
 
 
 # --------------------------------------------------------------------------- normalisation
@@ -276,8 +287,14 @@ def load_image(path: str | Path, *, min_side: int | None = None) -> Image.Image:
 
 
 def _pending(img: Image.Image) -> bool:
-    """True for an image opened from a file whose pixels are not decoded yet."""
-    return isinstance(img, ImageFile.ImageFile) and bool(img.tile)
+    """True for an image opened from a file whose pixels are not decoded yet.
+
+    A file whose header ends before the first scan (a JPEG cut or overwritten
+    after its tables) opens with no tiles to decode; its file is still open, and
+    it counts as pending too, so that decoding it raises the named error rather
+    than handing an image without pixels to the transforms.
+    """
+    return isinstance(img, ImageFile.ImageFile) and (bool(img.tile) or getattr(img, "fp", None) is not None)
 
 
 def _ensure_decoded(image: Any, min_side: int | None) -> Any:
@@ -298,38 +315,6 @@ def _ensure_decoded(image: Any, min_side: int | None) -> Any:
     if isinstance(image, (str, Path)):
         return load_image(image, min_side=min_side)
     return image
-
-
-def decode_files(paths: Sequence[str | Path], device: torch.device | str) -> list[torch.Tensor]:
-    """Decode image files to (3, H, W) uint8 tensors on `device`: the JPEGs TorchCodec may take in one
-    batched call (one nvJPEG call on CUDA, `--decode-device cuda`), the others with Pillow (`load_image`,
-    with its named errors)."""
-    from vggnet.data import decode
-
-    device = torch.device(device)
-    out: list[torch.Tensor | None] = [None] * len(paths)
-    jpegs: list[int] = []
-    for i, p in enumerate(paths):
-        img = open_image(p)
-        # JPEGs only before `_orientation`: a PNG's EXIF read would half-decode it (see `_ensure_decoded`)
-        if (img.format == "JPEG" and decode.use_torchcodec(img, _orientation(img))
-                and Path(p).read_bytes()[-2:] == b"\xff\xd9"):
-            jpegs.append(i)
-        img.close()
-    if jpegs:
-        from torchcodec.decoders import decode_jpeg
-
-        data = [torch.frombuffer(bytearray(Path(paths[i]).read_bytes()), dtype=torch.uint8) for i in jpegs]
-        try:
-            decoded = decode_jpeg(data, mode="RGB", device=str(device))
-        except Exception:  # whatever TorchCodec refuses, Pillow decodes below or names
-            decoded = [None] * len(jpegs)
-        for i, x in zip(jpegs, decoded):
-            out[i] = x
-    for i, p in enumerate(paths):
-        if out[i] is None:
-            out[i] = _uint8_chw(load_image(p)).to(device)
-    return out  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------- geometry
@@ -433,9 +418,12 @@ class RandomRescaleCrop(v2.Transform):
                              f"got scale={self.scale} and crop_size={self.crop_size}")
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        return self.params_for(*v2.query_size(flat_inputs))
+
+    def params_for(self, h: int, w: int) -> dict[str, Any]:
+        """The random S and crop position for an image of h x w pixels."""
         lo, hi = self.scale
         s = lo if lo == hi else int(torch.randint(lo, hi + 1, ()).item())
-        h, w = v2.query_size(flat_inputs)
         sh, sw = rescaled_size(h, w, s)
         c = self.crop_size
         top = int(torch.randint(0, sh - c + 1, ()).item())
@@ -543,12 +531,16 @@ class ToNormalizedTensor(v2.Transform):
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         if isinstance(inpt, tv_tensors.BoundingBoxes):
             return inpt
-        x = _uint8_chw(inpt)
+        return tv_tensors.Image(self.affine(_uint8_chw(inpt), params["b"]))
+
+    def affine(self, x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """x * a + b per channel, as float32: a uint8 (0-255) or float ([0, 1]) image on any device."""
+        a, b = self._a.to(x.device), b.to(x.device)
         if x.dtype == torch.uint8:
-            out = x.to(torch.float32, memory_format=torch.contiguous_format).mul_(self._a)
+            out = x.to(torch.float32, memory_format=torch.contiguous_format).mul_(a)
         else:  # a float image in [0, 1]
-            out = x.to(torch.float32) * (self._a * 255.0)
-        return tv_tensors.Image(out.add_(params["b"]))
+            out = x.to(torch.float32) * (a * 255.0)
+        return out.add_(b)
 
 
 # --------------------------------------------------------------------------- presets
@@ -563,6 +555,12 @@ class _Preset:
         Returns the tensor, or `(tensor, boxes)` when boxes are given."""
         image = _ensure_decoded(image, self.decode_side)
         if boxes is None:
+            if DIRECT and isinstance(image, (Image.Image, torch.Tensor)):
+                x = _uint8_chw(image)
+                if x.dtype == torch.uint8 and x.ndim == 3:
+                    out = self._direct(x)
+                    if out is not None:
+                        return out
             return self.transforms(image).as_subclass(torch.Tensor)
         if not boxes.is_floating_point():
             boxes = boxes.to(torch.float32)  # integer boxes would be truncated at every rescale
@@ -572,6 +570,11 @@ class _Preset:
             boxes = F.resize(boxes, list(hw))
         out, boxes = self.transforms(image, boxes)
         return out.as_subclass(torch.Tensor), boxes
+
+    def _direct(self, x: torch.Tensor) -> torch.Tensor | None:
+        """`self.transforms(x)` for a (3, H, W) uint8 image, its steps' kernels called directly with the same
+        random draws in the same order; None where only the Compose applies."""
+        return None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.transforms})"
@@ -604,6 +607,33 @@ class TrainPreset(_Preset):
             steps.append(policies[auto_augment]())
         steps.append(ToNormalizedTensor(preprocessing, pca, pca_std))  # = ToFloat01, PCALighting, normalise
         self.transforms = v2.Compose(steps)
+        self.hflip = hflip
+        self.plain = auto_augment == "none"  # crop, flip, colour: what `draw` and `apply` do
+
+    def _direct(self, x: torch.Tensor) -> torch.Tensor | None:
+        return self.apply(x, self.draw(int(x.shape[-2]), int(x.shape[-1]))) if self.plain else None
+
+    def draw(self, height: int, width: int) -> dict[str, Any]:
+        """This image's augmentation: S, the crop, the flip and the colour shift, drawn from torch's RNG in the
+        order v2.Compose draws them (so `apply(x, draw(h, w))` is bitwise `self(x)`). With `apply`, this is how
+        `--decode-device cuda` draws in the loader workers and transforms on the GPU."""
+        if not self.plain:
+            raise ValueError("TrainPreset.draw: a preset with auto_augment runs through its Compose only")
+        crop, normalize = self.transforms.transforms[0], self.transforms.transforms[-1]
+        params = crop.params_for(height, width)
+        params["flip"] = self.hflip and bool(torch.rand(1) < 0.5)  # v2.RandomHorizontalFlip(0.5)'s draw
+        params["b"] = normalize.make_params([])["b"]
+        return params
+
+    def apply(self, x: torch.Tensor, params: Mapping[str, Any]) -> torch.Tensor:
+        """A (3, H, W) uint8 image (on any device) -> the network's float32 (3, crop, crop) input."""
+        c = self.crop_size
+        out = F.crop_image(F.resize_image(x, list(params["scaled"]), antialias=True),
+                           params["top"], params["left"], c, c)
+        if params["flip"]:
+            out = F.horizontal_flip_image(out)
+        normalize = self.transforms.transforms[-1]
+        return normalize.affine(out, params["b"])
 
 
 class DenseEvalPreset(_Preset):
@@ -618,6 +648,11 @@ class DenseEvalPreset(_Preset):
         self.preprocessing = preprocessing
         self.decode_side = lo
         self.transforms = v2.Compose([RescaleSmallestSide(lo), ToNormalizedTensor(preprocessing)])
+
+    def _direct(self, x: torch.Tensor) -> torch.Tensor | None:
+        rescale, normalize = self.transforms.transforms
+        out = F.resize_image(x, rescale.make_params([x])["size"], antialias=True)
+        return normalize.affine(out, normalize.make_params([])["b"])
 
 
 def _grid_offsets(length: int, crop: int, grid: int) -> list[int]:

@@ -87,6 +87,7 @@ class TrainConfig:
     compile: bool = False                # torch.compile the model
     deterministic: bool = False          # deterministic CUDA kernels (slower); the CPU is deterministic anyway
     workers: int | None = None           # data-loading processes per training process; None: min(4, cores - 1)
+    decode_device: str = "cpu"           # cpu (the workers decode) | cuda (JPEGs in batches on the GPU) | auto
     threads: int | None = None           # torch.set_num_threads; None: PyTorch's default
     val_batch_size: int = 32
     # -- output
@@ -201,6 +202,7 @@ class TrainConfig:
         self._validate_extensions()
         self.amp = _choice("--amp", self.amp, ("auto", "bf16", "fp16", "off"))
         self.channels_last = _choice("--channels-last", self.channels_last, ("auto", "on", "off"))
+        self.decode_device = _choice("--decode-device", self.decode_device, ("cpu", "cuda", "auto"))
         if self.workers is None:
             self.workers = default_workers()
         _non_negative("--workers", self.workers)
@@ -504,6 +506,10 @@ def add_train_arguments(parser: argparse.ArgumentParser, **defaults: Any) -> Non
     g.add_argument("--deterministic", action="store_true", help="deterministic CUDA kernels (slower)")
     g.add_argument("--workers", type=int, default=d.workers,
                    help="data-loading processes per training process (default: min(4, cores - 1))")
+    g.add_argument("--decode-device", default=d.decode_device, metavar="{cpu,cuda,auto}",
+                   help="where training JPEGs are decoded: cpu (the loader workers), cuda (in batches on the "
+                        "training GPU with TorchCodec's nvJPEG, then rescaled and cropped there), auto = cuda when "
+                        "the device is a GPU and TorchCodec has CUDA (default: %(default)s)")
     g.add_argument("--threads", type=int, default=d.threads, metavar="N",
                    help="CPU threads of the training process (torch.set_num_threads; default: PyTorch's)")
     g.add_argument("--val-batch-size", type=int, default=d.val_batch_size,

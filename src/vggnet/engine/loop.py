@@ -82,6 +82,8 @@ class Trainer:
         self.finished_before = False
         self.signal: int | None = None
         self.reported_bad: set[str] = set()  # unreadable training files already named in the log
+        self.deferred: Any = None  # the TrainPreset applied on the device (--decode-device cuda), or None
+        self.decode_text = ""
         self.folder_lock: Any = None  # rank 0's lock on the run folder (`claim_run_folder`)
         self._reset_epoch_totals()
 
@@ -170,14 +172,39 @@ class Trainer:
         train.transform = self.task.train_transform(
             crop_size=cfg.crop_size, scale=cfg.scale, preprocessing=self.preprocessing,
             pca=self.stats if cfg.pca_std > 0 else None, pca_std=cfg.pca_std, **extensions)
+        collate = self.task.collate
+        self.deferred = self._deferred_decoding(train.transform)
+        if self.deferred is not None:  # --decode-device cuda: JPEGs leave the workers encoded
+            from vggnet.data.device_decode import DeferredDecode, collate_deferred
+
+            train.transform, collate = DeferredDecode(self.deferred), collate_deferred
         self.train_set, self.val_set = train, val
         self.sampler = distributed.ResumableDistributedSampler(
             train, global_batch=cfg.batch_size, num_replicas=self.info.world_size, rank=self.info.rank,
             seed=cfg.seed)
         self.steps_per_epoch = self.sampler.steps_per_epoch
         self.loader = make_train_loader(train, self.sampler, seed=cfg.seed, micro_batch=self.micro,
-                                        workers=cfg.workers, collate=self.task.collate,
+                                        workers=cfg.workers, collate=collate,
                                         pin_memory=self.device.type == "cuda")
+
+    def _deferred_decoding(self, transform: Any) -> Any:
+        """The `TrainPreset` whose JPEGs are decoded on the device (`--decode-device cuda`), or None."""
+        from vggnet.data.decode import choose_decode_device
+        from vggnet.data.transforms import TrainPreset
+
+        where = choose_decode_device(self.cfg.decode_device, self.device)
+        self.decode_text = "JPEGs decoded by the loader workers"
+        if where != "cuda":
+            return None
+        if self.task.needs_boxes or type(self.task).collate is not Task.collate:
+            raise UserError(f"--decode-device cuda: the {self.task.describe()} task transforms its own items "
+                            f"(boxes); use --decode-device cpu")
+        if not isinstance(transform, TrainPreset) or not transform.plain:
+            raise UserError("--decode-device cuda applies the paper's crop, flip and colour shift on the GPU; "
+                            "--auto-augment policies run in the loader workers: use --decode-device cpu with them")
+        self.decode_text = (f"JPEGs decoded on {self.device} in batches of a micro-batch (TorchCodec), rescaled and "
+                            f"cropped there; other files by the loader workers")
+        return transform
 
     def _log_left_out(self, *datasets: Any) -> None:
         """Name every file the datasets' folders held but do not use (FIFOs, link loops, unreadable formats),
@@ -433,6 +460,11 @@ class Trainer:
                 good = 0  # images of this step that were read (bad files are skipped)
                 for k in range(self.accum):
                     batch, skipped_files = next(batches)
+                    if self.deferred is not None:
+                        from vggnet.data.device_decode import finish_batch
+
+                        batch, refused = finish_batch(batch, self.deferred, dev)
+                        skipped_files = skipped_files + refused
                     for message in skipped_files:  # every unreadable file named once per run, in train.log too
                         if message not in self.reported_bad:
                             self.reported_bad.add(message)
@@ -817,7 +849,7 @@ class Trainer:
                      f"{cfg.crop_size}-px crops, {self.steps_per_epoch} steps of {cfg.batch_size} images per epoch) "
                      f"on a CPU; the time per epoch follows after the first step (small runs: `vgg demo`, "
                      f"configs/quickstart.yaml)")
-        self.log(f"execution: {self.execution_reason}")
+        self.log(f"execution: {self.execution_reason}; {self.decode_text}")
         if resume is not None:
             self.log(f"resuming {self.resume_path}: epoch {self.epoch + 1}, step {self.step_in_epoch}/"
                      f"{self.steps_per_epoch} (global step {self.global_step})")
