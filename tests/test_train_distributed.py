@@ -338,10 +338,12 @@ def fail_on_both_nodes(two_nodes, root, *extra, epochs=1):
     finished = two_nodes[0][0]
     before = file_states(finished / NODE_OUTPUT)
     args = [*flags({**SETTINGS, "epochs": epochs, "output_dir": NODE_OUTPUT}), "--no-progress", *extra]
-    timed_out, nodes, report = launch_two_nodes_retrying(root, args, succeed=False, timeout=60.0,
+    # a rank left waiting hangs forever; 120 s is far above the few seconds each agent needs, even on a
+    # loaded 2-core CI machine (60 s was once exceeded there without any hang)
+    timed_out, nodes, report = launch_two_nodes_retrying(root, args, succeed=False, timeout=120.0,
                                                          node0_files=finished, ranks_by_start=True,
                                                          stop_on_failure=False)
-    assert not timed_out, f"the agents did not both end within 60 s (a rank left waiting):\n{report}"
+    assert not timed_out, f"the agents did not both end within 120 s (a rank left waiting):\n{report}"
     assert all(rc != 0 for _, rc, _, _ in nodes), report
     ranks = by_rank(nodes, report)
     (node0, out0, err0), (node1, out1, err1) = ranks[0], ranks[1]
