@@ -130,7 +130,7 @@ def test_policies_and_box_tasks_stay_on_the_workers(monkeypatch):
     trainer.cfg, trainer.device, trainer.task = TrainConfig(decode_device="cuda"), torch.device("cpu"), \
         LocalisationTask("pcr")
     with pytest.raises(UserError, match="--decode-device cuda: the .* task transforms its own items"):
-        trainer._deferred_decoding(preset())
+        trainer.resolve_decoding()
 
 
 def _train(tmp_path, name, monkeypatch=None, **kw):
@@ -166,6 +166,7 @@ def test_the_flag_is_refused_where_it_cannot_work(tmp_path, monkeypatch):
                 batch_size=4, epochs=1, workers=0, progress=False, stats_sample=8, device="cpu", amp="off")
     with pytest.raises(UserError, match="--decode-device cuda decodes on the training GPU, but the device is cpu"):
         train(TrainConfig(**base, decode_device="cuda", output_dir=str(tmp_path / "r1")))
+    assert not (tmp_path / "r1").exists()  # refused before any work: no run folder
     with pytest.raises(UserError, match="--decode-device must be one of cpu, cuda, auto"):
         TrainConfig(**base, decode_device="gpu").validate()
     monkeypatch.setattr(decode, "choose_decode_device", lambda requested, device, **kw: "cuda")

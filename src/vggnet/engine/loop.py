@@ -83,6 +83,7 @@ class Trainer:
         self.signal: int | None = None
         self.reported_bad: set[str] = set()  # unreadable training files already named in the log
         self.deferred: Any = None  # the TrainPreset applied on the device (--decode-device cuda), or None
+        self.decode_where = "cpu"
         self.decode_text = ""
         self.folder_lock: Any = None  # rank 0's lock on the run folder (`claim_run_folder`)
         self._reset_epoch_totals()
@@ -173,10 +174,10 @@ class Trainer:
             crop_size=cfg.crop_size, scale=cfg.scale, preprocessing=self.preprocessing,
             pca=self.stats if cfg.pca_std > 0 else None, pca_std=cfg.pca_std, **extensions)
         collate = self.task.collate
-        self.deferred = self._deferred_decoding(train.transform)
-        if self.deferred is not None:  # --decode-device cuda: JPEGs leave the workers encoded
+        if self.decode_where == "cuda":  # JPEGs leave the workers encoded (checked in `resolve_decoding`)
             from vggnet.data.device_decode import DeferredDecode, collate_deferred
 
+            self.deferred = train.transform
             train.transform, collate = DeferredDecode(self.deferred), collate_deferred
         self.train_set, self.val_set = train, val
         self.sampler = distributed.ResumableDistributedSampler(
@@ -187,24 +188,22 @@ class Trainer:
                                         workers=cfg.workers, collate=collate,
                                         pin_memory=self.device.type == "cuda")
 
-    def _deferred_decoding(self, transform: Any) -> Any:
-        """The `TrainPreset` whose JPEGs are decoded on the device (`--decode-device cuda`), or None."""
+    def resolve_decoding(self) -> None:
+        """Where training JPEGs are decoded (`--decode-device`), checked before any work."""
         from vggnet.data.decode import choose_decode_device
-        from vggnet.data.transforms import TrainPreset
 
-        where = choose_decode_device(self.cfg.decode_device, self.device)
+        self.decode_where = choose_decode_device(self.cfg.decode_device, self.device)
         self.decode_text = "JPEGs decoded by the loader workers"
-        if where != "cuda":
-            return None
+        if self.decode_where != "cuda":
+            return
         if self.task.needs_boxes or type(self.task).collate is not Task.collate:
             raise UserError(f"--decode-device cuda: the {self.task.describe()} task transforms its own items "
                             f"(boxes); use --decode-device cpu")
-        if not isinstance(transform, TrainPreset) or not transform.plain:
+        if self.cfg.auto_augment != "none":
             raise UserError("--decode-device cuda applies the paper's crop, flip and colour shift on the GPU; "
                             "--auto-augment policies run in the loader workers: use --decode-device cpu with them")
         self.decode_text = (f"JPEGs decoded on {self.device} in batches of a micro-batch (TorchCodec), rescaled and "
                             f"cropped there; other files by the loader workers")
-        return transform
 
     def _log_left_out(self, *datasets: Any) -> None:
         """Name every file the datasets' folders held but do not use (FIFOs, link loops, unreadable formats),
@@ -735,6 +734,7 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         self.task.configure(self.cfg)
         self.resolve_execution()  # its errors (a batch that does not split) come before the folder is made
+        self.resolve_decoding()
         created = not self.out.exists()
         self.claim_folder()
         try:
