@@ -10,18 +10,20 @@ Q. "both" averages the dense and the multi-crop posteriors (Table 5); several
 nets are fused by averaging their posteriors (§4.4, Table 7), each net fed the
 preprocessing it was trained with.
 
-Single process:
-    vgg eval --checkpoint run/best.pt --data DIR --method both --test-scales 224,256,288
-    vgg eval --checkpoint run/best.pt --data DIR --method center   # torchvision's single crop
-    vgg predict --checkpoint run/best.pt cat.jpg dog.png photos/
-Several processes (each evaluates the images rank, rank+W, ... and the
-posteriors are gathered, so the numbers equal the single-process ones):
-    torchrun --nproc_per_node=8 -m vggnet.cli eval --checkpoint run/best.pt --data DIR
+Under torch.distributed (`torchrun ... -m vggnet.cli eval`) each process
+evaluates the images rank, rank+W, ... and the posteriors are gathered, so the
+numbers equal the single-process ones.
 
 Batching: in dense evaluation images of different sizes cannot share a tensor
 and must not be resized to a common size (that would change the method), so
 decoded images are held in buckets keyed by their rescaled size and a bucket
 runs when it is full (or when too many images are pending).
+
+The metrics (top-k error, per-class accuracy) and the results (`EvalResult`:
+multi-scale, "both" and fusion combined from the posteriors, the tables,
+saved posteriors and `load_posteriors`) live in `vggnet.results`; their names
+are re-exported here, so `from vggnet.evaluate import EvalResult` still works.
+The `vgg eval` and `vgg predict` commands live in `vggnet.evaluate_cli`.
 """
 
 from __future__ import annotations
@@ -29,13 +31,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import json
 import math
 import os
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
@@ -46,35 +46,33 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from vggnet.errors import CheckpointError, DataError, UserError
 from vggnet.execution import choose_execution
 from vggnet.models import VGG
+from vggnet.results import _METHOD_LABEL, _distinct_names
+from vggnet.results import (  # their home is vggnet.results; re-exported (`X as X`) for imports from here
+    POSTERIORS_FORMAT as POSTERIORS_FORMAT,
+    EvalResult as EvalResult,
+    compute_metrics as compute_metrics,
+    load_posteriors as load_posteriors,
+    markdown_table as markdown_table,
+    per_class_accuracy as per_class_accuracy,
+    topk_correct as topk_correct,
+    topk_errors as topk_errors,
+)
 
 __all__ = [
     "METHODS",
     "dense_posterior",
     "multi_crop_posterior",
-    "topk_correct",
-    "topk_errors",
-    "per_class_accuracy",
-    "compute_metrics",
     "default_test_scales",
-    "EvalResult",
     "evaluate",
     "validate",
-    "load_posteriors",
     "predict",
     "dense_pass_bytes",
-    "add_eval_arguments",
-    "run_eval",
-    "add_predict_arguments",
-    "run_predict",
 ]
 
 # What `--method` accepts: "both" = the average of the dense and multi-crop posteriors; "center" =
 # torchvision's single centre crop (an extension beyond the paper, to compare with published numbers).
 METHODS = ("dense", "multi-crop", "both", "center")
-_METHOD_LABEL = {"dense": "dense", "multi-crop": "multi-crop", "both": "dense & multi-crop",
-                 "center": "centre crop"}
 CROP_PCT = 0.875  # torchvision's and timm's ImageNet evaluation: resize to 256, centre crop 224
-POSTERIORS_FORMAT = "vggnet.posteriors"
 
 
 # --------------------------------------------------------------------------- posteriors
@@ -115,60 +113,6 @@ def multi_crop_posterior(model: VGG, crops: torch.Tensor, *, batch_size: int | N
     post = post.view(n, k, -1).mean(dim=1)     # (N, classes) averaged over the K crops
     return post[0] if single else post
 
-
-# --------------------------------------------------------------------------- metrics
-
-
-def topk_correct(posteriors: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)) -> dict[int, torch.Tensor]:
-    """For each k, a bool `(N,)`: is the label among the k highest posteriors.
-
-    With fewer than k classes every image counts as correct at k (k is clipped).
-    """
-    if posteriors.dim() != 2 or labels.shape != posteriors.shape[:1]:
-        raise ValueError(f"expected posteriors (N, classes) and labels (N,), got {tuple(posteriors.shape)} "
-                         f"and {tuple(labels.shape)}")
-    classes = posteriors.shape[1]
-    kmax = min(max(ks), classes)
-    top = posteriors.topk(kmax, dim=1).indices          # (N, kmax), best first
-    hit = top == labels.to(top.device).view(-1, 1)      # (N, kmax)
-    return {k: hit[:, :min(k, classes)].any(dim=1) for k in ks}
-
-
-def topk_errors(posteriors: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
-    """Top-k error in percent for each k: `{"top1_error": .., "top5_error": ..}`."""
-    n = int(labels.numel())
-    if n == 0:
-        raise ValueError("topk_errors: no images")
-    return {f"top{k}_error": 100.0 * (n - int(c.sum())) / n for k, c in topk_correct(posteriors, labels, ks).items()}
-
-
-def per_class_accuracy(posteriors: torch.Tensor, labels: torch.Tensor) -> list[float | None]:
-    """Top-1 accuracy in percent of each class (None for a class with no images)."""
-    classes = posteriors.shape[1]
-    correct = topk_correct(posteriors, labels, (1,))[1]
-    labels = labels.to(correct.device)
-    images = torch.bincount(labels, minlength=classes)
-    hits = torch.bincount(labels[correct], minlength=classes)
-    return [100.0 * int(h) / int(m) if int(m) else None for h, m in zip(hits, images)]
-
-
-def compute_metrics(posteriors: torch.Tensor, labels: torch.Tensor, *, per_class: bool = False,
-                    classes: Sequence[str] | None = None) -> dict[str, Any]:
-    """Top-1/top-5 error and accuracy (percent) and the number of images; with
-    `per_class`, per-class top-1 accuracy (by class name) and their mean."""
-    errors = topk_errors(posteriors, labels)
-    out: dict[str, Any] = {
-        "top1_error": errors["top1_error"], "top5_error": errors["top5_error"],
-        "top1_accuracy": 100.0 - errors["top1_error"], "top5_accuracy": 100.0 - errors["top5_error"],
-        "images": int(labels.numel()),
-    }
-    if per_class:
-        accs = per_class_accuracy(posteriors, labels)
-        names = list(classes) if classes is not None else [str(i) for i in range(len(accs))]
-        out["per_class_accuracy"] = dict(zip(names, accs))
-        present = [a for a in accs if a is not None]
-        out["mean_class_accuracy"] = sum(present) / len(present)
-    return out
 
 
 # --------------------------------------------------------------------------- test scales
@@ -227,15 +171,6 @@ def _scale_value(scale: tuple[int, int] | None) -> int | list[int] | None:
         return None
     lo, hi = scale
     return lo if lo == hi else [lo, hi]
-
-
-def _format_scale(scale: int | Sequence[int] | None) -> str:
-    if scale is None:
-        return "?"
-    if isinstance(scale, int):
-        return str(scale)
-    lo, hi = scale
-    return str(lo) if lo == hi else f"[{lo};{hi}]"  # the paper's notation for jittered S
 
 
 # --------------------------------------------------------------------------- distributed
@@ -507,271 +442,6 @@ def _run_pass(
     return out, labels
 
 
-# --------------------------------------------------------------------------- results
-
-
-def markdown_table(head: Sequence[str], body: Sequence[Sequence[str]]) -> str:
-    """A Markdown table whose columns are padded to their widest cell (readable as plain text too)."""
-    widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(head, widths)) + " |",
-             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in body]
-    return "\n".join(lines)
-
-
-@dataclass
-class EvalResult:
-    """Posteriors and metrics of one evaluation.
-
-    `posteriors[(net, method, Q)]` is `(images, classes)` for net index `net`,
-    method "dense" or "multi-crop" and test scale Q. Everything else (multi-scale,
-    "both", fusion, the table) is computed from them, so a saved result can be
-    re-fused without running any net (`save_posteriors` / `load_posteriors`).
-    """
-
-    classes: list[str]
-    labels: torch.Tensor
-    paths: list[str]
-    nets: list[dict[str, Any]]
-    methods: list[str]
-    method: str
-    flip: bool
-    posteriors: dict[tuple[int, str, int], torch.Tensor]
-    data: str | None = None
-
-    def __post_init__(self) -> None:
-        self._summarise()
-
-    # -- combination
-
-    def net_posterior(self, net: int, method: str) -> torch.Tensor:
-        """Multi-scale posterior of one net (average over its test scales); "both" averages the methods."""
-        if method == "both":
-            return (self.net_posterior(net, "dense") + self.net_posterior(net, "multi-crop")) / 2
-        scales = self.nets[net]["test_scales"]
-        return torch.stack([self.posteriors[(net, method, q)] for q in scales]).mean(dim=0)
-
-    def fused_posterior(self, method: str) -> torch.Tensor:
-        """ConvNet fusion (§4.4): the average of the nets' posteriors."""
-        return torch.stack([self.net_posterior(k, method) for k in range(len(self.nets))]).mean(dim=0)
-
-    def final_posterior(self) -> torch.Tensor:
-        """The posterior the overall result is computed from: requested method, all scales, all nets."""
-        return self.fused_posterior(self.method)
-
-    def _final_methods(self) -> list[str]:
-        return self.methods + (["both"] if len(self.methods) == 2 else [])
-
-    def _summarise(self) -> None:
-        def pair(p: torch.Tensor) -> dict[str, float]:
-            return topk_errors(p, self.labels)
-
-        self.rows: list[dict[str, Any]] = []
-        self.results: list[dict[str, dict[str, dict[str, float]]]] = []
-        for k, net in enumerate(self.nets):
-            res: dict[str, dict[str, dict[str, float]]] = {}
-            s_text = _format_scale(net["train_scale"])
-            all_q = ",".join(map(str, net["test_scales"]))
-            for m in self.methods:
-                res[m] = {}
-                for q in net["test_scales"]:
-                    res[m][str(q)] = pair(self.posteriors[(k, m, q)])
-                    self.rows.append({"net": net["name"], "train_scale": s_text, "test_scale": str(q),
-                                      "method": _METHOD_LABEL[m], **res[m][str(q)]})
-                res[m]["all"] = pair(self.net_posterior(k, m))
-                if len(net["test_scales"]) > 1:
-                    self.rows.append({"net": net["name"], "train_scale": s_text, "test_scale": all_q,
-                                      "method": _METHOD_LABEL[m], **res[m]["all"]})
-            if "both" in self._final_methods():
-                res["both"] = {"all": pair(self.net_posterior(k, "both"))}
-                self.rows.append({"net": net["name"], "train_scale": s_text, "test_scale": all_q,
-                                  "method": _METHOD_LABEL["both"], **res["both"]["all"]})
-            self.results.append(res)
-        self.fusion: dict[str, dict[str, float]] | None = None
-        if len(self.nets) > 1:
-            self.fusion = {}
-            name = "fusion " + " + ".join(n["name"] for n in self.nets)
-            s_text = " / ".join(_format_scale(n["train_scale"]) for n in self.nets)
-            q_text = " / ".join(",".join(map(str, n["test_scales"])) for n in self.nets)
-            for m in self._final_methods():
-                self.fusion[m] = pair(self.fused_posterior(m))
-                self.rows.append({"net": name, "train_scale": s_text, "test_scale": q_text,
-                                  "method": _METHOD_LABEL[m], **self.fusion[m]})
-        self.overall = {"method": self.method, "nets": len(self.nets),
-                        **compute_metrics(self.final_posterior(), self.labels, per_class=True, classes=self.classes)}
-
-    # -- reports
-
-    @property
-    def top5_applicable(self) -> bool:
-        """With 5 classes or fewer every label is among the top 5: top-5 error is 0 by construction."""
-        return len(self.classes) > 5
-
-    def _top5(self, value: float) -> str:
-        return f"{value:.2f}" if self.top5_applicable else "n/a"
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON report: top-1/top-5 error (percent) per net, method and scale
-        ("all" = averaged over the net's scales), the fusion, and the overall result,
-        each with its accuracy (100 - error). With 5 classes or fewer the top-5
-        numbers are null (`top5_applicable` false): every label is in the top 5."""
-        def shown(metrics: Any) -> Any:
-            if isinstance(metrics, dict):
-                out = {k: shown(v) for k, v in metrics.items()}
-                if "top1_error" in out:
-                    out.setdefault("top1_accuracy", 100.0 - out["top1_error"])
-                    out.setdefault("top5_accuracy", None if out["top5_error"] is None else 100.0 - out["top5_error"])
-                if not self.top5_applicable:
-                    out.update({k: None for k in ("top5_error", "top5_accuracy") if k in out})
-                return out
-            return metrics
-
-        return {
-            "data": self.data,
-            "images": int(self.labels.numel()),
-            "classes": list(self.classes),
-            "method": self.method,
-            "flip": self.flip,
-            "top5_applicable": self.top5_applicable,
-            "nets": [{**net, "results": shown(res)} for net, res in zip(self.nets, self.results)],
-            "fusion": shown(self.fusion),
-            "overall": shown(self.overall),
-            "rows": [shown(r) for r in self.rows],
-        }
-
-    def confusion_matrix(self) -> Any:
-        """`(classes, classes)` counts of the overall posterior's top-1 (scikit-learn's
-        `confusion_matrix`): row = true class, column = predicted class."""
-        from sklearn.metrics import confusion_matrix
-
-        predicted = self.final_posterior().argmax(dim=1)
-        return confusion_matrix(self.labels.numpy(), predicted.numpy(), labels=list(range(len(self.classes))))
-
-    def write_confusion_matrix(self, path: str | os.PathLike, *, max_plot_classes: int = 50) -> list[Path]:
-        """Write the confusion matrix as CSV (`path`) and, with at most `max_plot_classes`
-        classes, drawn as a PNG beside it (same name, .png). Returns the files written."""
-        import csv
-        import io
-
-        from vggnet.checkpoint import atomic_write
-
-        path = Path(path)
-        matrix = self.confusion_matrix()
-        buf = io.StringIO()
-        writer = csv.writer(buf)
-        writer.writerow(["true \\ predicted", *self.classes])
-        for name, row in zip(self.classes, matrix.tolist()):
-            writer.writerow([name, *row])
-        written = [atomic_write(path, lambda f: f.write(buf.getvalue().encode("utf-8")))]
-        if len(self.classes) <= max_plot_classes:
-            from matplotlib.backends.backend_agg import FigureCanvasAgg
-            from matplotlib.figure import Figure
-            from sklearn.metrics import ConfusionMatrixDisplay
-
-            side = 3 + 0.35 * len(self.classes)
-            fig = Figure(figsize=(side + 1, side), layout="constrained")
-            FigureCanvasAgg(fig)  # no display needed
-            ax = fig.subplots()
-            ConfusionMatrixDisplay(matrix, display_labels=self.classes).plot(
-                ax=ax, include_values=len(self.classes) <= 20, xticks_rotation="vertical", colorbar=True)
-            ax.set_title(f"confusion matrix ({_METHOD_LABEL[self.method]}, {int(self.labels.numel())} images)")
-            png = io.BytesIO()
-            fig.savefig(png, format="png", dpi=100)
-            written.append(atomic_write(path.with_suffix(".png"), lambda f: f.write(png.getvalue())))
-        return written
-
-    def table(self) -> str:
-        """The paper-style table (Markdown): net / train S / test Q / method / top-1 / top-5 error,
-        and top-1 accuracy (100 - top-1 error). Top-5 is n/a with 5 classes or fewer."""
-        head = ["net", "train S", "test Q", "method", "top-1 err (%)", "top-5 err (%)", "top-1 acc (%)"]
-        body = [[r["net"], r["train_scale"], r["test_scale"], r["method"],
-                 f"{r['top1_error']:.2f}", self._top5(r["top5_error"]), f"{100.0 - r['top1_error']:.2f}"]
-                for r in self.rows]
-        return markdown_table(head, body)
-
-    def to_markdown(self, *, per_class: bool = True) -> str:
-        o = self.overall
-        lines = ["# Evaluation (§3.2)", ""]
-        if self.data:
-            lines.append(f"- data: `{self.data}`")
-        lines += [f"- images: {o['images']}, classes: {len(self.classes)}",
-                  f"- method: {self.method}; flip: {'on' if self.flip else 'off'}",
-                  "- nets: " + "; ".join(f"{n['name']} ({n['checkpoint'] or 'in memory'})" for n in self.nets),
-                  "", self.table(), "",
-                  f"Overall ({_METHOD_LABEL[self.method]}, {'fusion of ' if len(self.nets) > 1 else ''}"
-                  f"{len(self.nets)} net{'s' if len(self.nets) > 1 else ''}): top-1 error {o['top1_error']:.2f}%, "
-                  f"top-5 error {self._top5(o['top5_error'])}{'%' if self.top5_applicable else ''} "
-                  f"(top-1 accuracy {o['top1_accuracy']:.2f}%, "
-                  f"mean class accuracy {o['mean_class_accuracy']:.2f}%)."]
-        if per_class:
-            lines += ["", "## Per-class top-1 accuracy (recall: correct top-1 / images of the class)", "",
-                      "| class | images | top-1 acc (%) |", "|---|---|---|"]
-            counts = torch.bincount(self.labels, minlength=len(self.classes)).tolist()
-            for name, count in zip(self.classes, counts):
-                acc = o["per_class_accuracy"][name]
-                lines.append(f"| {name} | {count} | {'-' if acc is None else f'{acc:.2f}'} |")
-        return "\n".join(lines) + "\n"
-
-    def save_posteriors(self, path: str | os.PathLike) -> Path:
-        """Write the per-image posteriors (plain tensors, `torch.load(weights_only=True)`-safe), atomically."""
-        from vggnet.checkpoint import atomic_write
-
-        blob = {
-            "format": POSTERIORS_FORMAT, "version": 1,
-            "classes": list(self.classes), "labels": self.labels.clone(), "paths": list(self.paths),
-            "nets": [dict(n) for n in self.nets], "methods": list(self.methods), "method": self.method,
-            "flip": self.flip, "data": self.data,
-            "posteriors": {f"{k}/{m}/{q}": p.clone() for (k, m, q), p in self.posteriors.items()},
-        }
-        return atomic_write(path, lambda f: torch.save(blob, f))
-
-
-def load_posteriors(paths: Sequence[str | os.PathLike], *, method: str | None = None) -> EvalResult:
-    """Read one or more `save_posteriors` files and fuse their nets (no net is run).
-
-    Every file must hold the same images in the same order with the same labels.
-    """
-    if not paths:
-        raise UserError("--posteriors: give at least one file")
-    nets: list[dict[str, Any]] = []
-    posts: dict[tuple[int, str, int], torch.Tensor] = {}
-    methods: list[str] | None = None
-    first: dict[str, Any] = {}
-    for path in paths:
-        try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise UserError(f"--posteriors {path}: no such file") from None
-        except Exception as exc:  # damaged or foreign files raise many types
-            raise UserError(f"--posteriors {path}: cannot be read ({type(exc).__name__}: {exc})") from None
-        if not isinstance(blob, dict) or blob.get("format") != POSTERIORS_FORMAT:
-            raise UserError(f"--posteriors {path}: not a posteriors file written by `vgg eval --save-posteriors`")
-        if not first:
-            first = blob
-        elif (blob["classes"] != first["classes"] or blob["paths"] != first["paths"]
-              or not torch.equal(blob["labels"], first["labels"])):
-            raise UserError(f"--posteriors {path}: different images, labels or classes from {paths[0]}; "
-                            f"fusion needs the same evaluation set")
-        offset = len(nets)
-        nets += [dict(n) for n in blob["nets"]]
-        methods = [m for m in (methods if methods is not None else blob["methods"]) if m in blob["methods"]]
-        for key, p in blob["posteriors"].items():
-            k, m, q = key.split("/")
-            posts[(int(k) + offset, m, int(q))] = p.float()
-    assert methods is not None
-    for net, name in zip(nets, _distinct_names([n["name"].split("#")[0] for n in nets])):
-        net["name"] = name
-    if not methods:
-        raise UserError("--posteriors: the files have no method in common (dense / multi-crop)")
-    method = method or first["method"]
-    available = methods + (["both"] if len(methods) == 2 else [])
-    if method not in available:
-        raise UserError(f"--method {method}: the posteriors files hold only {', '.join(methods)}")
-    return EvalResult(classes=list(first["classes"]), labels=first["labels"], paths=list(first["paths"]),
-                      nets=nets, methods=methods, method=method, flip=bool(first["flip"]), posteriors=posts,
-                      data=first.get("data"))
-
-
 # --------------------------------------------------------------------------- evaluate / validate
 
 
@@ -821,11 +491,6 @@ def _load_nets(items: Sequence[Any], *, preprocessing: Any, device: torch.device
     for net, name in zip(nets, _distinct_names([n.name for n in nets])):
         net.name = name
     return nets
-
-
-def _distinct_names(names: list[str]) -> list[str]:
-    """Two nets of the same configuration (two D's) are told apart by position: D#1, D#2."""
-    return [f"{n}#{k + 1}" if names.count(n) > 1 else n for k, n in enumerate(names)]
 
 
 def evaluate(
@@ -1177,207 +842,3 @@ def predict(
                 t["description"] = descriptions[t["index"]]
         out.append({"image": str(path), "top": top})
     return out
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--test-scales", type=_parse_scales, default=None, metavar="Q,Q,...",
-                        help="test scales Q, e.g. 256,384,512 (default: from the checkpoint's training scale S: "
-                             "{S-32, S, S+32}, or {Smin, (Smin+Smax)/2, Smax} for jittered S)")
-    parser.add_argument("--method", choices=METHODS, default=None,
-                        help="dense (whole image), multi-crop (5x5 grid x 2 flips per scale), both "
-                             "(their posteriors averaged), or center (torchvision's single centre crop, no flip: "
-                             "beyond the paper, to compare with published torchvision/timm numbers) "
-                             "(default: dense)")
-    parser.add_argument("--crop-pct", type=float, default=CROP_PCT,
-                        help="with --method center: resize the smallest side to crop_size / crop_pct, then take "
-                             "the central crop (default: %(default)s: 256 -> 224)")
-    parser.add_argument("--no-flip", dest="flip", action="store_false",
-                        help="do not average with the horizontally flipped image / crops")
-    parser.add_argument("--grid", type=int, default=5, help="multi-crop grid size per side (default: %(default)s)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: cuda if available; "
-                                                         "under torchrun each process takes GPU LOCAL_RANK)")
-    parser.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default="auto",
-                        help="mixed precision as in vgg train; auto: bf16 on CUDA and on CPUs that compute bf16 "
-                             "natively (AVX512-BF16/AMX), off elsewhere (default: %(default)s)")
-    parser.add_argument("--channels-last", nargs="?", const="on", default="auto", choices=["auto", "on", "off"],
-                        help="channels-last (NHWC) memory format as in vgg train; auto: with bf16 and on CUDA "
-                             "(default: %(default)s)")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
-
-
-def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", action="append", default=None, metavar="CKPT",
-                        help="checkpoint to evaluate; repeat it to fuse several nets (§4.4)")
-    parser.add_argument("--posteriors", nargs="+", default=None, metavar="FILE",
-                        help="recompute results and fusions from --save-posteriors files instead of running nets "
-                             "(--method then defaults to the files' method)")
-    parser.add_argument("--data", metavar="DIR", help="dataset root (DIR/val is used) or the validation folder")
-    parser.add_argument("--val-dir", metavar="DIR", help="validation folder (overrides --data)")
-    parser.add_argument("--labels-file", metavar="FILE",
-                        help="labels for a flat validation folder (CSV image,label; ILSVRC devkit; LOC_val_solution)")
-    _add_common(parser)
-    parser.add_argument("--batch-size", type=int, default=32,
-                        help="images per dense forward pass / crops per multi-crop pass (default: %(default)s)")
-    parser.add_argument("--workers", type=int, default=4, help="data-loading processes (default: %(default)s)")
-    parser.add_argument("--output", metavar="FILE", help="also write the report: FILE.md (Markdown) or FILE.json")
-    parser.add_argument("--save-posteriors", metavar="FILE",
-                        help="write the per-image posteriors (.pt) so fusions can be recomputed with --posteriors")
-    parser.add_argument("--per-class", action="store_true",
-                        help="print per-class accuracy too: each class's recall (correct top-1 / its images)")
-    parser.add_argument("--confusion-matrix", metavar="FILE.csv",
-                        help="write the confusion matrix (rows: true class, columns: predicted) as CSV, and drawn "
-                             "as FILE.png when there are at most 50 classes")
-    parser.add_argument("--config-file", metavar="YAML", help="settings from a YAML file (flags override)")
-
-
-def run_eval(args: argparse.Namespace) -> int:
-    scales = _parse_scales(args.test_scales) if args.test_scales is not None else None
-    if args.output and Path(args.output).suffix.lower() not in (".md", ".json"):
-        raise UserError(f"--output {args.output}: expected a .md or .json file name")
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.workers < 0:
-        raise UserError(f"--workers must be >= 0, got {args.workers}")
-    if args.grid < 1:
-        raise UserError(f"--grid must be >= 1, got {args.grid}")
-    if args.posteriors:
-        if args.checkpoint:
-            raise UserError("give either --checkpoint (run the nets) or --posteriors (reuse saved posteriors), "
-                            "not both")
-        result = load_posteriors(args.posteriors, method=args.method)
-    else:
-        if not args.checkpoint:
-            raise UserError("--checkpoint is required (repeat it to fuse nets), or --posteriors FILE")
-        data = args.val_dir or args.data
-        if not data:
-            raise UserError("--data DIR (or --val-dir DIR) is required")
-        if not Path(data).exists():
-            raise UserError(f"--{'val-dir' if args.val_dir else 'data'} {data}: no such directory")
-        from vggnet.distributed import cleanup, setup
-
-        joined = not (dist.is_available() and dist.is_initialized())
-        info = setup(args.device)  # under torchrun: joins the process group, one GPU per process
-        joined = joined and info.distributed
-        tty = sys.stderr.isatty()  # a file or a CI log gets one line per pass, not progress-bar fragments
-        try:
-            chosen = choose_execution(args.amp, args.channels_last, info.device)
-            if info.is_main:
-                print(f"vgg eval: {chosen.reason}", file=sys.stderr)
-            result = evaluate(args.checkpoint, data, scales=scales, method=args.method or "dense", flip=args.flip,
-                              grid=args.grid, batch_size=args.batch_size, workers=args.workers, device=info.device,
-                              amp=chosen.amp, channels_last=chosen.channels_last, labels_file=args.labels_file,
-                              progress=tty, crop_pct=args.crop_pct,
-                              log=None if tty else (lambda line: print(line, file=sys.stderr, flush=True)))
-        except ValueError as exc:
-            raise UserError(str(exc)) from None
-        finally:
-            if joined:
-                cleanup()
-        if not info.is_main:
-            return 0
-    report = result.to_dict()
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print(result.table())
-        o = result.overall
-        top5 = (f"top-5 accuracy {o['top5_accuracy']:.2f}% (error {o['top5_error']:.2f}%)"
-                if result.top5_applicable else f"top-5 n/a ({len(result.classes)} classes: every label is in the top 5)")
-        print(f"\noverall ({_METHOD_LABEL[result.method]}): top-1 accuracy {o['top1_accuracy']:.2f}% "
-              f"(error {o['top1_error']:.2f}%), {top5} on {o['images']} images")
-        if args.per_class:
-            print(f"per-class accuracy (recall: correct top-1 / images of the class); "
-                  f"mean class accuracy {o['mean_class_accuracy']:.2f}%")
-            for name, acc in o["per_class_accuracy"].items():
-                print(f"  {name:<24} {'-' if acc is None else f'{acc:6.2f}%'}")
-    if args.output:
-        from vggnet.checkpoint import atomic_write
-
-        text = (json.dumps(report, indent=2) + "\n") if args.output.lower().endswith(".json") else result.to_markdown()
-        atomic_write(args.output, lambda f: f.write(text.encode("utf-8")))
-    if args.save_posteriors:
-        result.save_posteriors(args.save_posteriors)
-    if args.confusion_matrix:
-        written = result.write_confusion_matrix(args.confusion_matrix)
-        if not args.json:
-            print("confusion matrix: " + ", ".join(map(str, written)))
-    return 0
-
-
-def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", metavar="CKPT", help="vggnet checkpoint (.pt), as in vgg eval")
-    parser.add_argument("images", nargs="+", metavar="IMAGE|DIR",
-                        help="image files (any format Pillow reads) or folders (every image in them, sorted). "
-                             "Without --checkpoint the first one is taken as the checkpoint (deprecated form "
-                             "`vgg predict CKPT IMAGE...`)")
-    _add_common(parser)
-    parser.add_argument("--topk", type=int, default=5, help="classes to show per image (default: %(default)s)")
-
-
-def image_files(paths: Sequence[str | os.PathLike]) -> list[str]:
-    """`paths` with every folder replaced by the image files in it (recursively, sorted by path).
-
-    Folders are listed by the rule training uses (`vggnet.data.image_file_problem`:
-    regular files with an image suffix, links followed but no directory twice);
-    what a folder holds but cannot be used (a FIFO, a link loop, a HEIC without
-    its plugin) is named in one `LeftOutWarning`. A folder without images is a
-    `UserError`; a file is kept as given (whether it can be read is decided when
-    it is read)."""
-    from vggnet.data.datasets import IMAGE_EXTENSIONS, _list_images, _warn_left_out
-
-    out: list[str] = []
-    for path in paths:
-        folder = Path(path)
-        if not folder.is_dir():
-            out.append(str(path))
-            continue
-        left_out: list[tuple[str, str]] = []
-        found = sorted(str(p) for p in _list_images(folder, left_out=left_out))
-        _warn_left_out(folder, left_out)
-        if not found:
-            raise UserError(f"{folder}: a folder with no image files ({', '.join(IMAGE_EXTENSIONS)})")
-        out += found
-    return out
-
-
-def run_predict(args: argparse.Namespace) -> int:
-    scales = _parse_scales(args.test_scales) if args.test_scales is not None else None
-    if args.topk < 1:
-        raise UserError(f"--topk must be >= 1, got {args.topk}")
-    checkpoint, inputs = args.checkpoint, list(args.images)
-    if checkpoint is None:
-        if len(inputs) < 2:
-            raise UserError("--checkpoint CKPT is required: vgg predict --checkpoint CKPT IMAGE|DIR ...")
-        checkpoint, inputs = inputs[0], inputs[1:]
-        print(f"vgg predict: `vgg predict CKPT IMAGE...` is deprecated; use "
-              f"`vgg predict --checkpoint {checkpoint} IMAGE|DIR ...`", file=sys.stderr)
-    images = image_files(inputs)
-    dev = _resolve_device(args.device)
-    try:
-        chosen = choose_execution(args.amp, args.channels_last, dev)
-        print(f"vgg predict: {chosen.reason}", file=sys.stderr)
-        results = predict(checkpoint, images, scales=scales, method=args.method or "dense", flip=args.flip,
-                          grid=args.grid, topk=args.topk, device=dev, amp=chosen.amp,
-                          channels_last=chosen.channels_last, crop_pct=args.crop_pct)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    failed = [r for r in results if "error" in r]
-    if args.json:
-        print(json.dumps(results, indent=2))
-    else:
-        for r in results:
-            if "error" in r:
-                continue
-            print(r["image"])
-            for i, t in enumerate(r["top"], 1):
-                name = f"{t['class']} {t['description']}" if t.get("description") else t["class"]
-                print(f"  {i}. {name:<24} {t['probability']:.4f}")
-    for r in failed:
-        print(f"vgg predict: error: {r['error']}", file=sys.stderr)
-    if failed:
-        print(f"vgg predict: {len(failed)} of {len(results)} images could not be read", file=sys.stderr)
-        return 1
-    return 0

@@ -202,7 +202,7 @@ def report_table(report: dict[str, Any]) -> str:
     """The paper-style table (Tables 8-9): net / test Q / method / localisation error."""
     head = ["localisation net", "test Q", "method", "loc. error (%)"]
     body = [[r["net"], r["test_scale"], r["method"], f"{r['localisation_error']:.2f}"] for r in report["rows"]]
-    from vggnet.evaluate import markdown_table
+    from vggnet.results import markdown_table
 
     return markdown_table(head, body)
 

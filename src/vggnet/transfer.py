@@ -510,7 +510,7 @@ def multilabel_metrics(scores: np.ndarray, gt: np.ndarray, classes: Sequence[str
 
 def singlelabel_metrics(scores: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
     """Accuracy and mean class accuracy (the mean per-class recall, Caltech's metric), in percent."""
-    from vggnet.evaluate import per_class_accuracy
+    from vggnet.results import per_class_accuracy
 
     per_class = per_class_accuracy(torch.from_numpy(np.asarray(scores, dtype=np.float32)),
                                    torch.from_numpy(np.asarray(labels, dtype=np.int64)))
