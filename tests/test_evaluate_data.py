@@ -268,6 +268,23 @@ def test_vgg_predict(data, ckpt, tmp_path, capsys):
     capsys.readouterr()
 
 
+def test_a_predictor_loads_once_and_answers_as_predict(data, ckpt, tmp_path, monkeypatch):
+    import vggnet.checkpoint as checkpoint
+    from vggnet.evaluate import Predictor, predict
+
+    good = [str(p) for p in sorted((data / "val").glob("*/*.jpg"))[:3]]
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    loads = []
+    real = checkpoint.model_from_checkpoint
+    monkeypatch.setattr(checkpoint, "model_from_checkpoint", lambda *a, **k: loads.append(a) or real(*a, **k))
+    predictor = Predictor(ckpt, scales=[40, 48], method="both")
+    first, second = predictor(good[:2]), predictor([good[2], str(bad)])
+    assert len(loads) == 1  # the weights are loaded and checked once for every call
+    assert first + second == predict(ckpt, good + [str(bad)], scales=[40, 48], method="both")
+    assert len(loads) == 2 and "error" in second[1] and "bad.jpg" in second[1]["error"]
+
+
 # --------------------------------------------------------------------------- torch.distributed
 
 

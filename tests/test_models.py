@@ -183,6 +183,42 @@ def test_dense_map_size_and_window_equivalence():
         assert torch.allclose(scores[:, :, 0, 0], top_left, atol=1e-5)
 
 
+@pytest.mark.parametrize("shape", [(1, 8, 7, 7), (3, 8, 9, 12), (2, 8, 30, 30)])  # 1, 54, 1152 windows
+@pytest.mark.parametrize("bias", [True, False])
+def test_fc1_as_a_matrix_product_is_the_convolution(shape, bias, monkeypatch):
+    # on a CPU, FC1's k x k convolution over few windows runs as one product over the unfolded windows
+    import vggnet.models as models
+
+    g = torch.Generator().manual_seed(sum(shape))
+    x, w = torch.randn(*shape, generator=g), torch.randn(5, shape[1], 7, 7, generator=g)
+    b = torch.randn(5, generator=g) if bias else None
+    conv = torch.nn.functional.conv2d(x, w, b)
+    unfolds = []
+    real_unfold = models.F.unfold
+    monkeypatch.setattr(models.F, "unfold", lambda *a, **k: unfolds.append(1) or real_unfold(*a, **k))
+    out = models._window_conv(x, w, b)
+    assert out.shape == conv.shape and torch.allclose(out, conv, atol=1e-4, rtol=1e-5)
+    windows = shape[0] * (shape[2] - 6) * (shape[3] - 6)
+    assert bool(unfolds) == (windows <= models.GEMM_WINDOWS)  # many windows: the convolution itself
+    cl = models._window_conv(x.contiguous(memory_format=torch.channels_last), w, b)
+    assert torch.allclose(cl, conv, atol=1e-4, rtol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast casts the product as it casts the conv
+        low = models._window_conv(x, w, b)
+    assert low.dtype == torch.bfloat16 and torch.allclose(low.float(), conv, atol=0.5, rtol=0.05)
+
+
+def test_dense_maps_are_the_same_whichever_way_fc1_runs(monkeypatch):
+    import vggnet.models as models
+
+    model = vgg("D", num_classes=4, width=1 / 16, fc_width=16, crop_size=64).eval()
+    x = torch.randn(2, 3, 160, 128)
+    with torch.no_grad():
+        gemm = model.dense(x)
+        monkeypatch.setattr(models, "GEMM_WINDOWS", 0)
+        conv = model.dense(x)
+    assert torch.allclose(gemm, conv, atol=1e-5)
+
+
 def test_dense_384_at_224_is_6x6():
     model = vgg("A", num_classes=3, width=1 / 32, fc_width=8)
     with torch.no_grad():

@@ -217,7 +217,7 @@ class VGG(nn.Module):
             if isinstance(module, nn.Linear):
                 k = self.grid if first else 1
                 weight = module.weight.view(module.out_features, -1, k, k)
-                x = F.conv2d(x, weight, module.bias)
+                x = _window_conv(x, weight, module.bias) if first and k > 1 else F.conv2d(x, weight, module.bias)
                 first = False
             elif isinstance(module, nn.Dropout) and stop_before_last:
                 continue  # descriptors are deterministic whatever the mode: no dropout (FC1's or FC2's)
@@ -254,6 +254,30 @@ class VGG(nn.Module):
             return self._dense_head(self.features(x), stop_before_last=True)
         finally:
             self.train(was_training)
+
+
+# FC1 as a k x k convolution: on a CPU, oneDNN reorders its whole weight (400 MB at full width) on every call,
+# which costs more than the arithmetic when the conv map holds few windows. Up to this many windows (images x
+# positions) it runs as one matrix product over the unfolded windows instead: 1.8-2.7x faster for FC1 at
+# Q=256 with 1-16 images, and slower from about 300 windows on (benchmarks/inference.py; docs/benchmarks.md).
+GEMM_WINDOWS = 256
+
+
+def _window_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """`F.conv2d(x, weight, bias)` (stride 1, no padding): as one matrix product on a CPU when the map holds at
+    most `GEMM_WINDOWS` windows, else (and on GPUs, and while tracing or exporting) the convolution itself."""
+    n, c, h, w = x.shape
+    kh, kw = weight.shape[-2:]
+    windows = n * (h - kh + 1) * (w - kw + 1)
+    if (x.device.type != "cpu" or windows > GEMM_WINDOWS or torch.jit.is_tracing()
+            or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()):
+        return F.conv2d(x, weight, bias)
+    cols = F.unfold(x, (kh, kw))                                     # (n, c*kh*kw, L): one column per window
+    positions = cols.shape[-1]
+    cols = cols.transpose(0, 1).reshape(cols.shape[1], n * positions)  # every window of every image
+    flat = weight.reshape(weight.shape[0], -1)                       # (out, c*kh*kw), the conv's own order
+    out = torch.mm(flat, cols) if bias is None else torch.addmm(bias.view(-1, 1), flat, cols)
+    return out.view(-1, n, positions).transpose(0, 1).reshape(n, -1, h - kh + 1, w - kw + 1)
 
 
 def _check_int(flag: str, value: Any, *, minimum: int) -> None:
