@@ -57,6 +57,7 @@ __all__ = [
     "all_reduce_sum",
     "all_reduce_max",
     "broadcast_object",
+    "broadcast_tensor",
     "all_gather_object",
     "average_buffers",
     "ResumableDistributedSampler",
@@ -206,6 +207,30 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def broadcast_tensor(tensor: torch.Tensor | None, shape: Sequence[int], dtype: torch.dtype = torch.float32,
+                     src: int = 0) -> torch.Tensor:
+    """Rank `src`'s CPU `tensor` on every process, as a CPU tensor.
+
+    The other processes pass None (or anything: it is ignored) and the `shape`
+    and `dtype` they expect, so that no pickling is involved: rank 0 can share a
+    large array it read from a file the others may not see. `tensor` itself in
+    a single process.
+    """
+    if not is_distributed():
+        assert tensor is not None
+        return tensor
+    if math.prod(shape) == 0:  # every process knows the shape: nothing to send
+        return torch.empty(tuple(shape), dtype=dtype)
+    device = _comm_device()
+    if dist.get_rank() == src:
+        assert tensor is not None and tuple(tensor.shape) == tuple(shape), (tuple(tensor.shape), tuple(shape))
+        buf = tensor.to(device=device, dtype=dtype).contiguous()
+    else:
+        buf = torch.empty(tuple(shape), dtype=dtype, device=device)
+    dist.broadcast(buf, src=src)
+    return buf.cpu() if dist.get_rank() != src else tensor.to(dtype)
 
 
 def all_gather_object(obj: Any) -> list[Any]:

@@ -21,6 +21,14 @@ evaluation does (`vggnet.evaluate._run_pass`). Descriptor files are written in
 chunks, so an interrupted `vgg features` continues where it stopped, and are keyed
 by the checkpoints' content (SHA-256), the scales, the flip and the aggregation,
 so nothing is ever computed twice.
+
+Under torchrun (`torchrun --nproc-per-node=8 -m vggnet.cli features ...`, or
+`transfer`) the descriptors scale as `vgg eval` does: rank r describes images r,
+r+W, r+2W, ... of each chunk and the finished rows are all-gathered, so every
+rank holds each chunk's descriptors, the ones a single process computes. Rank 0
+alone reads the files (what to resume or reuse is its decision, broadcast to the
+others), writes the chunks and the file, prints, and in `vgg transfer` fits the
+SVMs after the others have left the process group.
 """
 
 from __future__ import annotations
@@ -33,17 +41,20 @@ import shutil
 import sys
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
+from vggnet import distributed
 from vggnet.errors import CheckpointError, DataError, UserError
-from vggnet.evaluate import (_identity_preprocessing, _load_nets, _parse_scales, _resolve_device, _run_pass,
-                             _with_transform)
+from vggnet.evaluate import (_gather_shards, _identity_preprocessing, _load_nets, _parse_scales, _rank_world,
+                             _resolve_device, _run_pass, _with_transform)
 from vggnet.execution import choose_execution
 from vggnet.models import VGG
 
@@ -59,6 +70,73 @@ FEATURES_FORMAT = "vggnet.features"
 CLASSIFIER_FORMAT = "vggnet.transfer.classifier"
 # C of the linear SVM, chosen by cross-validation over this log grid (descriptors are L2-normalised).
 C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)
+T = TypeVar("T")
+
+
+# --------------------------------------------------------------------------- torch.distributed
+#
+# Under torchrun every rank computes the descriptors of its shard of the images
+# (rows r, r+W, ... as `vgg eval` does) and all_gather reassembles them, so every
+# rank holds every descriptor; rank 0 alone reads and writes files and fits SVMs.
+# The helpers below keep the ranks in step: whatever rank 0 decides from the files
+# it sees is broadcast, and an error on one rank is raised on every rank instead of
+# leaving the others blocked in their next collective.
+
+
+def _agree(error: Exception | None) -> None:
+    """Collective under torch.distributed: raise on every rank if `error` happened on any rank.
+
+    The rank that failed raises its own exception (with its traceback); the others
+    raise one of the same `UserError` class (else a RuntimeError) naming that rank.
+    In a single process `error` is simply raised.
+    """
+    if not distributed.is_distributed():
+        if error is not None:
+            raise error
+        return
+    mine = None
+    if error is not None:
+        cls = type(error) if isinstance(error, UserError) else None
+        mine = (cls, str(error) if cls else f"{type(error).__name__}: {error}")
+    reports = distributed.all_gather_object(mine)
+    if error is not None:
+        raise error
+    for rank, report in enumerate(reports):
+        if report is not None:
+            cls, message = report
+            raise (cls or RuntimeError)(f"(rank {rank}) {message}")
+
+
+def _on_main(action: Callable[[], T]) -> T | None:
+    """`action()` on rank 0 only (files are read and written there); None on the other ranks.
+
+    Every rank must call it: a failure on rank 0 is raised on every rank (`_agree`).
+    """
+    rank, _ = _rank_world()
+    result, error = None, None
+    if rank == 0:
+        try:
+            result = action()
+        except Exception as exc:
+            error = exc
+    _agree(error)
+    return result
+
+
+@contextmanager
+def _process_group(device: str | torch.device | None) -> Iterator[distributed.DistInfo]:
+    """Join the process group under torchrun (as `vgg eval` does) for the body, and always leave it.
+
+    Yields this process's `DistInfo` (rank, world size, its device). A group that
+    was already initialised by the caller is left alone.
+    """
+    joined = not (dist.is_available() and dist.is_initialized())
+    info = distributed.setup(device)
+    try:
+        yield info
+    finally:
+        if joined and info.distributed:
+            distributed.cleanup()
 
 
 # --------------------------------------------------------------------------- image sets
@@ -242,11 +320,44 @@ class DescriptorExtractor:
 
     def compute(self, images: ImageSet, rows: Sequence[int] | None = None, *, progress: bool = False,
                 desc: str = "") -> torch.Tensor:
-        """`(len(rows), dim)` descriptors of `images.paths[rows]` (default: all), L2-normalised."""
+        """`(len(rows), dim)` descriptors of `images.paths[rows]` (default: all), L2-normalised.
+
+        Under torch.distributed (torchrun) this is collective: rank r computes
+        rows[r::W] only and the shards are all-gathered in order, so every rank
+        returns the whole tensor, the one a single process computes (each row is
+        computed alone, so only the batching differs: bitwise equal on CPUs in our
+        tests). Every rank must call it with the same images, rows and nets; the
+        ranks check that they do, and an unreadable image on any rank is an error
+        on every rank.
+        """
+        rows = list(range(len(images.paths))) if rows is None else [int(i) for i in rows]
+        rank, world = _rank_world()
+        if world > 1:
+            self._check_same_work(images, rows)
+        if not rows:
+            return torch.zeros(0, self.dim)
+        error, local = None, None
+        try:
+            local = self._compute_local(images, rows[rank::world], progress=progress and rank == 0, desc=desc)
+        except Exception as exc:
+            if world == 1:
+                raise
+            error = exc
+        _agree(error)  # (a no-op in one process) an unreadable image on one rank stops every rank
+        assert local is not None
+        return _gather_shards(local, len(rows))
+
+    def _compute_local(self, images: ImageSet, rows: list[int], *, progress: bool, desc: str) -> torch.Tensor:
+        """The descriptors of `rows` computed in this process (one shard under torch.distributed).
+
+        Every step after `_run_pass` (scales stacked or averaged, nets stacked, L2)
+        works row by row, so a shard's rows are final before they are gathered.
+        """
         from vggnet.data.datasets import ImageDataset
         from vggnet.data.transforms import DenseEvalPreset
 
-        rows = list(range(len(images.paths))) if rows is None else list(rows)
+        if not rows:  # a shard can be empty (fewer images than ranks)
+            return torch.zeros(0, self.dim)
         dataset = ImageDataset([(p, 0) for p in images.paths], ["image"], strict=True)
         per_net: list[list[torch.Tensor]] = [[] for _ in self.nets]
         for q in self.scales:
@@ -260,6 +371,22 @@ class DescriptorExtractor:
         stack = self.aggregation == "stack"
         parts = [torch.cat(qs, dim=1) if stack else torch.stack(qs).mean(dim=0) for qs in per_net]
         return F.normalize(torch.cat(parts, dim=1), dim=1)   # nets stacked, then L2-normalised
+
+    def _check_same_work(self, images: ImageSet, rows: list[int]) -> None:
+        """Collective: every rank describes the same images with the same nets and settings.
+
+        Ranks that listed different folders (a node with another copy of --data) or
+        loaded other checkpoints would gather rows of different images into one
+        tensor without noticing; this compares a digest of the paths and the key.
+        """
+        mine = (self.key, _digest([images.paths[i] for i in rows]), len(rows))
+        everyone = distributed.all_gather_object(mine)
+        if len(set(everyone)) > 1:
+            lines = [f"rank {r}: {n} images (paths sha256 {paths[:12]}), descriptor key {key[:12]}"
+                     for r, (key, paths, n) in enumerate(everyone)]
+            raise UserError("the processes of this torchrun do not describe the same images with the same nets and "
+                            "settings; give every process the same --data, checkpoints and flags, on storage every "
+                            "node sees alike:\n  " + "\n  ".join(lines))
 
     def _metadata(self, images: ImageSet) -> dict[str, str]:
         # One metadata entry holding sorted JSON: safetensors writes several entries
@@ -276,8 +403,14 @@ class DescriptorExtractor:
         finish; a rerun skips the chunks already there, so an interrupted run
         continues where it stopped and writes the same file an uninterrupted run
         writes. A complete `out` with the same key and images is reused as is.
+
+        Under torch.distributed (torchrun) this is collective: every chunk is
+        computed by all ranks together (`compute`), rank 0 alone looks at the
+        files, decides what is reused and writes every file, and every rank
+        returns the same `Features` (what rank 0 read from disk is broadcast). The
+        decision is rank 0's, not each rank's, because the ranks of a multi-node
+        run may see different disks; the files are where rank 0 runs.
         """
-        from safetensors import safe_open
         from safetensors.torch import save as st_save
 
         from vggnet.checkpoint import atomic_write
@@ -286,35 +419,72 @@ class DescriptorExtractor:
         if chunk_size < 1:
             raise UserError(f"--chunk-size must be >= 1, got {chunk_size}")
         meta = self._metadata(images)
+        parts = out.with_name(f"{out.name}.parts-{self.key[:16]}")
+        n = len(images.paths)
+        chunk_rows = [list(range(start, min(start + chunk_size, n))) for start in range(0, n, chunk_size)]
+        tags = [_digest([images.paths[i] for i in rows]) for rows in chunk_rows]
+
+        found = _on_main(lambda: self._on_disk(images, out, parts, chunk_rows, tags))  # rank 0 looks
+        existing, done = found if found is not None else (None, {})
+        # every rank learns rank 0's decision: reuse the complete file, or which chunks to skip
+        decision = distributed.broadcast_object(
+            ("reuse", existing.images, existing.settings) if existing is not None else ("resume", sorted(done)))
+        if decision[0] == "reuse":
+            _, reused_images, reused_settings = decision
+            shared = distributed.broadcast_tensor(
+                None if existing is None else torch.from_numpy(existing.descriptors), (n, self.dim))
+            return Features(shared.numpy(), reused_images, self.key, reused_settings)
+        skip = set(decision[1])
+        chunks = []
+        for c, rows in enumerate(chunk_rows):
+            if c in skip:  # rank 0 read it; the others receive it
+                chunks.append(distributed.broadcast_tensor(done.get(c), (len(rows), self.dim)))
+                continue
+            d = self._chunk(images, rows, progress=progress, desc=f"chunk {c + 1}/{len(chunk_rows)} ")
+            path = parts / f"chunk_{c:06d}.safetensors"
+            _on_main(lambda d=d, path=path, tag=tags[c]: atomic_write(
+                path, lambda f: f.write(st_save({"descriptors": d.contiguous()}, {"images": tag}))))
+            chunks.append(d)
+        descriptors = torch.cat(chunks) if chunks else torch.zeros(0, self.dim)
+
+        def finish() -> None:
+            labels = torch.from_numpy(np.ascontiguousarray(images.labels))
+            blob = st_save({"descriptors": descriptors.contiguous(), "labels": labels}, meta)
+            atomic_write(out, lambda f: f.write(blob))
+            shutil.rmtree(parts, ignore_errors=True)
+
+        _on_main(finish)
+        return Features(descriptors.numpy(), images, self.key, self.settings())
+
+    def _on_disk(self, images: ImageSet, out: Path, parts: Path, chunk_rows: list[list[int]], tags: list[str]
+                 ) -> tuple[Features | None, dict[int, torch.Tensor]]:
+        """What an earlier run left (read on rank 0): a complete `out` made with this key for these
+        images, else the chunks of `parts` whose images are these chunks' (by index)."""
+        from safetensors import SafetensorError, safe_open
+
         if out.is_file():
             try:
                 existing = load_features(out)
                 if existing.key == self.key and existing.images.paths == images.paths:
-                    return existing
+                    return existing, {}
             except UserError:
                 pass  # not ours or damaged: recompute and replace
-        parts = out.with_name(f"{out.name}.parts-{self.key[:16]}")
         parts.mkdir(parents=True, exist_ok=True)
-        chunks = []
-        starts = range(0, len(images.paths), chunk_size)
-        for c, start in enumerate(starts):
-            rows = list(range(start, min(start + chunk_size, len(images.paths))))
+        done: dict[int, torch.Tensor] = {}
+        for c, (rows, tag) in enumerate(zip(chunk_rows, tags)):
             path = parts / f"chunk_{c:06d}.safetensors"
-            tag = _digest([images.paths[i] for i in rows])
-            if path.is_file():
+            if not path.is_file():
+                continue
+            try:
                 with safe_open(str(path), framework="pt") as f:
-                    if (f.metadata() or {}).get("images") == tag:
-                        chunks.append(f.get_tensor("descriptors"))
-                        continue
-            d = self._chunk(images, rows, progress=progress, desc=f"chunk {c + 1}/{len(starts)} ")
-            atomic_write(path, lambda f, d=d: f.write(st_save({"descriptors": d.contiguous()}, {"images": tag})))
-            chunks.append(d)
-        descriptors = torch.cat(chunks) if chunks else torch.zeros(0, self.dim)
-        labels = torch.from_numpy(np.ascontiguousarray(images.labels))
-        blob = st_save({"descriptors": descriptors.contiguous(), "labels": labels}, meta)
-        atomic_write(out, lambda f: f.write(blob))
-        shutil.rmtree(parts, ignore_errors=True)
-        return Features(descriptors.numpy(), images, self.key, self.settings())
+                    if (f.metadata() or {}).get("images") != tag:
+                        continue  # other images (another --chunk-size or another list): computed again
+                    d = f.get_tensor("descriptors")
+            except (SafetensorError, OSError):
+                continue  # unreadable: computed again and replaced
+            if d.dtype == torch.float32 and tuple(d.shape) == (len(rows), self.dim):
+                done[c] = d
+        return None, done
 
     def _chunk(self, images: ImageSet, rows: list[int], *, progress: bool, desc: str) -> torch.Tensor:
         return self.compute(images, rows, progress=progress, desc=desc)
@@ -559,13 +729,30 @@ def _load_classifier(path: Path) -> tuple[LinearSVMs, dict[str, Any]]:
 
 
 def _features_for(extractor: DescriptorExtractor, images: ImageSet, name: str, cache: Path,
-                  given: str | None, progress: bool) -> np.ndarray:
+                  given: str | None, progress: bool) -> np.ndarray | None:
+    """The descriptors of `images`: read from `given` (a `vgg features` file) or computed into the
+    cache. Under torch.distributed only rank 0, which fits the SVMs, reads a given file; the other
+    ranks get None (or, when computed, the same descriptors as rank 0)."""
     if given:
-        feats = load_features(given)
-        extractor.check(feats, images, given)
-        return feats.descriptors
+        def read() -> np.ndarray:
+            feats = load_features(given)
+            extractor.check(feats, images, given)
+            return feats.descriptors
+
+        return _on_main(read)
     out = cache / f"{name}-{extractor.key[:16]}.safetensors"
     return extractor.extract(images, out, progress=progress).descriptors
+
+
+@dataclass
+class _TransferWork:
+    """What the SVMs of a `transfer` run need: the descriptors of every train/test run, computed."""
+
+    extractor: DescriptorExtractor
+    runs: list[tuple[ImageSet, np.ndarray, ImageSet, np.ndarray]]
+    protocol: str
+    data: str
+    out: Path
 
 
 def transfer(
@@ -591,7 +778,7 @@ def transfer(
     batch_size: int = 32,
     workers: int = 0,
     progress: bool = False,
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     """Appendix B end to end: descriptors, SVMs with C by cross-validation, the test metrics.
 
     Layouts: a VOC devkit folder (multi-label; `trainval` -> `test` when both lists
@@ -600,12 +787,57 @@ def transfer(
     class folders `train/` and `test/` (else `val/`). Writes `output_dir/` with
     `features/` (the descriptor cache), `classifier.safetensors` (of the first
     split) and `results.json`; returns the results.
+
+    Under torch.distributed (torchrun) the descriptors are computed by all ranks
+    together (each its shard of the images); rank 0 alone then fits the SVMs,
+    writes the files and returns the results, and the other ranks return None as
+    soon as the descriptors are done.
+    """
+    work = _transfer_descriptors(
+        checkpoints, data, output_dir=output_dir, scales=scales, flip=flip, aggregation=aggregation,
+        train_split=train_split, test_split=test_split, train_per_class=train_per_class,
+        test_per_class=test_per_class, splits=splits, exclude=exclude, c_grid=c_grid, folds=folds,
+        train_features=train_features, test_features=test_features, device=device, amp=amp,
+        batch_size=batch_size, workers=workers, progress=progress)
+    return None if work is None else _fit_transfer(work, c_grid=c_grid, folds=folds)
+
+
+def _transfer_descriptors(
+    checkpoints: Sequence[str | os.PathLike | Mapping[str, Any]],
+    data: str | os.PathLike,
+    *,
+    output_dir: str | os.PathLike,
+    scales: Sequence[int] | None,
+    flip: bool,
+    aggregation: str,
+    train_split: str | None,
+    test_split: str | None,
+    train_per_class: int | None,
+    test_per_class: int | None,
+    splits: int,
+    exclude: Sequence[str],
+    c_grid: Sequence[float],
+    folds: int,
+    train_features: str | None,
+    test_features: str | None,
+    device: str | torch.device | None,
+    amp: str,
+    batch_size: int,
+    workers: int,
+    progress: bool,
+) -> _TransferWork | None:
+    """The first half of `transfer`: the image lists, the splits and the descriptors.
+
+    Collective under torch.distributed; returns the work for the SVMs on rank 0 and
+    None on the other ranks. Everything that can be refused (flags, too few images
+    in a class) is refused before any descriptor is computed.
     """
     from vggnet.data.voc import is_voc_devkit, voc_splits
 
     if splits < 1 or folds < 2 or not c_grid or min(c_grid) <= 0:
         raise UserError(f"need --splits >= 1, --folds >= 2 and a positive --C-grid; got {splits}, {folds}, "
                         f"{list(c_grid)}")
+    rank, _ = _rank_world()
     out = Path(output_dir)
     cache = out / "features"
     extractor = DescriptorExtractor(checkpoints, scales=scales, flip=flip, aggregation=aggregation, device=device,
@@ -617,10 +849,12 @@ def transfer(
             raise UserError(f"--train-per-class and --test-per-class must be >= 1, got {train_per_class} "
                             f"and {test_per_class}")
         everything = list_images(root, train_split, exclude=exclude)
+        chosen = [split_per_class(everything, train_per_class, test_per_class, seed) for seed in range(splits)]
         X = _features_for(extractor, everything, "all", cache, train_features, progress)
-        for seed in range(splits):
-            tr, te = split_per_class(everything, train_per_class, test_per_class, seed)
-            runs.append((everything.subset(tr), X[tr], everything.subset(te), X[te]))
+        if rank != 0:
+            return None
+        assert X is not None
+        runs += [(everything.subset(tr), X[tr], everything.subset(te), X[te]) for tr, te in chosen]
         protocol = f"{train_per_class} train / {test_per_class or 'all other'} test images per class, {splits} splits"
     else:
         if is_voc_devkit(root):
@@ -634,25 +868,37 @@ def transfer(
         test_set = list_images(root, te_name, classes=train_set.classes, exclude=exclude)
         X_tr = _features_for(extractor, train_set, tr_name, cache, train_features, progress)
         X_te = _features_for(extractor, test_set, te_name, cache, test_features, progress)
+        if rank != 0:
+            return None
+        assert X_tr is not None and X_te is not None
         runs.append((train_set, X_tr, test_set, X_te))
         protocol = f"train on {tr_name}, test on {te_name}"
+    return _TransferWork(extractor, runs, protocol, str(data), out)
+
+
+def _fit_transfer(work: _TransferWork, *, c_grid: Sequence[float], folds: int) -> dict[str, Any]:
+    """The second half of `transfer` (one process: rank 0): C by cross-validation, the SVMs, the
+    test metrics; writes the classifier and results.json once."""
+    from vggnet.checkpoint import atomic_write
+
     results = []
     first_svm = None
-    for train_set, X_tr, test_set, X_te in runs:
+    for train_set, X_tr, test_set, X_te in work.runs:
         Y = train_set.targets()
         C, cv = select_C(X_tr, Y, multi_label=train_set.multi_label, grid=c_grid, folds=folds)
         svm = LinearSVMs(C).fit(X_tr, Y)
         first_svm = first_svm or svm
         results.append({"C": C, "cv": cv, "train_images": len(train_set.paths), "test_images": len(test_set.paths),
                         **_evaluate(svm.decision_function(X_te), test_set)})
-    report = _summarise(results, multi_label=runs[0][0].multi_label)
-    classes = runs[0][0].classes
-    settings = {**extractor.settings(), "classes": classes, "multi_label": runs[0][0].multi_label,
+    first = work.runs[0][0]
+    report = _summarise(results, multi_label=first.multi_label)
+    settings = {**work.extractor.settings(), "classes": first.classes, "multi_label": first.multi_label,
                 "C": results[0]["C"]}
-    _save_classifier(out / "classifier.safetensors", first_svm, settings)
-    report.update({"data": str(data), "protocol": protocol, "classes": classes, "descriptor": extractor.settings(),
-                   "classifier": str(out / "classifier.safetensors")})
-    (out / "results.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    _save_classifier(work.out / "classifier.safetensors", first_svm, settings)
+    report.update({"data": work.data, "protocol": work.protocol, "classes": first.classes,
+                   "descriptor": work.extractor.settings(), "classifier": str(work.out / "classifier.safetensors")})
+    text = json.dumps(report, indent=2) + "\n"
+    atomic_write(work.out / "results.json", lambda f: f.write(text.encode("utf-8")))
     return report
 
 
@@ -752,6 +998,7 @@ def demo_transfer(classifier_ckpt: str | os.PathLike, workdir: str | os.PathLike
                          image_size=image_size)
     report = transfer([classifier_ckpt], scenes, output_dir=work, scales=scales, aggregation="average",
                       workers=workers, progress=progress)
+    assert report is not None  # (None only on ranks > 0 under torch.distributed)
     train_set, test_set = list_images(scenes, "trainval"), None
     test_set = list_images(scenes, "test", classes=train_set.classes)
     X_tr, X_te = pixel_descriptors(train_set.paths), pixel_descriptors(test_set.paths)
@@ -805,14 +1052,21 @@ def add_features_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_features(args: argparse.Namespace) -> int:
-    images = list_images(args.data, args.split, exclude=args.exclude_class)
-    extractor = DescriptorExtractor(args.checkpoints, scales=args.test_scales, flip=args.flip,
-                                    aggregation=args.aggregate, device=args.device, amp=args.amp,
-                                    batch_size=args.batch_size, workers=args.workers)
-    feats = extractor.extract(images, args.out, chunk_size=args.chunk_size, progress=sys.stderr.isatty())
+    """`vgg features`. Under torchrun every process computes its shard of every chunk (gathered on
+    all of them); rank 0 alone writes the chunks and the file and prints."""
+    with _process_group(args.device) as info:
+        images = list_images(args.data, args.split, exclude=args.exclude_class)
+        extractor = DescriptorExtractor(args.checkpoints, scales=args.test_scales, flip=args.flip,
+                                        aggregation=args.aggregate, device=info.device, amp=args.amp,
+                                        batch_size=args.batch_size, workers=args.workers)
+        feats = extractor.extract(images, args.out, chunk_size=args.chunk_size,
+                                  progress=info.is_main and sys.stderr.isatty())
+    if not info.is_main:
+        return 0
+    where = f" ({info.world_size} processes)" if info.distributed else ""
     print(f"{args.out}: {feats.descriptors.shape[0]} descriptors of {feats.descriptors.shape[1]} dimensions "
           f"({', '.join(c['name'] for c in extractor.checkpoints)} at Q = {', '.join(map(str, extractor.scales))}, "
-          f"{extractor.aggregation}, flip {'on' if extractor.flip else 'off'}; key {extractor.key[:16]})")
+          f"{extractor.aggregation}, flip {'on' if extractor.flip else 'off'}; key {extractor.key[:16]}){where}")
     return 0
 
 
@@ -842,10 +1096,17 @@ def add_transfer_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_transfer(args: argparse.Namespace) -> int:
+    """`vgg transfer` and `vgg transfer predict`. Under torchrun every process computes its shard of
+    the descriptors; the process group is then left, and rank 0 alone fits the SVMs (which can take
+    longer than a collective's timeout), writes the files and prints; the other ranks exit with 0."""
     if args.items[0] == "predict" and not Path("predict").is_file():
         if len(args.items) < 3:
             raise UserError("usage: vgg transfer predict OUT IMAGE|DIR... (OUT: a `vgg transfer` --output-dir)")
-        results = predict_transfer(args.items[1], args.items[2:], device=args.device, batch_size=args.batch_size)
+        with _process_group(args.device) as info:
+            results = predict_transfer(args.items[1], args.items[2:], device=info.device,
+                                       batch_size=args.batch_size)
+        if not info.is_main:
+            return 0
         if args.json:
             print(json.dumps(results, indent=2))
         else:
@@ -858,12 +1119,17 @@ def run_transfer(args: argparse.Namespace) -> int:
         grid = [float(c) for c in args.c_grid.split(",") if c.strip()]
     except ValueError:
         raise UserError(f"--C-grid: expected comma-separated numbers such as 0.1,1,10, got {args.c_grid!r}") from None
-    report = transfer(args.items, args.data, output_dir=args.output_dir, scales=args.test_scales, flip=args.flip,
-                      aggregation=args.aggregate, train_split=args.train_split, test_split=args.test_split,
-                      train_per_class=args.train_per_class, test_per_class=args.test_per_class, splits=args.splits,
-                      exclude=args.exclude_class, c_grid=grid, folds=args.folds,
-                      train_features=args.train_features, test_features=args.test_features, device=args.device,
-                      amp=args.amp, batch_size=args.batch_size, workers=args.workers, progress=sys.stderr.isatty())
+    with _process_group(args.device) as info:
+        work = _transfer_descriptors(
+            args.items, args.data, output_dir=args.output_dir, scales=args.test_scales, flip=args.flip,
+            aggregation=args.aggregate, train_split=args.train_split, test_split=args.test_split,
+            train_per_class=args.train_per_class, test_per_class=args.test_per_class, splits=args.splits,
+            exclude=args.exclude_class, c_grid=grid, folds=args.folds, train_features=args.train_features,
+            test_features=args.test_features, device=info.device, amp=args.amp, batch_size=args.batch_size,
+            workers=args.workers, progress=info.is_main and sys.stderr.isatty())
+    if work is None:  # a rank > 0: its share of the descriptors is done
+        return 0
+    report = _fit_transfer(work, c_grid=grid, folds=args.folds)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
