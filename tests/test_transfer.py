@@ -13,9 +13,10 @@ import vggnet.transfer as transfer_module
 from vggnet.cli import main
 from vggnet.data.synthetic import write_multilabel
 from vggnet.errors import DataError, UserError
-from vggnet.transfer import (DescriptorExtractor, ImageSet, LinearSVMs, list_images, load_features,
-                             multilabel_metrics, pixel_descriptors, pooled_descriptor, select_C,
-                             singlelabel_metrics, split_per_class, transfer, voc07_ap, voc_area_ap)
+from vggnet.descriptors import (DescriptorExtractor, ImageSet, list_images, load_features, pooled_descriptor,
+                                split_per_class)
+from vggnet.transfer import (LinearSVMs, multilabel_metrics, pixel_descriptors, select_C, singlelabel_metrics,
+                             transfer, voc07_ap, voc_area_ap)
 from vggnet.checkpoint import make_checkpoint, save_checkpoint
 
 PRE = {"pixel_scale": 1.0, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
