@@ -270,7 +270,7 @@ def test_vgg_predict(data, ckpt, tmp_path, capsys):
 
 def test_a_predictor_loads_once_and_answers_as_predict(data, ckpt, tmp_path, monkeypatch):
     import vggnet.checkpoint as checkpoint
-    from vggnet.evaluate import Predictor, predict
+    from vggnet.predict import Predictor, predict
 
     good = [str(p) for p in sorted((data / "val").glob("*/*.jpg"))[:3]]
     bad = tmp_path / "bad.jpg"

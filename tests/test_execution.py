@@ -13,7 +13,8 @@ from vggnet.checkpoint import make_checkpoint, save_checkpoint
 from vggnet.cli import main
 from vggnet.data.synthetic import write_synthetic
 from vggnet.engine import TrainConfig, resolve_execution, train
-from vggnet.evaluate import evaluate, predict
+from vggnet.evaluate import evaluate
+from vggnet.predict import predict
 from vggnet.execution import choose_execution, cpu_bf16_native
 from vggnet.models import vgg
 

@@ -117,7 +117,8 @@ def run(output_dir: str | os.PathLike = "demo_run", *, quick: bool = False, epoc
     from vggnet.data.datasets import build_dataset
     from vggnet.data.stats import compute_stats, save_stats
     from vggnet.data.synthetic import write_synthetic
-    from vggnet.evaluate import default_test_scales, evaluate, predict
+    from vggnet.evaluate import default_test_scales, evaluate
+    from vggnet.predict import predict
     from vggnet.train import TrainConfig, train
 
     t_start = time.perf_counter()

@@ -25,7 +25,8 @@ from typing import Sequence
 import torch.distributed as dist
 
 from vggnet.errors import UserError
-from vggnet.evaluate import CROP_PCT, METHODS, _parse_scales, _resolve_device, evaluate, predict
+from vggnet.evaluate import CROP_PCT, METHODS, _parse_scales, _resolve_device, evaluate
+from vggnet.predict import predict
 from vggnet.execution import choose_execution
 from vggnet.results import _METHOD_LABEL, load_posteriors
 
