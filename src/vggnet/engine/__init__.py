@@ -6,7 +6,9 @@ box regression).
     data.py     datasets, seeded augmentation, the training loader
     state.py    RNGs, checkpoints to resume, --init from:CKPT, signals, optimizer
     outputs.py  console and train.log, tqdm, metrics.csv, config.yaml, TensorBoard, curves.png
-    loop.py     `Trainer` and `train(config, task)`
+    setup.py    `TrainerSetup`: what a run needs before its first step (execution, decoding, data,
+                statistics, model and optimizer, resume state)
+    loop.py     `Trainer` (the loop, checkpoints, the run) and `train(config, task)`
 
 One process:
 

@@ -19,6 +19,10 @@ is here, once:
 
 Each optimizer step is one all-reduce of the loss and of the stop/checkpoint
 requests, so every rank takes every decision at the same step.
+
+What the run needs before its first step (the execution and decoding choices,
+the data, the statistics, the model and optimizer, the state of a resumed run)
+is set up by `TrainerSetup` (`vggnet.engine.setup`), `Trainer`'s base class.
 """
 
 from __future__ import annotations
@@ -26,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import os
 import signal
 import time
 from pathlib import Path
@@ -35,14 +38,12 @@ from typing import Any, Mapping
 import torch
 
 from vggnet import distributed
-from vggnet.engine.config import RESUME_MUST_MATCH, TrainConfig, parse_init, show_setting
-from vggnet.engine.data import build_datasets, make_train_loader
+from vggnet.engine.config import TrainConfig, parse_init
 from vggnet.engine.outputs import RunOutputs, duration
-from vggnet.engine.state import (StopRequest, agree_on_resume, capture_rng, claim_run_folder, init_from,
-                                 link_or_copy, make_optimizer, make_scheduler, plain, restore_rng, seed_everything)
+from vggnet.engine.setup import TrainerSetup
+from vggnet.engine.state import StopRequest, agree_on_resume, capture_rng, claim_run_folder, link_or_copy, plain
 from vggnet.engine.task import ClassificationTask, Task
 from vggnet.errors import CheckpointError, UserError
-from vggnet.execution import choose_execution
 
 __all__ = ["Trainer", "TrainingError", "train"]
 
@@ -57,8 +58,12 @@ class TrainingError(UserError):
     """Training cannot go on (a non-finite loss, too many bad images); the message says where it stopped."""
 
 
-class Trainer:
-    """One run: `Trainer(cfg, info, task).run()`. Rank 0 writes every file; every rank computes."""
+class Trainer(TrainerSetup):
+    """One run: `Trainer(cfg, info, task).run()`. Rank 0 writes every file; every rank computes.
+
+    The set-up before the first step (execution, decoding, data, model, resume) is `TrainerSetup`'s
+    (`vggnet.engine.setup`).
+    """
 
     def __init__(self, cfg: TrainConfig, info: distributed.DistInfo, task: Task) -> None:
         self.cfg = cfg
@@ -95,242 +100,6 @@ class Trainer:
     @property
     def best_key(self) -> str:
         return f"best_{self.task.monitor}"
-
-    # ----------------------------------------------------------------- set-up
-
-    def resolve_execution(self) -> None:
-        cfg, dev = self.cfg, self.device
-        world = self.info.world_size
-        self.micro = cfg.micro_batch_size or max(1, cfg.batch_size // world)
-        self.accum = distributed.accumulation_steps(cfg.batch_size, self.micro, world)  # exact, or a UserError
-        chosen = choose_execution(cfg.amp, cfg.channels_last, dev)
-        self.amp, self.channels_last, self.execution_reason = chosen.amp, chosen.channels_last, chosen.reason
-        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.amp)
-        if cfg.threads is not None:
-            torch.set_num_threads(cfg.threads)
-        if dev.type == "cuda":
-            torch.backends.cudnn.benchmark = not cfg.deterministic
-        if cfg.deterministic:
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True)
-
-    def check_resumable(self, ckpt: Mapping[str, Any], path: Path) -> None:
-        """A `CheckpointError` unless `ckpt` is a training checkpoint of this task with this run's settings."""
-        train = ckpt.get("train")
-        if not isinstance(train, Mapping) or "optimizer" not in train:
-            raise CheckpointError(f"{path} holds weights only, no training state; to start a new run from these "
-                                  f"weights use --init from:{path}")
-        self.task.check_checkpoint(ckpt, str(path), purpose="resume")
-        saved = train.get("config", {})
-        mismatched = []
-        defaults = TrainConfig().to_dict()
-        # (a setting added after the checkpoint was written had its default then)
-        must_match = RESUME_MUST_MATCH + (("epochs",) if self.cfg.lr_scheduler == "cosine" else ())
-        for key in must_match:
-            mine, theirs = plain(getattr(self.cfg, key)), plain(saved.get(key, defaults.get(key)))
-            if key == "model" and isinstance(theirs, str):
-                from vggnet.models import resolve_name
-
-                theirs = resolve_name(theirs)
-            if mine != theirs and not (isinstance(mine, (int, float)) and isinstance(theirs, (int, float))
-                                       and float(mine) == float(theirs)):
-                mismatched.append(f"--{key.replace('_', '-')} {show_setting(theirs)} in the checkpoint, "
-                                  f"{show_setting(mine)} now")
-        theirs_task = dict(train.get("task") or {})
-        for key, mine in plain(self.task.settings()).items():
-            if key in theirs_task and theirs_task[key] != mine:
-                mismatched.append(f"{self.task.name} setting {key} {theirs_task[key]} in the checkpoint, {mine} now")
-        if mismatched:
-            raise CheckpointError(f"{path} was written by a run with other settings ({'; '.join(mismatched)}); "
-                                  f"resume it with its own settings (its config.yaml), or start a new run from "
-                                  f"its weights with --init from:{path} and a new --output-dir")
-
-    def build_data(self, resume: Mapping[str, Any] | None, init_ckpt: Mapping[str, Any] | None) -> None:
-        from vggnet.data.transforms import Preprocessing
-
-        cfg = self.cfg
-        train, val, self.data_text = build_datasets(cfg, boxes=self.task.needs_boxes)
-        if len(train) < cfg.batch_size:
-            raise UserError(f"--batch-size {cfg.batch_size} is larger than the training set ({len(train)} images); "
-                            f"an epoch must hold at least one global batch")
-        self.classes = list(train.classes)
-        self._log_left_out(train, val)
-        if resume is not None and list(resume["classes"]) != self.classes:
-            raise CheckpointError(f"{self.resume_path} was trained on {len(resume['classes'])} classes "
-                                  f"({', '.join(resume['classes'][:4])}, ...) but the training set has "
-                                  f"{len(self.classes)} ({', '.join(self.classes[:4])}, ...)")
-        self.stats, self.stats_source = self._statistics(train, resume, init_ckpt)
-        if resume is not None:
-            self.preprocessing = Preprocessing.from_dict(resume["preprocessing"])
-        elif isinstance((init_ckpt or {}).get("preprocessing"), Mapping):
-            # fine-tuning: the initial net's features were learned on inputs normalised its way
-            # (torchvision's weights: 0-1 pixels, ImageNet mean and std), so keep feeding them so
-            self.preprocessing = Preprocessing.from_dict(init_ckpt["preprocessing"])
-        else:
-            self.preprocessing = Preprocessing.caffe(mean=self.stats["mean"])
-        extensions = {**({} if cfg.hflip else {"hflip": False}),
-                      **({} if cfg.auto_augment == "none" else {"auto_augment": cfg.auto_augment})}
-        train.transform = self.task.train_transform(
-            crop_size=cfg.crop_size, scale=cfg.scale, preprocessing=self.preprocessing,
-            pca=self.stats if cfg.pca_std > 0 else None, pca_std=cfg.pca_std, **extensions)
-        collate = self.task.collate
-        if self.decode_where == "cuda":  # JPEGs leave the workers encoded (checked in `resolve_decoding`)
-            from vggnet.data.device_decode import DeferredDecode, collate_deferred
-
-            self.deferred = train.transform
-            train.transform, collate = DeferredDecode(self.deferred), collate_deferred
-        self.train_set, self.val_set = train, val
-        self.sampler = distributed.ResumableDistributedSampler(
-            train, global_batch=cfg.batch_size, num_replicas=self.info.world_size, rank=self.info.rank,
-            seed=cfg.seed)
-        self.steps_per_epoch = self.sampler.steps_per_epoch
-        self.loader = make_train_loader(train, self.sampler, seed=cfg.seed, micro_batch=self.micro,
-                                        workers=cfg.workers, collate=collate,
-                                        pin_memory=self.device.type == "cuda")
-
-    def resolve_decoding(self) -> None:
-        """Where training JPEGs are decoded (`--decode-device`), checked before any work."""
-        from vggnet.data.decode import choose_decode_device
-
-        self.decode_where = choose_decode_device(self.cfg.decode_device, self.device)
-        self.decode_text = "JPEGs decoded by the loader workers"
-        if self.decode_where != "cuda":
-            return
-        if self.task.needs_boxes or type(self.task).collate is not Task.collate:
-            raise UserError(f"--decode-device cuda: the {self.task.describe()} task transforms its own items "
-                            f"(boxes); use --decode-device cpu")
-        if self.cfg.auto_augment != "none":
-            raise UserError("--decode-device cuda applies the paper's crop, flip and colour shift on the GPU; "
-                            "--auto-augment policies run in the loader workers: use --decode-device cpu with them")
-        self.decode_text = (f"JPEGs decoded on {self.device} in batches of a micro-batch (TorchCodec), rescaled and "
-                            f"cropped there; other files by the loader workers")
-
-    def _log_left_out(self, *datasets: Any) -> None:
-        """Name every file the datasets' folders held but do not use (FIFOs, link loops, unreadable formats),
-        once per run, in the console and train.log: Python warnings may be silenced (-W ignore)."""
-        for ds in datasets:
-            left_out = getattr(ds, "left_out", [])
-            if left_out:
-                self.log(f"warning: {len(left_out)} file(s) of {getattr(ds, 'root', 'the dataset')} left out:")
-                for path, reason in left_out:
-                    self.log(f"  {path}: {reason}")
-
-    def _statistics(self, train: Any, resume: Mapping[str, Any] | None,
-                    init_ckpt: Mapping[str, Any] | None) -> tuple[dict[str, Any], str]:
-        """Mean RGB and PCA: the run's own (resume), a `vgg stats` file, the initial net's, or computed now."""
-        cfg = self.cfg
-        stats, source = None, ""
-        if resume is not None:
-            stats, source = resume["train"].get("stats"), f"the checkpoint {self.resume_path}"
-        elif cfg.stats is not None:
-            from vggnet.data.stats import load_stats
-
-            stats, source = load_stats(cfg.stats), cfg.stats
-        elif init_ckpt is not None and isinstance(init_ckpt.get("meta", {}).get("stats"), Mapping) \
-                and list(init_ckpt.get("classes", [])) == self.classes:
-            stats, source = init_ckpt["meta"]["stats"], f"the initial net {parse_init(cfg.init)[1]}"
-        if stats is None:
-            from vggnet.data.stats import compute_stats
-
-            n = min(cfg.stats_sample, len(train))
-            if self.info.is_main:
-                self.log(f"computing the training set's mean RGB and PCA on {n} images (pass --stats FILE from "
-                         f"`vgg stats` to skip this)")
-                stats = compute_stats(train, sample=n, seed=cfg.seed, workers=min(cfg.workers, 4))
-            stats = distributed.broadcast_object(stats)
-            source = f"{n} training images"
-        return ({"mean": [float(v) for v in stats["mean"]], "eigval": [float(v) for v in stats["eigval"]],
-                 "eigvec": [[float(v) for v in row] for row in stats["eigvec"]]}, source)
-
-    def build_model(self, init_ckpt: Mapping[str, Any] | None) -> None:
-        from vggnet.init import init_weights
-        from vggnet.models import count_parameters, vgg
-
-        cfg = self.cfg
-        # the same seed on every rank: identical initial weights (DDP also broadcasts rank 0's)
-        seed_everything(cfg.seed)
-        model = vgg(cfg.model, self.task.output_size(len(self.classes)), crop_size=cfg.crop_size,
-                    width=float(cfg.width), fc_width=cfg.fc_width, dropout=float(cfg.dropout),
-                    batch_norm=cfg.batch_norm)
-        scheme, path = parse_init(cfg.init)
-        if init_ckpt is None and path is not None:  # a resumed --init from:CKPT run: the checkpoint has the weights
-            self.init_text = f"from:{path}"
-        elif init_ckpt is None:
-            init_weights(model, scheme)
-            self.init_text = scheme
-        else:
-            self.init_text = init_from(model, init_ckpt, path, rest=cfg.init_rest)
-        if cfg.freeze == "features":
-            model.features.requires_grad_(False)
-            self.init_text += "; conv layers frozen (--freeze features)"
-        self.n_params = count_parameters(model)
-        model.to(self.device)
-        if self.channels_last:
-            model.to(memory_format=torch.channels_last)
-        if cfg.sync_bn and self.info.distributed:
-            if self.device.type != "cuda":
-                raise UserError(f"--sync-bn: torch's SyncBatchNorm runs on CUDA devices only, and this run is on "
-                                f"{self.device.type}; leave it out (the processes' BN statistics are averaged "
-                                f"before each validation and checkpoint anyway)")
-            # an extension: batch statistics over every process's micro-batch (same state-dict keys)
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        self.model = model  # the bare VGG (checkpoints, validation)
-        self.net = distributed.wrap_ddp(model, self.info)  # what the training step runs
-        if cfg.compile:
-            self.net = torch.compile(self.net)
-        self.optimizer = make_optimizer(model, cfg, grad_scaler=self.amp == "fp16")
-        # "decreased by a factor of 10 when the validation set accuracy stopped improving" (§3.1):
-        # ReduceLROnPlateau, unless --lr-scheduler/--warmup-epochs (extensions) say otherwise
-        self.warmup, self.scheduler = make_scheduler(self.optimizer, cfg,
-                                                     mode="min" if self.task.lower_is_better else "max")
-        self.ema = None
-        if cfg.ema_decay:
-            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-            # an extension: the weights' exponential moving average, BN statistics included
-            self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
-        # each rank its own dropout stream from here on (rank 0's is the single-process one)
-        seed_everything(cfg.seed + 1_000_003 * self.info.rank)
-
-    def restore(self, ckpt: Mapping[str, Any]) -> None:
-        """Continue exactly where `ckpt` stopped."""
-        train = ckpt["train"]
-        try:
-            self.model.load_state_dict(ckpt["state_dict"], strict=True)
-            self.optimizer.load_state_dict(train["optimizer"])
-            self.scheduler.load_state_dict(train["scheduler"])
-            if self.warmup is not None:
-                self.warmup.load_state_dict(train["warmup"])
-            if self.ema is not None:
-                self.ema.load_state_dict(train["ema"])
-            if train.get("scaler"):
-                self.scaler.load_state_dict(train["scaler"])
-        except (RuntimeError, KeyError, ValueError) as exc:
-            raise CheckpointError(f"{self.resume_path}: cannot restore the training state: "
-                                  f"{str(exc).splitlines()[0]}") from None
-        self.epoch = int(train["epoch"])
-        self.step_in_epoch = int(train["step_in_epoch"])
-        self.global_step = int(train["global_step"])
-        self.lr_reductions = int(train.get("lr_reductions", 0))
-        self.best = train.get(self.best_key)
-        self.best_epoch = train.get("best_epoch")
-        self.history = [dict(h) for h in train.get("history", [])]
-        self.sampler.set_epoch(self.epoch)
-        self.sampler.set_position(self.step_in_epoch * self.cfg.batch_size)
-        rng = list(train["rng"])
-        if len(rng) != self.info.world_size:
-            self.log(f"note: the checkpoint was written by {len(rng)} process(es), this run has "
-                     f"{self.info.world_size}: data order and augmentation continue exactly, dropout does not")
-        restore_rng(rng[self.info.rank] if self.info.rank < len(rng) else rng[0])
-        if int(train.get("steps_per_epoch", self.steps_per_epoch)) != self.steps_per_epoch:
-            raise CheckpointError(f"{self.resume_path}: its epochs had {train['steps_per_epoch']} steps, this "
-                                  f"training set gives {self.steps_per_epoch}: the training set or --batch-size "
-                                  f"changed, so the run cannot continue exactly")
-        self.totals = {k: type(v)(train.get("epoch_totals", {}).get(k, v)) for k, v in self.totals.items()}
-        self.last_checkpoint = self.resume_path
-        self.finished_before = bool(train.get("finished"))
-        self.stopped = train.get("stopped")
 
     def _remedy(self) -> str:
         tips = ["a lower --lr", "--clip-grad 10"]
