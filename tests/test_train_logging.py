@@ -88,6 +88,13 @@ def test_resume_purges_what_the_interrupted_run_logged_after_its_checkpoint(tmp_
     as after a kill -9 or a truncated newer checkpoint: each step and epoch is shown once,
     the points up to the checkpoint (step 3) are kept, the later ones are those of the resumed run."""
     pytest.importorskip("torch.utils.tensorboard")
+    from tensorboard.summary.writer import event_file_writer
+
+    # the process's 10th event writer: the resume's file name ends in .10, which sorts before the first run's .9
+    # when both start within one second (as in a long test session, where this once failed)
+    counter = event_file_writer._global_uid
+    with counter._lock:
+        counter._value = 9
     first = train(tiny(tmp_path, lr=LR, log_every=1, max_steps=5, checkpoint_every=3, keep=100))
     assert first["global_step"] == 5
     before = scalars(tmp_path)
@@ -201,3 +208,26 @@ def test_progress_bar_only_on_rank_0(tmp_path, capsys, bars, monkeypatch):
     assert bars == []
     assert "epoch 1/" not in err and "step/s" not in err and out == ""
     assert not (tmp_path / "run").exists()  # nor files (TensorBoard's included)
+
+
+def test_a_resumed_runs_event_file_sorts_after_the_earlier_ones(tmp_path):
+    # TensorBoard reads event files in name order; names start with the second the writer opened, then end in
+    # the process's writer count, so two writers of one second can sort out of order (.10 before .9)
+    import time
+
+    from vggnet.engine.outputs import _after_earlier_event_files
+
+    folder = tmp_path / "tensorboard"
+    folder.mkdir()
+    (folder / f"events.out.tfevents.{int(time.time()) - 5:010d}.host.1.9").touch()
+    t0 = time.monotonic()
+    _after_earlier_event_files(folder)
+    assert time.monotonic() - t0 < 0.5  # an older file: nothing to wait for
+    now = int(time.time())
+    (folder / f"events.out.tfevents.{now:010d}.host.1.9").touch()
+    _after_earlier_event_files(folder)
+    assert int(time.time()) > now  # a new file of this second would sort before .9: waited for the next second
+    (folder / f"events.out.tfevents.{now + 3600:010d}.host.1.9").touch()  # a clock an hour ahead
+    t0 = time.monotonic()
+    _after_earlier_event_files(folder)
+    assert time.monotonic() - t0 < 0.5  # waiting would not help: no hang

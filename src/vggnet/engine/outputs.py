@@ -75,8 +75,10 @@ class RunOutputs:
         except ImportError:  # TensorBoard is optional: metrics.csv and curves.png are always written
             self.tb = None
             return
+        folder = self.out / "tensorboard"
+        _after_earlier_event_files(folder)
         # hide what a previous run logged after the checkpoint resumed: steps > global_step
-        self.tb = SummaryWriter(str(self.out / "tensorboard"), purge_step=global_step + 1 if global_step else None)
+        self.tb = SummaryWriter(str(folder), purge_step=global_step + 1 if global_step else None)
 
     def scalars(self, prefix: str, values: Mapping[str, float], step: int, *, flush: bool = False) -> None:
         if self.tb is None:
@@ -159,3 +161,27 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: str | os.PathLike,
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     return atomic_write(path, lambda f: f.write(buf.getvalue()))
+
+
+def _after_earlier_event_files(folder: Path) -> None:
+    """Wait, if need be, until a new event file in `folder` sorts after every one already there.
+
+    TensorBoard reads a folder's event files in name order, and applies a resumed
+    run's purge (`purge_step`) only to what it has read before. The names are
+    `events.out.tfevents.<start second>.<host>.<pid>.<writer count>`: a resume
+    started within the same second as the last file (in the same process, the
+    count goes from 9 to 10, which sorts first) could be read before it and the
+    purge lost. A start in a later second sorts last, so this waits at most one
+    second, and only when a run is resumed within the second it last started.
+    """
+    import time
+
+    newest = 0
+    for path in folder.glob("events.out.tfevents.*"):
+        field = path.name.split(".")[3]
+        if field.isdigit():
+            newest = max(newest, int(field))
+    if newest > time.time() + 2:
+        return  # a file from a clock ahead of ours: waiting would not help
+    while int(time.time()) <= newest:
+        time.sleep(newest + 1 - time.time())
