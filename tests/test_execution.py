@@ -133,3 +133,25 @@ def test_vgg_eval_and_predict_say_what_auto_chose(folder_and_ckpt, native, capsy
     image = str(sorted(data.glob("val/*/*.jpg"))[0])
     assert main(["predict", str(ckpt), image, "--test-scales", "40", "--amp", "off", "--channels-last"]) == 0
     assert "vgg predict: amp off: set by --amp off; channels_last on: set by --channels-last" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["eval"], ["predict"], ["features"], ["transfer"], ["localize", "eval"],
+                                     ["localize", "predict"]])
+def test_every_command_that_runs_a_net_takes_threads(command, capsys):
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    assert "--threads N" in capsys.readouterr().out
+
+
+def test_threads_are_applied_and_checked(folder_and_ckpt, capsys):
+    data, ckpt = folder_and_ckpt
+    image = str(sorted(data.glob("val/*/*.jpg"))[0])
+    before = torch.get_num_threads()
+    try:
+        assert main(["predict", str(ckpt), image, "--test-scales", "40", "--threads", "1", "--json"]) == 0
+        assert torch.get_num_threads() == 1
+        assert main(["eval", "--checkpoint", str(ckpt), "--data", str(data), "--test-scales", "40", "--workers", "0",
+                     "--threads", "0"]) == 2
+        assert "--threads must be a positive integer, got 0" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)

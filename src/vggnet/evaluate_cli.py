@@ -26,8 +26,8 @@ import torch.distributed as dist
 
 from vggnet.errors import UserError
 from vggnet.evaluate import CROP_PCT, METHODS, _parse_scales, _resolve_device, evaluate
+from vggnet.execution import add_threads_argument, choose_execution, set_threads
 from vggnet.predict import predict
-from vggnet.execution import choose_execution
 from vggnet.results import _METHOD_LABEL, load_posteriors
 
 __all__ = [
@@ -64,6 +64,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--channels-last", nargs="?", const="on", default="auto", choices=["auto", "on", "off"],
                         help="channels-last (NHWC) memory format as in vgg train; auto: with bf16 and on CUDA "
                              "(default: %(default)s)")
+    add_threads_argument(parser)
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
 
 
@@ -93,6 +94,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    set_threads(args.threads)
     scales = _parse_scales(args.test_scales) if args.test_scales is not None else None
     if args.output and Path(args.output).suffix.lower() not in (".md", ".json"):
         raise UserError(f"--output {args.output}: expected a .md or .json file name")
@@ -203,6 +205,7 @@ def image_files(paths: Sequence[str | os.PathLike]) -> list[str]:
 
 
 def run_predict(args: argparse.Namespace) -> int:
+    set_threads(args.threads)
     scales = _parse_scales(args.test_scales) if args.test_scales is not None else None
     if args.topk < 1:
         raise UserError(f"--topk must be >= 1, got {args.topk}")

@@ -27,10 +27,12 @@ from __future__ import annotations
 import contextlib
 import platform
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-__all__ = ["Execution", "cpu_bf16_native", "choose_execution", "AMP_CHOICES", "CHANNELS_LAST_CHOICES"]
+__all__ = ["Execution", "cpu_bf16_native", "choose_execution", "AMP_CHOICES", "CHANNELS_LAST_CHOICES",
+           "add_threads_argument", "set_threads"]
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 CHANNELS_LAST_CHOICES = ("auto", "on", "off")
@@ -121,3 +123,20 @@ def choose_execution(amp: str = "auto", channels_last: str | bool = "auto",
         cl = channels_last == "on"
         why += f"; channels_last {channels_last}: set by --channels-last"
     return Execution(amp=amp, channels_last=cl, reason=why)
+
+
+def add_threads_argument(parser: Any) -> None:
+    """`--threads N` for a command that runs a net (`vgg train` has its own, in the engine's settings)."""
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="CPU threads for the net (torch.set_num_threads; default: PyTorch's, one per core)")
+
+
+def set_threads(threads: int | None) -> None:
+    """Apply `--threads` (None: leave PyTorch's default), or a `UserError` naming the flag."""
+    if threads is None:
+        return
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        from vggnet.errors import UserError
+
+        raise UserError(f"--threads must be a positive integer, got {threads!r}")
+    torch.set_num_threads(threads)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from vggnet.errors import DataError, UserError
+from vggnet.execution import add_threads_argument, set_threads
 from vggnet.localize import (BOX_MODES, HEADS, TARGETS, count_images_without_boxes, load_classifier_checkpoint,
                              load_localiser, mean_box, mean_box_error, protocol1)
 
@@ -307,6 +308,7 @@ def _eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--merge-iou", type=float, default=0.5,
                    help="greedy merge: merge the closest pair while its IoU >= this (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: %(default)s)")
+    add_threads_argument(p)
     p.add_argument("--workers", type=int, default=2, help="data-loading processes (default: %(default)s)")
 
 
@@ -372,6 +374,7 @@ def run_localize(args: argparse.Namespace) -> int:
         result = localize_train(TrainConfig.from_args(args), head=args.head, finetune=args.finetune,
                                 box_mode=args.box_mode, target=args.target)
         return 130 if result.get("signal") else 0
+    set_threads(args.threads)
     scales = _parse_scales(args.test_scales) if args.test_scales else None
     if args.workers < 0:
         raise UserError(f"--workers must be >= 0, got {args.workers}")

@@ -21,6 +21,7 @@ from pathlib import Path
 from vggnet.descriptors import AGGREGATIONS, DescriptorExtractor, _process_group, list_images
 from vggnet.errors import UserError
 from vggnet.evaluate import _parse_scales
+from vggnet.execution import add_threads_argument, set_threads
 from vggnet.transfer import C_GRID, _fit_transfer, _transfer_descriptors, predict_transfer
 
 __all__ = ["add_features_arguments", "run_features", "add_transfer_arguments", "run_transfer"]
@@ -44,8 +45,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=2, help="data-loading processes (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: %(default)s)")
     parser.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default="auto",
-                        help="mixed precision as in vgg eval; auto = bf16 on CUDA, off on CPU; part of the "
-                             "descriptor cache's key (default: %(default)s)")
+                        help="mixed precision as in vgg eval; auto = bf16 on CUDA and on CPUs that compute bf16 "
+                             "natively (AVX512-BF16/AMX), off elsewhere; part of the descriptor cache's key "
+                             "(default: %(default)s)")
+    add_threads_argument(parser)
 
 
 def add_features_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,6 +67,7 @@ def add_features_arguments(parser: argparse.ArgumentParser) -> None:
 def run_features(args: argparse.Namespace) -> int:
     """`vgg features`. Under torchrun every process computes its shard of every chunk (gathered on
     all of them); rank 0 alone writes the chunks and the file and prints."""
+    set_threads(args.threads)
     with _process_group(args.device) as info:
         images = list_images(args.data, args.split, exclude=args.exclude_class)
         extractor = DescriptorExtractor(args.checkpoints, scales=args.test_scales, flip=args.flip,
@@ -109,6 +113,7 @@ def run_transfer(args: argparse.Namespace) -> int:
     """`vgg transfer` and `vgg transfer predict`. Under torchrun every process computes its shard of
     the descriptors; the process group is then left, and rank 0 alone fits the SVMs (which can take
     longer than a collective's timeout), writes the files and prints; the other ranks exit with 0."""
+    set_threads(args.threads)
     if args.items[0] == "predict" and not Path("predict").is_file():
         if len(args.items) < 3:
             raise UserError("usage: vgg transfer predict OUT IMAGE|DIR... (OUT: a `vgg transfer` --output-dir)")
