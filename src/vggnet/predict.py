@@ -122,27 +122,12 @@ class Predictor:
         return out
 
 
-def predict(
-    checkpoint: Any,
-    images: Sequence[str | os.PathLike],
-    *,
-    scales: Sequence[int] | None = None,
-    method: str = "dense",
-    flip: bool = True,
-    grid: int = 5,
-    topk: int = 5,
-    device: str | torch.device | None = None,
-    amp: str = "off",
-    batch_size: int = 64,
-    channels_last: bool | str = False,
-    crop_pct: float = CROP_PCT,
-) -> list[dict[str, Any]]:
+def predict(checkpoint: Any, images: Sequence[str | os.PathLike], **options: Any) -> list[dict[str, Any]]:
     """Top-k classes of each image file: `[{"image", "top": [{"class", "index", "probability"}]}]`.
 
-    Dense multi-scale evaluation by default; `method="center"` is torchvision's
-    single centre crop (smallest side resized to crop_size / `crop_pct`). A file
-    that cannot be read gives `{"image", "error"}` and the others are still predicted.
-    Loads the checkpoint on every call: `Predictor` loads it once for many calls.
+    `options` are `Predictor`'s (scales, method, flip, grid, topk, device, amp,
+    batch_size, channels_last, crop_pct). A file that cannot be read gives
+    `{"image", "error"}` and the others are still predicted. Loads the
+    checkpoint on every call: `Predictor` loads it once for many calls.
     """
-    return Predictor(checkpoint, scales=scales, method=method, flip=flip, grid=grid, topk=topk, device=device,
-                     amp=amp, batch_size=batch_size, channels_last=channels_last, crop_pct=crop_pct)(images)
+    return Predictor(checkpoint, **options)(images)
