@@ -182,6 +182,7 @@ def jpeg_loop(s: dict[str, Any], device: torch.device, table: Table, workers: in
     """Section 4: the whole loop on JPEG files, decoded by the workers and on the GPU."""
     from vggnet.data.synthetic import write_synthetic
     from vggnet.engine import TrainConfig, train
+    from vggnet.errors import UserError
 
     steps = s["jpeg_steps"]
     data = out / "jpegs"
@@ -198,7 +199,11 @@ def jpeg_loop(s: dict[str, Any], device: torch.device, table: Table, workers: in
                           scale=s["jpeg_scale"], data=str(data), batch_size=s["batch"], epochs=1, max_steps=steps,
                           workers=workers, device=str(device), amp="bf16", channels_last="on", progress=False,
                           stats_sample=s["batch"], output_dir=str(run), dropout=0.5, decode_device=where)
-        train(cfg)
+        try:
+            train(cfg)
+        except UserError as exc:  # e.g. a TorchCodec without CUDA here: the table says so, the check goes on
+            table.add(section, f"--decode-device {where}", None, None, f"skipped: {exc}")
+            continue
         seconds = _train_seconds(run)
         rates[where] = steps * s["batch"] / seconds if seconds else None
         table.add(section, f"--decode-device {where} ({workers} workers)", rates[where],
