@@ -191,7 +191,7 @@ def jpeg_loop(s: dict[str, Any], device: torch.device, table: Table, workers: in
     section = f"`vgg train`, {steps} steps, JPEGs of {s['jpeg_size'][0]}-{s['jpeg_size'][1]} px, bf16"
     rates: dict[str, float | None] = {}
     for where in ("cpu", "cuda"):
-        if where == "cuda" and device.type != "cuda":
+        if where == "cuda" and not _is_gpu(device):
             table.add(section, "--decode-device cuda", None, None, "skipped: needs a GPU")
             continue
         run = out / f"jpeg-{where}"
@@ -208,6 +208,10 @@ def jpeg_loop(s: dict[str, Any], device: torch.device, table: Table, workers: in
         rates[where] = steps * s["batch"] / seconds if seconds else None
         table.add(section, f"--decode-device {where} ({workers} workers)", rates[where],
                   rates.get("cpu") if where == "cuda" else None, "vs --decode-device cpu" if where == "cuda" else "")
+
+
+def _is_gpu(device: torch.device) -> bool:
+    return device.type == "cuda"
 
 
 def _train_seconds(run: Path) -> float | None:

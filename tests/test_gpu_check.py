@@ -53,3 +53,26 @@ def test_torchrun_command_is_one_nccl_process_on_cuda(tmp_path):
     assert "--nproc-per-node=1" in cmd[:at] and cmd[at - 1:at + 2] == ["-m", "vggnet.cli", "train"]
     assert cmd[cmd.index("--device") + 1] == "cuda" and cmd[cmd.index("--amp") + 1] == "bf16"
     assert cmd[cmd.index("--crop-size") + 1] == "224" and cmd[cmd.index("--max-steps") + 1] == "10"
+
+
+def test_a_decode_device_the_machine_cannot_do_is_a_skipped_row(tmp_path, monkeypatch):
+    import vggnet.data.decode as decode
+    from vggnet.errors import UserError
+
+    gpu_check = load_gpu_check()
+    s = gpu_check.settings(type("Args", (), {"quick": True})())
+
+    def refuse(requested, device, **kw):
+        if requested == "cuda":
+            raise UserError("--decode-device cuda needs TorchCodec with CUDA support")
+        return "cpu"
+
+    monkeypatch.setattr(decode, "choose_decode_device", refuse)
+    table = gpu_check.Table()
+    device = torch.device("cpu")
+    # pretend the device is a GPU for the section's own check, so that it asks for --decode-device cuda
+    monkeypatch.setattr(gpu_check, "_is_gpu", lambda d: True)
+    gpu_check.jpeg_loop(s, device, table, 0, tmp_path)
+    rows = dict((r[1], r) for r in table.rows)
+    assert float(rows["--decode-device cpu (0 workers)"][2]) > 0
+    assert "skipped: --decode-device cuda needs TorchCodec with CUDA support" in rows["--decode-device cuda"][4]
