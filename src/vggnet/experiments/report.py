@@ -247,6 +247,15 @@ def _plots(plan: Plan, report: Mapping[str, Any], out: Path) -> list[str]:
     rows = report["rows"]
     stamp = (f"{report['grid']}; ours: {Path(report['data']).name}, x{report['scale_factor']:g} pixels; "
              f"{report['environment']['date'][:10]}")
+
+    def save(fig: Any, name: str) -> None:
+        """Stamp the figure with the grid, data and date, write `out/name` and record it."""
+        fig.text(0.01, 0.01, stamp, fontsize=6, color="gray")
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=100)
+        plt.close(fig)
+        written.append(name)
+
     if "depth" in plan.grid.plots:
         fig, ax = plt.subplots(figsize=(6, 4))
         series: dict[str, list[tuple[int, float, float | None]]] = {}
@@ -268,11 +277,7 @@ def _plots(plan: Plan, report: Mapping[str, Any], out: Path) -> list[str]:
         ax.set_ylabel("top-1 error (%)")
         ax.set_title("Top-1 error against depth", fontsize=10)
         ax.legend(fontsize=7)
-        fig.text(0.01, 0.01, stamp, fontsize=6, color="gray")
-        fig.tight_layout()
-        fig.savefig(out / "depth.png", dpi=100)
-        plt.close(fig)
-        written.append("depth.png")
+        save(fig, "depth.png")
     if "test_scale" in plan.grid.plots:
         fig, ax = plt.subplots(figsize=(6, 4))
         seen = set()
@@ -293,11 +298,7 @@ def _plots(plan: Plan, report: Mapping[str, Any], out: Path) -> list[str]:
         ax.set_ylabel("top-1 error (%), dense")
         ax.set_title("Error against test scale (dotted: the scales averaged)", fontsize=10)
         ax.legend(fontsize=7)
-        fig.text(0.01, 0.01, stamp, fontsize=6, color="gray")
-        fig.tight_layout()
-        fig.savefig(out / "test_scale.png", dpi=100)
-        plt.close(fig)
-        written.append("test_scale.png")
+        save(fig, "test_scale.png")
     if "methods" in plan.grid.plots:
         groups: dict[str, dict[str, tuple[float | None, float | None]]] = {}
         for r in rows:
@@ -321,11 +322,7 @@ def _plots(plan: Plan, report: Mapping[str, Any], out: Path) -> list[str]:
                 lo, hi = min(vals), max(vals)
                 ax.set_ylim(max(0.0, lo - max(1.0, hi - lo)), hi + max(0.5, (hi - lo) / 2))
         axes[0].legend(fontsize=7)
-        fig.text(0.01, 0.01, stamp, fontsize=6, color="gray")
-        fig.tight_layout()
-        fig.savefig(out / "methods.png", dpi=100)
-        plt.close(fig)
-        written.append("methods.png")
+        save(fig, "methods.png")
     return written
 
 
