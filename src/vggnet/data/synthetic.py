@@ -138,13 +138,18 @@ def _resolve_classes(classes: int | Sequence[str]) -> list[str]:
     return sorted(names)
 
 
-def _render(rng: np.random.Generator, shape: str, size_range: tuple[int, int]) -> tuple[Image.Image, tuple[int, int, int, int]]:
+def _image_size(rng: np.random.Generator, size_range: tuple[int, int]) -> tuple[int, int]:
+    """(width, height): side lengths anywhere in [lo, hi] with photo-like aspect ratios (up to 16:10 either way)."""
     lo, hi = size_range
-    # Side lengths anywhere in [lo, hi] with photo-like aspect ratios (up to 16:10 either way).
     w = int(rng.integers(lo, hi + 1))
     h = int(np.clip(round(w * math.exp(rng.uniform(-0.47, 0.47))), lo, hi))
     if rng.random() < 0.5:
         w, h = h, w
+    return w, h
+
+
+def _render(rng: np.random.Generator, shape: str, size_range: tuple[int, int]) -> tuple[Image.Image, tuple[int, int, int, int]]:
+    w, h = _image_size(rng, size_range)
     img, c1, c2 = _background(rng, w, h)
     # The shape: size from 0.15 to 0.9 of the smallest side (larger ones more often), tilted up to _ROTATION,
     # in a colour that stands out from the background. Its centre is drawn around the
@@ -382,11 +387,7 @@ def render_scene(seed: int, index: int, classes: Sequence[str], image_size: tupl
                  ) -> tuple[Image.Image, list[tuple[str, tuple[int, int, int, int], bool]]]:
     """Scene `index`: (RGB image, [(class, box, difficult), ...]); a pure function of (seed, index)."""
     rng = np.random.default_rng([seed, _SCENE_SPLIT_ID, index])
-    lo, hi = image_size
-    w = int(rng.integers(lo, hi + 1))
-    h = int(np.clip(round(w * math.exp(rng.uniform(-0.47, 0.47))), lo, hi))
-    if rng.random() < 0.5:
-        w, h = h, w
+    w, h = _image_size(rng, image_size)
     img, c1, c2 = _background(rng, w, h)
     count = int(rng.integers(1, 4))
     names = [classes[int(i)] for i in rng.choice(len(classes), size=min(count, len(classes)), replace=False)]
