@@ -40,7 +40,7 @@ import stat
 import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch

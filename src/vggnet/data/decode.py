@@ -30,7 +30,8 @@ from PIL import Image
 
 from vggnet.errors import UserError
 
-__all__ = ["DECODER", "torchcodec_available", "use_torchcodec", "fast_jpeg", "choose_decode_device"]
+__all__ = ["DECODER", "torchcodec_available", "use_torchcodec", "torchcodec_bytes", "fast_jpeg",
+           "choose_decode_device"]
 
 DECODER = "auto"  # "auto": TorchCodec where it wins; "pillow": Pillow for everything
 
@@ -50,30 +51,37 @@ def fast_jpeg(img: Image.Image, min_side: int | None, orientation: int) -> torch
     """The (3, H, W) uint8 pixels of a lazily opened, not yet decoded JPEG (`orientation`: its EXIF
     orientation), decoded by TorchCodec; or None where Pillow must decode it (then nothing was consumed:
     `img` is still pending). Closes `img` when it returns pixels."""
-    if not use_torchcodec(img, orientation):
-        return None
-    path = getattr(img, "filename", None)
-    if not path:
-        return None
     w, h = img.size
     if min_side is not None and min(w, h) >= 2 * min_side:
         return None  # Pillow's draft decode is faster here
-    try:
-        data = Path(path).read_bytes()
-    except OSError:
+    data = torchcodec_bytes(img, orientation)
+    if data is None:
         return None
-    if not data.rstrip(b"\x00").endswith(_JPEG_EOI):
-        return None  # truncated (or trailing data): Pillow decides, and names the problem
     from torchcodec.decoders import decode_jpeg
 
     try:
-        pixels = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode="RGB")
+        pixels = decode_jpeg(data, mode="RGB")
     except Exception:  # whatever TorchCodec refuses, Pillow decodes or names
         return None
     if tuple(pixels.shape) != (3, h, w):
         return None
     img.close()
     return pixels
+
+
+def torchcodec_bytes(img: Image.Image, orientation: int) -> torch.Tensor | None:
+    """The whole file of a lazily opened image as a uint8 tensor, where TorchCodec decodes it to Pillow's
+    pixels (`use_torchcodec`) and it is complete; None where Pillow must decode it (a truncated file, or
+    trailing data: Pillow decides, and names the problem). Reads nothing but the file; `img` stays pending."""
+    if not use_torchcodec(img, orientation):
+        return None
+    try:
+        data = Path(img.filename).read_bytes()
+    except OSError:
+        return None
+    if not data.rstrip(b"\x00").endswith(_JPEG_EOI):
+        return None
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
 
 def use_torchcodec(img: Image.Image, orientation: int) -> bool:

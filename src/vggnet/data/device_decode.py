@@ -24,7 +24,6 @@ differs (float instead of the CPU's uint8 fast path).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
 import torch
@@ -34,9 +33,6 @@ from vggnet.data.datasets import Batch
 from vggnet.data.transforms import BadImageError, TrainPreset, _orientation, _pending, _uint8_chw, load_image
 
 __all__ = ["EncodedJPEG", "DeferredDecode", "DeferredImages", "collate_deferred", "finish_batch"]
-
-_JPEG_EOI = b"\xff\xd9"
-
 
 class EncodedJPEG(NamedTuple):
     """A training image left encoded for the device: the file's bytes and its drawn augmentation."""
@@ -58,19 +54,13 @@ class DeferredDecode:
 
     def __call__(self, image: Any, boxes: Any = None) -> Any:
         if boxes is None and isinstance(image, Image.Image) and _pending(image) and image.format == "JPEG":
-            from vggnet.data import decode
+            from vggnet.data.decode import torchcodec_bytes
 
-            path = getattr(image, "filename", None)
-            if path and decode.use_torchcodec(image, _orientation(image)):
-                try:
-                    data = Path(path).read_bytes()
-                except OSError:
-                    data = b""
-                if data.rstrip(b"\x00").endswith(_JPEG_EOI):
-                    width, height = image.size
-                    image.close()
-                    return EncodedJPEG(str(path), torch.frombuffer(bytearray(data), dtype=torch.uint8),
-                                       self.preset.draw(height, width))
+            data = torchcodec_bytes(image, _orientation(image))
+            if data is not None:
+                width, height = image.size
+                image.close()
+                return EncodedJPEG(str(image.filename), data, self.preset.draw(height, width))
         return self.preset(image) if boxes is None else self.preset(image, boxes)
 
     def __repr__(self) -> str:
@@ -85,9 +75,6 @@ class DeferredImages(NamedTuple):
     ready_at: list[int]
     encoded: list[EncodedJPEG]
     encoded_at: list[int]
-
-    def pin_memory(self) -> DeferredImages:
-        return self._replace(ready=self.ready.pin_memory())
 
 
 def collate_deferred(items: Sequence[Any]) -> Batch:

@@ -555,12 +555,10 @@ class _Preset:
         Returns the tensor, or `(tensor, boxes)` when boxes are given."""
         image = _ensure_decoded(image, self.decode_side)
         if boxes is None:
-            if DIRECT and isinstance(image, (Image.Image, torch.Tensor)):
+            if DIRECT and self.direct and isinstance(image, (Image.Image, torch.Tensor)):
                 x = _uint8_chw(image)
                 if x.dtype == torch.uint8 and x.ndim == 3:
-                    out = self._direct(x)
-                    if out is not None:
-                        return out
+                    return self._direct(x)
             return self.transforms(image).as_subclass(torch.Tensor)
         if not boxes.is_floating_point():
             boxes = boxes.to(torch.float32)  # integer boxes would be truncated at every rescale
@@ -571,10 +569,12 @@ class _Preset:
         out, boxes = self.transforms(image, boxes)
         return out.as_subclass(torch.Tensor), boxes
 
-    def _direct(self, x: torch.Tensor) -> torch.Tensor | None:
+    direct = False  # whether `_direct` applies: the steps are the ones it calls
+
+    def _direct(self, x: torch.Tensor) -> torch.Tensor:
         """`self.transforms(x)` for a (3, H, W) uint8 image, its steps' kernels called directly with the same
-        random draws in the same order; None where only the Compose applies."""
-        return None
+        random draws in the same order (only where `direct`)."""
+        raise NotImplementedError
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.transforms})"
@@ -609,9 +609,10 @@ class TrainPreset(_Preset):
         self.transforms = v2.Compose(steps)
         self.hflip = hflip
         self.plain = auto_augment == "none"  # crop, flip, colour: what `draw` and `apply` do
+        self.direct = self.plain
 
-    def _direct(self, x: torch.Tensor) -> torch.Tensor | None:
-        return self.apply(x, self.draw(int(x.shape[-2]), int(x.shape[-1]))) if self.plain else None
+    def _direct(self, x: torch.Tensor) -> torch.Tensor:
+        return self.apply(x, self.draw(int(x.shape[-2]), int(x.shape[-1])))
 
     def draw(self, height: int, width: int) -> dict[str, Any]:
         """This image's augmentation: S, the crop, the flip and the colour shift, drawn from torch's RNG in the
@@ -649,7 +650,9 @@ class DenseEvalPreset(_Preset):
         self.decode_side = lo
         self.transforms = v2.Compose([RescaleSmallestSide(lo), ToNormalizedTensor(preprocessing)])
 
-    def _direct(self, x: torch.Tensor) -> torch.Tensor | None:
+    direct = True
+
+    def _direct(self, x: torch.Tensor) -> torch.Tensor:
         rescale, normalize = self.transforms.transforms
         out = F.resize_image(x, rescale.make_params([x])["size"], antialias=True)
         return normalize.affine(out, normalize.make_params([])["b"])
