@@ -33,14 +33,12 @@ import hashlib
 import json
 import os
 import shutil
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
 from vggnet import distributed
@@ -108,22 +106,6 @@ def _on_main(action: Callable[[], T]) -> T | None:
             error = exc
     _agree(error)
     return result
-
-
-@contextmanager
-def _process_group(device: str | torch.device | None) -> Iterator[distributed.DistInfo]:
-    """Join the process group under torchrun (as `vgg eval` does) for the body, and always leave it.
-
-    Yields this process's `DistInfo` (rank, world size, its device). A group that
-    was already initialised by the caller is left alone.
-    """
-    joined = not (dist.is_available() and dist.is_initialized())
-    info = distributed.setup(device)
-    try:
-        yield info
-    finally:
-        if joined and info.distributed:
-            distributed.cleanup()
 
 
 # --------------------------------------------------------------------------- image sets

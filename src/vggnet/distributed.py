@@ -35,6 +35,7 @@ the checkpoint, every rank stops with an error that says so.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass
@@ -51,6 +52,7 @@ __all__ = [
     "DistInfo",
     "setup",
     "cleanup",
+    "process_group",
     "wrap_ddp",
     "is_distributed",
     "barrier",
@@ -149,6 +151,19 @@ def cleanup() -> None:
     """Leave the process group (if any); every process should call it at the end."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def process_group(device: str | torch.device | None = "auto") -> Iterator[DistInfo]:
+    """`setup` for the body of a command, and `cleanup` after it, whatever happens; a group the caller
+    had already joined is left alone. Yields this process's `DistInfo`."""
+    joined = not (dist.is_available() and dist.is_initialized())
+    info = setup(device)
+    try:
+        yield info
+    finally:
+        if joined and info.distributed:
+            cleanup()
 
 
 def is_distributed() -> bool:

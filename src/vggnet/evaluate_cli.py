@@ -22,7 +22,6 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-import torch.distributed as dist
 
 from vggnet.errors import UserError
 from vggnet.evaluate import CROP_PCT, METHODS, _parse_scales, _resolve_device, evaluate
@@ -117,26 +116,22 @@ def run_eval(args: argparse.Namespace) -> int:
             raise UserError("--data DIR (or --val-dir DIR) is required")
         if not Path(data).exists():
             raise UserError(f"--{'val-dir' if args.val_dir else 'data'} {data}: no such directory")
-        from vggnet.distributed import cleanup, setup
+        from vggnet.distributed import process_group
 
-        joined = not (dist.is_available() and dist.is_initialized())
-        info = setup(args.device)  # under torchrun: joins the process group, one GPU per process
-        joined = joined and info.distributed
         tty = sys.stderr.isatty()  # a file or a CI log gets one line per pass, not progress-bar fragments
-        try:
-            chosen = choose_execution(args.amp, args.channels_last, info.device)
-            if info.is_main:
-                print(f"vgg eval: {chosen.reason}", file=sys.stderr)
-            result = evaluate(args.checkpoint, data, scales=scales, method=args.method or "dense", flip=args.flip,
-                              grid=args.grid, batch_size=args.batch_size, workers=args.workers, device=info.device,
-                              amp=chosen.amp, channels_last=chosen.channels_last, labels_file=args.labels_file,
-                              progress=tty, crop_pct=args.crop_pct,
-                              log=None if tty else (lambda line: print(line, file=sys.stderr, flush=True)))
-        except ValueError as exc:
-            raise UserError(str(exc)) from None
-        finally:
-            if joined:
-                cleanup()
+        # under torchrun: joins the process group, one GPU per process
+        with process_group(args.device) as info:
+            try:
+                chosen = choose_execution(args.amp, args.channels_last, info.device)
+                if info.is_main:
+                    print(f"vgg eval: {chosen.reason}", file=sys.stderr)
+                result = evaluate(args.checkpoint, data, scales=scales, method=args.method or "dense",
+                                  flip=args.flip, grid=args.grid, batch_size=args.batch_size, workers=args.workers,
+                                  device=info.device, amp=chosen.amp, channels_last=chosen.channels_last,
+                                  labels_file=args.labels_file, progress=tty, crop_pct=args.crop_pct,
+                                  log=None if tty else (lambda line: print(line, file=sys.stderr, flush=True)))
+            except ValueError as exc:
+                raise UserError(str(exc)) from None
         if not info.is_main:
             return 0
     report = result.to_dict()

@@ -18,7 +18,8 @@ import json
 import sys
 from pathlib import Path
 
-from vggnet.descriptors import AGGREGATIONS, DescriptorExtractor, _process_group, list_images
+from vggnet.descriptors import AGGREGATIONS, DescriptorExtractor, list_images
+from vggnet.distributed import process_group
 from vggnet.errors import UserError
 from vggnet.evaluate import _parse_scales
 from vggnet.execution import add_threads_argument, set_threads
@@ -68,7 +69,7 @@ def run_features(args: argparse.Namespace) -> int:
     """`vgg features`. Under torchrun every process computes its shard of every chunk (gathered on
     all of them); rank 0 alone writes the chunks and the file and prints."""
     set_threads(args.threads)
-    with _process_group(args.device) as info:
+    with process_group(args.device) as info:
         images = list_images(args.data, args.split, exclude=args.exclude_class)
         extractor = DescriptorExtractor(args.checkpoints, scales=args.test_scales, flip=args.flip,
                                         aggregation=args.aggregate, device=info.device, amp=args.amp,
@@ -117,7 +118,7 @@ def run_transfer(args: argparse.Namespace) -> int:
     if args.items[0] == "predict" and not Path("predict").is_file():
         if len(args.items) < 3:
             raise UserError("usage: vgg transfer predict OUT IMAGE|DIR... (OUT: a `vgg transfer` --output-dir)")
-        with _process_group(args.device) as info:
+        with process_group(args.device) as info:
             results = predict_transfer(args.items[1], args.items[2:], device=info.device,
                                        batch_size=args.batch_size)
         if not info.is_main:
@@ -134,7 +135,7 @@ def run_transfer(args: argparse.Namespace) -> int:
         grid = [float(c) for c in args.c_grid.split(",") if c.strip()]
     except ValueError:
         raise UserError(f"--C-grid: expected comma-separated numbers such as 0.1,1,10, got {args.c_grid!r}") from None
-    with _process_group(args.device) as info:
+    with process_group(args.device) as info:
         work = _transfer_descriptors(
             args.items, args.data, output_dir=args.output_dir, scales=args.test_scales, flip=args.flip,
             aggregation=args.aggregate, train_split=args.train_split, test_split=args.test_split,
