@@ -2,7 +2,7 @@
 
 Two ways to compute the same descriptors (dense penultimate map, global average,
 flip-averaged, Q = 256, 384, 512 averaged, L2-normalised) of the same JPEG files:
-  * ours: `vggnet.descriptors.DescriptorExtractor` — images grouped by rescaled size
+  * ours: `vggnet.transfer.descriptors.DescriptorExtractor` — images grouped by rescaled size
     and run in batches with their flips (evaluation's `_run_pass` bucketing);
   * a plain loop: one image at a time, each scale and each flip its own
     `features_map` call.
@@ -28,8 +28,8 @@ from PIL import Image
 
 from vggnet.data.transforms import DenseEvalPreset, Preprocessing, open_image
 from vggnet.models import vgg
-from vggnet.descriptors import DescriptorExtractor, ImageSet
-from vggnet.transfer import LinearSVMs
+from vggnet.transfer.descriptors import DescriptorExtractor, ImageSet
+from vggnet.transfer.pipeline import LinearSVMs
 from vggnet.checkpoint import CAFFE_PREPROCESSING, make_checkpoint, save_checkpoint
 
 

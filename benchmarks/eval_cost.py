@@ -4,7 +4,7 @@ Three ways to classify an image with net D:
   * torchvision-style single centre crop: resize to 256, centre crop 224, one
     forward pass (`torchvision.models.vgg16`, full width, and ours at --width);
   * dense evaluation at three scales Q (default 256,384,512), each with its flip
-    (and, for reference, without): `vggnet.evaluate.dense_posterior` on the
+    (and, for reference, without): `vggnet.classification.evaluate.dense_posterior` on the
     whole rescaled image;
   * multi-crop: 5x5 grid x 2 flips x 3 scales = 150 crops of 224.
 
@@ -34,7 +34,7 @@ import torchvision
 from PIL import Image
 
 from vggnet.data.transforms import DenseEvalPreset, MultiCropEvalPreset, Preprocessing
-from vggnet.evaluate import dense_posterior, multi_crop_posterior
+from vggnet.classification.evaluate import dense_posterior, multi_crop_posterior
 from vggnet.models import count_macs, vgg
 
 
@@ -100,7 +100,7 @@ def main() -> None:
 
     # Inputs are prepared once, outside the timings (decoding and resizing cost
     # the same for every method); what is timed is the network work, batched as
-    # vggnet.evaluate batches it: centre crops --batch-size at a time, dense
+    # vggnet.classification.evaluate batches it: centre crops --batch-size at a time, dense
     # images grouped by their rescaled size, multi-crop 50 crops per forward pass.
     t0 = time.perf_counter()
     centre_x = torch.stack([centre(img) for img in images]).to(device)             # (N, 3, 224, 224)

@@ -42,7 +42,7 @@ import torchvision
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe_machine, machine_line  # noqa: E402
 from train_step import build, make_step, sync, time_interleaved  # noqa: E402
-from vggnet.evaluate import dense_posterior, multi_crop_posterior  # noqa: E402
+from vggnet.classification.evaluate import dense_posterior, multi_crop_posterior  # noqa: E402
 from vggnet.models import vgg  # noqa: E402
 
 
@@ -162,7 +162,7 @@ def eval_cost(s: dict[str, Any], device: torch.device, table: Table, quick: bool
 
 
 def train_loop(s: dict[str, Any], device: torch.device, table: Table, bare: float, workers: int, out: Path) -> None:
-    from vggnet.engine import TrainConfig, train
+    from vggnet import TrainConfig, train
 
     steps = s["train_steps"]
     side = max(s["crop"] + s["crop"] // 7, 40)
@@ -181,7 +181,7 @@ def train_loop(s: dict[str, Any], device: torch.device, table: Table, bare: floa
 def jpeg_loop(s: dict[str, Any], device: torch.device, table: Table, workers: int, out: Path) -> None:
     """Section 4: the whole loop on JPEG files, decoded by the workers and on the GPU."""
     from vggnet.data.synthetic import write_synthetic
-    from vggnet.engine import TrainConfig, train
+    from vggnet import TrainConfig, train
     from vggnet.errors import UserError
 
     steps = s["jpeg_steps"]

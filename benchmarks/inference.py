@@ -17,7 +17,7 @@ Three comparisons, each on the same input in the same run:
                 pooling to 7x7, then its FC layers) — the same conv work on the
                 same pixels;
   predict       JPEG files -> top-5, decoding and preprocessing included:
-                `vggnet.predict.Predictor` (the checkpoint loaded once, outside
+                `vggnet.classification.predict.Predictor` (the checkpoint loaded once, outside
                 the timing) at one scale Q, dense, no flip,
                 against torchvision's recipe (resize 256, centre crop 224, its
                 transforms, vgg16). Not the same arithmetic (ours applies the net
@@ -47,8 +47,8 @@ import torchvision
 from machine import describe_machine, machine_line  # benchmarks/ is on sys.path when run as a script
 from train_step import sync, time_interleaved
 from vggnet.checkpoint import TORCHVISION_PREPROCESSING, make_checkpoint, save_checkpoint
-from vggnet.evaluate import dense_posterior
-from vggnet.predict import Predictor
+from vggnet.classification.evaluate import dense_posterior
+from vggnet.classification.predict import Predictor
 from vggnet.execution import Execution, choose_execution
 from vggnet.models import vgg
 

@@ -28,9 +28,9 @@ from torchvision.ops import batched_nms
 from vggnet import vgg
 from vggnet.data.synthetic import write_synthetic
 from vggnet.data.transforms import Preprocessing
-from vggnet.localize import make_localisation_checkpoint
-from vggnet.localize_cli import evaluate_localisation
-from vggnet.localize_eval import greedy_merge, nms_clusters
+from vggnet.localisation.task import make_localisation_checkpoint
+from vggnet.localisation.cli import evaluate_localisation
+from vggnet.localisation.full_protocol import greedy_merge, nms_clusters
 from vggnet.checkpoint import make_checkpoint, save_checkpoint
 
 

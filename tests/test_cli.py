@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from vggnet.cli import main, parse_args_with_config
+from vggnet.cli import main
+from vggnet.arguments import parse_args_with_config
 from vggnet.errors import UserError
 
 
@@ -90,7 +91,7 @@ def test_console_script_runs():
 
 def test_config_file_ranges_stay_ranges(tmp_path):
     """YAML 1.1 would read `32:48` as the base-60 number 1968."""
-    from vggnet.cli import load_config_file
+    from vggnet.arguments import load_config_file
 
     path = tmp_path / "c.yaml"
     path.write_text("scale: 32:48\nsynthetic_image_size: 40:56\nlr: 0.01\nepochs: 3\n", encoding="utf-8")

@@ -8,10 +8,10 @@ import sys
 
 import pytest
 
-from vggnet.cli import COMMANDS, _load_command, main
+from vggnet.cli import COMMANDS, load_command, main
 
 def parser_of(name: str) -> argparse.ArgumentParser:
-    add, _, help_ = _load_command(name)
+    add, _, help_ = load_command(name)
     parser = argparse.ArgumentParser(prog=f"vgg {name}", description=help_)
     add(parser)
     return parser
@@ -84,7 +84,7 @@ def test_unknown_amp_value_is_a_usage_error(capsys):
 
 
 def test_yaml_off_and_on_mean_the_words(tmp_path):
-    from vggnet.cli import parse_args_with_config
+    from vggnet.arguments import parse_args_with_config
 
     (tmp_path / "eval.yaml").write_text("amp: off\nchannels_last: on\n")  # YAML 1.1: booleans
     args = parse_args_with_config(parser_of("eval"), ["--config-file", str(tmp_path / "eval.yaml")])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from vggnet.cli import parse_args_with_config
+from vggnet.arguments import parse_args_with_config
 from vggnet.errors import UserError
 from vggnet.engine import TrainConfig, add_train_arguments
 

@@ -121,7 +121,7 @@ def test_an_all_bad_batch_stays_empty_and_counted():
 
 def test_policies_and_box_tasks_stay_on_the_workers(monkeypatch):
     from vggnet.engine import TrainConfig, Trainer
-    from vggnet.localize import LocalisationTask
+    from vggnet.localisation.task import LocalisationTask
 
     with pytest.raises(ValueError, match="auto_augment"):
         DeferredDecode(preset(auto_augment="randaugment"))
@@ -134,7 +134,7 @@ def test_policies_and_box_tasks_stay_on_the_workers(monkeypatch):
 
 
 def _train(tmp_path, name, monkeypatch=None, **kw):
-    from vggnet.engine import TrainConfig, train
+    from vggnet import TrainConfig, train
 
     cfg = TrainConfig(model="A", width=1 / 16, fc_width=16, crop_size=32, scale=[36, 48],
                       data=str(tmp_path / "data"), batch_size=4, epochs=1, workers=0, progress=False,
@@ -159,7 +159,7 @@ def test_a_run_decoding_on_the_device_trains_exactly_as_one_decoding_in_the_work
 
 
 def test_the_flag_is_refused_where_it_cannot_work(tmp_path, monkeypatch):
-    from vggnet.engine import TrainConfig, train
+    from vggnet import TrainConfig, train
 
     mixed_folder(tmp_path / "data")
     base = dict(model="A", width=1 / 16, fc_width=16, crop_size=32, scale=[36, 48], data=str(tmp_path / "data"),

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vggnet.engine import TrainConfig, train
+from vggnet import TrainConfig, train
 
 TOY_TASK = '''
 """A toy task for the engine tests: regress the mean colour of the (normalised) training crop."""
@@ -26,7 +26,8 @@ import sys
 import torch
 
 from vggnet import distributed
-from vggnet.engine import Task, TrainConfig, train
+from vggnet import TrainConfig, train
+from vggnet.engine import Task
 
 
 class MeanColour(Task):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from vggnet.evaluate import (
+from vggnet.classification.evaluate import (
     compute_metrics,
     default_test_scales,
     dense_posterior,

@@ -17,7 +17,7 @@ from PIL import Image
 from torch import nn
 
 from vggnet.cli import main
-from vggnet.evaluate import center_resize, evaluate
+from vggnet.classification.evaluate import center_resize, evaluate
 
 torchvision = pytest.importorskip("torchvision")
 

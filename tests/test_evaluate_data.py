@@ -12,7 +12,7 @@ from vggnet.checkpoint import make_checkpoint, save_checkpoint
 from vggnet.cli import main
 from vggnet.data.datasets import build_dataset
 from vggnet.data.synthetic import SyntheticShapes, write_synthetic
-from vggnet.evaluate import EvalResult, evaluate, load_posteriors, validate
+from vggnet.classification.evaluate import EvalResult, evaluate, load_posteriors, validate
 from vggnet.models import vgg
 
 TINY = dict(width=1 / 16, fc_width=16, crop_size=32, dropout=0.0)
@@ -270,7 +270,7 @@ def test_vgg_predict(data, ckpt, tmp_path, capsys):
 
 def test_a_predictor_loads_once_and_answers_as_predict(data, ckpt, tmp_path, monkeypatch):
     import vggnet.checkpoint as checkpoint
-    from vggnet.predict import Predictor, predict
+    from vggnet.classification.predict import Predictor, predict
 
     good = [str(p) for p in sorted((data / "val").glob("*/*.jpg"))[:3]]
     bad = tmp_path / "bad.jpg"

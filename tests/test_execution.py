@@ -12,9 +12,10 @@ import vggnet.execution as execution
 from vggnet.checkpoint import make_checkpoint, save_checkpoint
 from vggnet.cli import main
 from vggnet.data.synthetic import write_synthetic
-from vggnet.engine import TrainConfig, resolve_execution, train
-from vggnet.evaluate import evaluate
-from vggnet.predict import predict
+from vggnet import TrainConfig, train
+from vggnet.engine import resolve_execution
+from vggnet.classification.evaluate import evaluate
+from vggnet.classification.predict import predict
 from vggnet.execution import choose_execution, cpu_bf16_native
 from vggnet.models import vgg
 

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from vggnet.cli import main
-from vggnet.engine import TrainConfig, train
+from vggnet import TrainConfig, train
 from vggnet.errors import UserError
 
 NET = dict(model="A", width=1 / 16, fc_width=16, crop_size=32, scale=[32, 40])

@@ -25,13 +25,13 @@ from vggnet.cli import main
 from vggnet.data.datasets import build_dataset
 from vggnet.data.synthetic import voc_xml, write_synthetic
 from vggnet.data.transforms import Preprocessing, TrainPreset
-from vggnet.engine.task import ClassificationTask
+from vggnet.classification.task import ClassificationTask
 from vggnet.errors import CheckpointError, DataError
-from vggnet.localize import (BoxWarning, CentralCropPreset, LocalisationTask, LocalisationTrainTransform,
+from vggnet.localisation.task import (BoxWarning, CentralCropPreset, LocalisationTask, LocalisationTrainTransform,
                              boxes_to_params, class_params, euclidean_loss, load_localiser, localisation_targets,
                              make_localisation_checkpoint, mean_box_error, params_to_boxes, protocol1,
                              sanitize_boxes, select_target)
-from vggnet.localize_eval import (best_per_class, dense_boxes, greedy_merge, nms_clusters,
+from vggnet.localisation.full_protocol import (best_per_class, dense_boxes, greedy_merge, nms_clusters,
                                   top5_localisation_error)
 from vggnet.checkpoint import make_checkpoint, save_checkpoint
 
@@ -224,7 +224,7 @@ def test_validation_images_without_boxes_are_an_error_naming_how_many(tmp_path):
     code = main(["localize", "eval", "--checkpoint", str(loc_path), "--data", str(root), "--workers", "0"])
     assert code == 2
     with pytest.raises(DataError, match=r"1 of 3 validation images have no box \(e\.g\. .*a_1\.png\)"):
-        from vggnet.localize_cli import evaluate_localisation
+        from vggnet.localisation.cli import evaluate_localisation
         evaluate_localisation([str(loc_path)], str(root))
 
 
@@ -248,7 +248,7 @@ def test_checkpoint_kinds_are_refused_with_clear_messages(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--classifier" in err and "is a localisation checkpoint, not a classification net" in err
     with pytest.raises(CheckpointError, match="--classifier .* is a localisation checkpoint"):
-        from vggnet.localize import load_classifier_checkpoint
+        from vggnet.localisation.task import load_classifier_checkpoint
         load_classifier_checkpoint(str(loc_path))
 
 

@@ -18,10 +18,10 @@ import torch
 
 from vggnet.cli import main
 from vggnet.data.synthetic import write_synthetic
-from vggnet.engine import TrainConfig, train
+from vggnet import TrainConfig, train
 from vggnet.errors import CheckpointError, DataError
-from vggnet.localize import LocalisationTask
-from vggnet.localize_cli import localize_train
+from vggnet.localisation.task import LocalisationTask
+from vggnet.localisation.cli import localize_train
 
 TINY = dict(model="A", width=1 / 16, fc_width=16, crop_size=32, scale=[32, 48], synthetic_classes=4,
             synthetic_train=32, synthetic_val=8, synthetic_image_size=[32, 48], batch_size=8, epochs=2,
@@ -185,7 +185,7 @@ def test_cli_train_refuses_a_localisation_checkpoint_as_classifier_for_eval(stra
 def test_a_short_run_localises_far_better_than_the_mean_box(tmp_path):
     """From scratch (BN, no dropout, SCR) on synthetic shapes: after a short run the
     protocol-1 error is far below that of the mean training box on the same images."""
-    from vggnet.localize import _raw_boxes, mean_box, mean_box_error
+    from vggnet.localisation.task import _raw_boxes, mean_box, mean_box_error
     from vggnet.data.synthetic import SyntheticShapes
 
     cfg = TrainConfig(model="A", width=0.125, fc_width=64, crop_size=32, scale=[32, 40], synthetic_classes=2,
@@ -203,7 +203,7 @@ def test_a_short_run_localises_far_better_than_the_mean_box(tmp_path):
 
 
 def test_demo_stage_fine_tunes_the_classifier_and_reports_both_protocols(shapes, classifier, tmp_path, capsys):
-    from vggnet.localize_cli import demo_localize
+    from vggnet.localisation.cli import demo_localize
 
     out = demo_localize(classifier, shapes, tmp_path, quick=True, workers=0, device="cpu", progress=False,
                         eval_images=4)

@@ -13,7 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from vggnet.cli import add_model_arguments, load_config_file, main, parse_args_with_config
+from vggnet.cli import main
+from vggnet.arguments import add_model_arguments, load_config_file, parse_args_with_config
 from vggnet.data.datasets import LeftOutWarning, build_dataset, image_file_problem
 from vggnet.errors import CheckpointError, DataError, UserError
 from vggnet.models import vgg
@@ -159,7 +160,7 @@ def test_predict_refuses_nan_weights_naming_the_checkpoint(tmp_path, capsys):
     assert main(["predict", str(ckpt), str(img), "--test-scales", "40"]) == 2
     err = capsys.readouterr().err
     assert "diverged.pt" in err and "NaN" in err and "classifier.0.weight" in err and "Traceback" not in err
-    from vggnet.evaluate import evaluate
+    from vggnet.classification.evaluate import evaluate
 
     with pytest.raises(CheckpointError, match="diverged.pt.*NaN"):
         evaluate(ckpt, tmp_path / "img", scales=[40])
@@ -175,7 +176,7 @@ def test_predict_with_a_class_list_shorter_than_the_outputs(tmp_path, capsys):
 
 def test_dense_pass_memory_estimate_by_hand():
     """Net A at 1/16 width: the peak is conv1's input (3 channels) + output (4) at Q x Q, for the image and its flip."""
-    from vggnet.evaluate import dense_pass_bytes
+    from vggnet.classification.evaluate import dense_pass_bytes
 
     model = vgg("A", num_classes=3, **TINY)
     assert dense_pass_bytes(model, 64, 64) == (3 + 4) * 64 * 64 * 2 * 4
@@ -183,12 +184,12 @@ def test_dense_pass_memory_estimate_by_hand():
 
 
 def test_test_scales_that_cannot_fit_are_refused_with_the_estimate(tmp_path, capsys, monkeypatch):
-    import vggnet.evaluate as ev
+    import vggnet.classification.evaluate as ev
 
     ckpt = _checkpoint(tmp_path / "c.pt")
     img = _images(tmp_path / "img", 1)[0]
     monkeypatch.setattr(ev, "_available_bytes", lambda device: 2 * 2**30)  # a 2 GiB machine
-    assert main(["predict", str(ckpt), str(img), "--test-scales", "50000"]) == 2
+    assert main(["predict", str(ckpt), str(img), "--test-scales", "50000", "--amp", "off"]) == 2
     err = capsys.readouterr().err
     # (3 + 4) * 50000^2 * 2 images * 4 bytes of activations + 15 bytes per pixel of the image = 177.5e9 bytes = 165.3 GiB
     assert "Q=50000 needs at least 165.3 GiB" in err and "2.0 GiB free on cpu" in err

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vggnet.engine import TrainConfig, train
+from vggnet import TrainConfig, train
 from vggnet.errors import CheckpointError, UserError
 
 TINY = dict(model="A", width=1 / 16, fc_width=16, crop_size=32, scale=32, dropout=0.0, pca_std=0.0, workers=0,
@@ -50,7 +50,7 @@ def test_all_bad_micro_batch_runs_a_zero_weight_step_and_the_step_is_the_mean_of
     sees zeros; with zero biases every logit is 0, the loss is ln 2 and the last layer's bias gradient
     is softmax - onehot = (-0.5, +0.5). One SGD step of lr 0.1 moves that bias to (+0.05, -0.05); a
     divisor that counted the bad file would give half of it."""
-    import vggnet.engine.task as task_module
+    import vggnet.classification.task as task_module
 
     data = _flat_images(tmp_path / "data", {"a": ["x.png"], "b": ["bad.jpg"]})
     calls = []
@@ -213,7 +213,7 @@ def test_left_out_files_are_named_in_train_log_even_with_warnings_silenced(tmp_p
     data = _flat_images(tmp_path / "data", {"a": ["x.png", "x2.png"], "b": ["y.png", "y2.png"]})
     os.mkfifo(data / "train" / "a" / "pipe.jpg")
     (data / "train" / "b" / "loop").symlink_to("..")
-    code = ("import sys; from vggnet.engine import TrainConfig, train; "
+    code = ("import sys; from vggnet import TrainConfig, train; "
             f"train(TrainConfig(**{TINY!r}, batch_size=4, max_steps=1, data=sys.argv[1], output_dir=sys.argv[2]))")
     proc = subprocess.run([sys.executable, "-W", "ignore", "-c", code, str(data), str(tmp_path / "run")],
                           capture_output=True, text=True, timeout=120,
@@ -229,7 +229,7 @@ def test_unreadable_training_files_are_named_once_per_run_in_train_log_with_warn
     """A file that fails to decode in a loader worker: named in the console and train.log through the run's
     own logger, once in a run of two epochs, also under `-W ignore` (a warning in a worker would be lost)."""
     data = _flat_images(tmp_path / "data", {"a": ["x.png", "x2.png", "bad.jpg"], "b": ["y.png", "y2.png"]})
-    code = ("import sys; from vggnet.engine import TrainConfig, train; "
+    code = ("import sys; from vggnet import TrainConfig, train; "
             f"train(TrainConfig(**{{**{TINY!r}, 'epochs': 2, 'workers': 1}}, batch_size=5, max_bad_fraction=0.5, "
             f"data=sys.argv[1], output_dir=sys.argv[2]))")
     proc = subprocess.run([sys.executable, "-W", "ignore", "-c", code, str(data), str(tmp_path / "run")],

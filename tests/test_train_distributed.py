@@ -20,7 +20,7 @@ import torch.distributed as dist
 from vggnet import distributed
 from vggnet.distributed import ResumableDistributedSampler, accumulation_steps
 from vggnet.errors import UserError
-from vggnet.train import TrainConfig, train
+from vggnet import TrainConfig, train
 
 # 32 images, global batch 16: 2 optimizer steps per epoch. Dropout off: each
 # process draws its own dropout masks, so only without dropout are the two runs

@@ -90,7 +90,7 @@ def test_the_ddp_validation_is_that_of_the_saved_checkpoint(bn_run):
     """The epoch's validation under DDP equals a single-process `validate` of last.pt."""
     from vggnet.checkpoint import load_checkpoint, model_from_checkpoint
     from vggnet.data.synthetic import SyntheticShapes
-    from vggnet.evaluate import validate
+    from vggnet.classification.evaluate import validate
 
     ckpt = load_checkpoint(bn_run / "run" / "last.pt")
     saved = torch.load(bn_run / "spied" / "rank0_call1.pt")["after"]

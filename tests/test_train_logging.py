@@ -17,7 +17,7 @@ import torch
 import vggnet.engine.loop as train_module
 from test_train import STEPS_PER_EPOCH, read_metrics, tiny  # tests/ is on sys.path (rootdir conftest)
 from vggnet import distributed
-from vggnet.train import train
+from vggnet import train
 
 TRAIN_TAGS = {"train/loss", "train/lr", "train/images_per_s"}
 EPOCH_TAGS = {"epoch/train_loss", "epoch/val_loss", "epoch/val_top1_error", "epoch/val_top5_error", "epoch/lr"}

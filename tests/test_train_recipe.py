@@ -17,7 +17,7 @@ import torch.nn.functional as F
 import yaml
 
 import vggnet.engine.loop as loop
-from vggnet.engine import ClassificationTask, TrainConfig, train
+from vggnet import ClassificationTask, TrainConfig, train
 from vggnet.errors import CheckpointError, UserError
 
 TINY = dict(model="A", width=1 / 16, fc_width=16, crop_size=32, scale=[32, 48], synthetic_classes=4,

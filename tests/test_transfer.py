@@ -9,13 +9,13 @@ import torch
 from PIL import Image
 
 import vggnet
-import vggnet.transfer as transfer_module
+import vggnet.transfer.pipeline as transfer_module
 from vggnet.cli import main
 from vggnet.data.synthetic import write_multilabel
 from vggnet.errors import DataError, UserError
-from vggnet.descriptors import (DescriptorExtractor, ImageSet, list_images, load_features, pooled_descriptor,
+from vggnet.transfer.descriptors import (DescriptorExtractor, ImageSet, list_images, load_features, pooled_descriptor,
                                 split_per_class)
-from vggnet.transfer import (LinearSVMs, multilabel_metrics, pixel_descriptors, select_C, singlelabel_metrics,
+from vggnet.transfer.pipeline import (LinearSVMs, multilabel_metrics, pixel_descriptors, select_C, singlelabel_metrics,
                              transfer, voc07_ap, voc_area_ap)
 from vggnet.checkpoint import make_checkpoint, save_checkpoint
 
@@ -355,7 +355,7 @@ def test_cli_features_and_transfer_end_to_end_on_voc_layout(ckpt, scenes, tmp_pa
     assert main(["transfer", "predict", str(out), str(scenes / "JPEGImages" / "000025.jpg"), "--json"]) == 0
     pred = json.loads(capsys.readouterr().out)
     assert set(pred[0]["scores"]) == set(CLASSES)
-    from vggnet.transfer import _load_classifier
+    from vggnet.transfer.pipeline import _load_classifier
 
     svm, settings = _load_classifier(out / "classifier.safetensors")
     X = load_features(feats).descriptors[0:1]  # 000025 is the first test image
@@ -406,7 +406,7 @@ def test_synth_multi_label_writes_voc_devkit(tmp_path, capsys):
 
 def test_predict_refuses_a_checkpoint_changed_since_training(ckpt, scenes, tmp_path):
     from vggnet.errors import CheckpointError
-    from vggnet.transfer import predict_transfer
+    from vggnet.transfer.pipeline import predict_transfer
 
     mine = tmp_path / "net.pt"
     shutil.copy(ckpt, mine)

@@ -25,7 +25,7 @@ from test_transfer import random_ckpt, write_png
 from vggnet import distributed
 from vggnet.cli import main
 from vggnet.errors import DataError, UserError
-from vggnet.descriptors import DescriptorExtractor, ImageSet, load_features
+from vggnet.transfer.descriptors import DescriptorExtractor, ImageSet, load_features
 
 WORLD = 2
 HANG = 120  # s: a rank still running after this is stuck in a collective (dumps its stack and exits)

@@ -27,19 +27,22 @@ _LAZY = {
     "create_model": "vggnet.hub",
     "load_checkpoint": "vggnet.checkpoint", "save_checkpoint": "vggnet.checkpoint",
     "model_from_checkpoint": "vggnet.checkpoint",
-    "Predictor": "vggnet.predict", "predict": "vggnet.predict",
-    "evaluate": "vggnet.evaluate", "validate": "vggnet.evaluate", "EvalResult": "vggnet.results",
-    "train": "vggnet.engine", "TrainConfig": "vggnet.engine",
+    "Predictor": "vggnet.classification.predict", "predict": "vggnet.classification.predict",
+    "evaluate": "vggnet.classification.evaluate", "validate": "vggnet.classification.evaluate",
+    "EvalResult": "vggnet.classification.results", "ClassificationTask": "vggnet.classification.task",
+    "train": "vggnet.classification.train", "TrainConfig": "vggnet.engine.config",
 }
 
 __all__ = [*_LAZY, "UserError", "DataError", "CheckpointError", "__version__"]
 
 if TYPE_CHECKING:
     from vggnet.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-    from vggnet.engine import TrainConfig, train
-    from vggnet.evaluate import evaluate, validate
-    from vggnet.predict import Predictor, predict
-    from vggnet.results import EvalResult
+    from vggnet.classification.task import ClassificationTask
+    from vggnet.classification.train import train
+    from vggnet.engine.config import TrainConfig
+    from vggnet.classification.evaluate import evaluate, validate
+    from vggnet.classification.predict import Predictor, predict
+    from vggnet.classification.results import EvalResult
     from vggnet.hub import create_model
     from vggnet.init import init_from_a, init_weights
     from vggnet.models import ALIASES, CONFIGS, NAMES, VGG, count_macs, count_parameters, resolve_name, vgg

@@ -22,7 +22,7 @@ What it does, in the paper's order:
    with a few drawn predictions (`localize_cli.demo_localize`).
 7. transfer (Appendix B): the trained net as a fixed feature extractor for
    multi-label scenes in the VOC devkit layout, linear SVMs, mAP next to the
-   same SVMs on raw pixels (`vggnet.transfer.demo_transfer`, about a minute).
+   same SVMs on raw pixels (`vggnet.transfer.pipeline.demo_transfer`, about a minute).
 
 The net is "narrow": 1/8 of the paper's channels, FC 256 and 64x64 crops (FC1
 sees a 2x2 map instead of 7x7), so that it trains on a CPU in minutes. Two
@@ -117,9 +117,9 @@ def run(output_dir: str | os.PathLike = "demo_run", *, quick: bool = False, epoc
     from vggnet.data.datasets import build_dataset
     from vggnet.data.stats import compute_stats, save_stats
     from vggnet.data.synthetic import write_synthetic
-    from vggnet.evaluate import default_test_scales, evaluate
-    from vggnet.predict import predict
-    from vggnet.train import TrainConfig, train
+    from vggnet.classification.evaluate import default_test_scales, evaluate
+    from vggnet.classification.predict import predict
+    from vggnet import TrainConfig, train
 
     t_start = time.perf_counter()
     p = demo_settings(quick, epochs=epochs)
@@ -222,16 +222,16 @@ def run(output_dir: str | os.PathLike = "demo_run", *, quick: bool = False, epoc
 
     # 6. localisation (Appendix A): the classifier fine-tuned into a PCR box regressor
     t0 = time.perf_counter()
-    from vggnet.localize_cli import demo_localize
+    from vggnet.localisation.cli import demo_localize
 
     localisation = demo_localize(best, data_dir, out, quick=quick, workers=workers, device=device, seed=seed,
                                  progress=progress)
     timings["localisation"] = time.perf_counter() - t0
 
-    # Appendix B: the demo net as a fixed feature extractor for multi-label scenes (`vggnet.transfer`)
+    # Appendix B: the demo net as a fixed feature extractor for multi-label scenes (`vggnet.transfer.pipeline`)
     _banner("transfer (Appendix B): linear SVMs on the net's descriptors of multi-label scenes")
     t0 = time.perf_counter()
-    from vggnet.transfer import demo_transfer
+    from vggnet.transfer.pipeline import demo_transfer
 
     scenes = (24, 24) if quick else (300, 300)
     transfer_result = demo_transfer(best, out / "transfer", trainval=scenes[0], test=scenes[1],

@@ -2,7 +2,8 @@
 box regression).
 
     config.py   settings: `TrainConfig`, validation before any work, the flags
-    task.py     what differs between heads: `Task`, `ClassificationTask` (§3.1)
+    task.py     what differs between heads: the `Task` interface (the tasks live with their parts:
+                `vggnet.classification`, `vggnet.localisation`)
     data.py     datasets, seeded augmentation, the training loader
     state.py    RNGs, checkpoints to resume, --init from:CKPT, signals, optimizer
     outputs.py  console and train.log, tqdm, metrics.csv, config.yaml, TensorBoard, curves.png
@@ -23,8 +24,8 @@ from vggnet.engine.config import RESUME_MUST_MATCH, TrainConfig, add_train_argum
 from vggnet.engine.loop import Trainer, TrainingError, train
 from vggnet.engine.outputs import plot_curves
 from vggnet.engine.state import find_checkpoints, init_from, make_optimizer, resolve_execution
-from vggnet.engine.task import ClassificationTask, Task
+from vggnet.engine.task import Task, checkpoint_task
 
-__all__ = ["TrainConfig", "Task", "ClassificationTask", "Trainer", "TrainingError", "train", "add_train_arguments",
+__all__ = ["TrainConfig", "Task", "checkpoint_task", "Trainer", "TrainingError", "train", "add_train_arguments",
            "parse_init", "RESUME_MUST_MATCH", "find_checkpoints", "init_from", "make_optimizer", "resolve_execution",
            "plot_curves"]

@@ -403,7 +403,7 @@ def add_train_arguments(parser: argparse.ArgumentParser, **defaults: Any) -> Non
     Defaults come from `TrainConfig`, except those given here by field name
     (`lr=1e-3` for a fine-tuning command); a YAML `--config-file` and the command
     line still win over them."""
-    from vggnet.cli import add_model_arguments
+    from vggnet.arguments import add_model_arguments
 
     unknown = sorted(set(defaults) - {f.name for f in fields(TrainConfig)})
     if unknown:

@@ -42,7 +42,7 @@ from vggnet.engine.config import TrainConfig, parse_init
 from vggnet.engine.outputs import RunOutputs, duration
 from vggnet.engine.setup import TrainerSetup
 from vggnet.engine.state import StopRequest, agree_on_resume, capture_rng, claim_run_folder, link_or_copy, plain
-from vggnet.engine.task import ClassificationTask, Task
+from vggnet.engine.task import Task
 from vggnet.errors import CheckpointError, UserError
 
 __all__ = ["Trainer", "TrainingError", "train"]
@@ -593,7 +593,7 @@ class Trainer(TrainerSetup):
         cfg = self.cfg
         w = self.info.world_size
         s = cfg.scale if isinstance(cfg.scale, int) else f"[{cfg.scale[0]}, {cfg.scale[1]}] (jittered per image)"
-        task = "" if isinstance(self.task, ClassificationTask) else f"; task {self.task.describe()}"
+        task = f"; task {self.task.describe()}" if self.task.describe() else ""
         self.log(f"vgg train: {cfg.model} (width {cfg.width:g}, fc {cfg.fc_width}, {self.n_params:,} parameters, "
                  f"{len(self.classes)} classes), init {self.init_text}{task}")
         self.log(f"data: {self.data_text}: {len(self.train_set)} training / {len(self.val_set)} validation images; "
@@ -642,9 +642,9 @@ class Trainer(TrainerSetup):
         }
 
 
-def train(config: TrainConfig | Mapping[str, Any], task: Task | None = None) -> dict[str, Any]:
+def train(config: TrainConfig | Mapping[str, Any], task: Task) -> dict[str, Any]:
     """Train with the settings of `config` (a `TrainConfig` or a mapping of its fields) on `task`
-    (default: §3.1 classification).
+    (`vggnet.classification.ClassificationTask` for §3.1; `vggnet.train` passes it).
 
     Returns the final state: `output_dir`, `checkpoint` (the last one written),
     `best`, `epochs`, `global_step`, `task`, `monitor` (the validation metric
@@ -656,7 +656,6 @@ def train(config: TrainConfig | Mapping[str, Any], task: Task | None = None) -> 
     """
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
     cfg = dataclasses.replace(cfg).validate()  # a copy: the caller's config is not normalised in place
-    task = task if task is not None else ClassificationTask()
     owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     info = distributed.setup(cfg.device)
     try:

@@ -197,7 +197,7 @@ def grid_path(name: str) -> Path:
 def load_grid(name_or_path: str | Path) -> Grid:
     """Read and check a grid: unknown keys, unknown kinds, missing or cyclic dependencies are
     refused with an error naming the file and the cell."""
-    from vggnet.cli import load_config_file
+    from vggnet.arguments import load_config_file
 
     path = grid_path(str(name_or_path))
     try:
@@ -329,12 +329,12 @@ def _parse_row(i: int, spec: Any, cells: Mapping[str, Cell], columns: Sequence[s
 
 def needs_command(command: str) -> str | None:
     """Why `vgg COMMAND` cannot run here, or None when it can."""
-    from vggnet.cli import COMMANDS, _load_command
+    from vggnet.cli import COMMANDS, load_command
 
     if command not in COMMANDS:
         return f"`vgg {command}` is not part of this version of vggnet"
     try:
-        _load_command(command)
+        load_command(command)
     except UserError as exc:
         return str(exc)
     return None

@@ -185,7 +185,7 @@ def format_table(report: Mapping[str, Any]) -> str:
             line += [_fmt(r["ours"].get(m)), "-" if paper is None else str(paper)]  # as the paper prints it
         line.append(r["status"])
         body.append(line)
-    from vggnet.results import markdown_table
+    from vggnet.classification.results import markdown_table
 
     return markdown_table(head, body)
 

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 from vggnet.checkpoint import check_checkpoint, is_checkpoint, torch_load
 from vggnet.errors import CheckpointError, UserError
-from vggnet.interop._common import read_class_file, read_classes
+from vggnet.interop.common import read_class_file, read_classes
 from vggnet.interop.caffe import import_caffe
 from vggnet.interop.keras import import_keras
 from vggnet.interop.onnx import check_onnx, export_onnx

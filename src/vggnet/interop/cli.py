@@ -21,7 +21,7 @@ from vggnet.interop import (
     load_weights,
     torchvision_name,
 )
-from vggnet.interop._common import describe_build, read_class_file
+from vggnet.interop.common import describe_build, read_class_file
 from vggnet.models import NAMES
 
 __all__ = ["add_import_arguments", "run_import", "add_export_arguments", "run_export"]

@@ -14,7 +14,7 @@ import torch
 
 from vggnet.checkpoint import CAFFE_PREPROCESSING, checkpoint_from_state
 from vggnet.errors import CheckpointError, UserError
-from vggnet.interop._common import BGR_TO_RGB, Layer, check_build_keys, class_names, fill_state, infer_builds
+from vggnet.interop.common import BGR_TO_RGB, Layer, check_build_keys, class_names, fill_state, infer_builds
 
 __all__ = ["import_keras"]
 

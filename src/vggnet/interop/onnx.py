@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from vggnet.checkpoint import atomic_write, model_from_checkpoint
-from vggnet.interop._common import as_checkpoint, describe_build
+from vggnet.interop.common import as_checkpoint, describe_build
 from vggnet.models import VGG
 
 __all__ = ["export_onnx", "check_onnx"]

@@ -33,7 +33,7 @@ import torch
 
 from vggnet.checkpoint import atomic_write, model_from_checkpoint
 from vggnet.errors import DataError, UserError
-from vggnet.interop._common import as_checkpoint
+from vggnet.interop.common import as_checkpoint
 
 __all__ = ["quantize_onnx", "QuantizationReport", "QuantizationRejected", "crop_transform"]
 
@@ -72,7 +72,7 @@ def crop_transform(ckpt: Mapping[str, Any]):
     from torchvision.transforms.v2 import functional as F
 
     from vggnet.data.transforms import DenseEvalPreset, Preprocessing
-    from vggnet.evaluate import _train_scale
+    from vggnet.classification.evaluate import _train_scale
 
     crop = int(ckpt["build"]["crop_size"])
     scale = _train_scale(ckpt)

@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 
 from vggnet.checkpoint import VERSION, atomic_write, checkpoint_from_state
 from vggnet.errors import CheckpointError, UserError
-from vggnet.interop._common import as_checkpoint, check_state, class_names
+from vggnet.interop.common import as_checkpoint, check_state, class_names
 
 __all__ = ["WEIGHTS_FORMAT", "import_safetensors", "export_safetensors", "sidecar_path"]
 

@@ -12,7 +12,7 @@ import torch
 
 from vggnet.checkpoint import TORCHVISION_PREPROCESSING, atomic_write, checkpoint_from_state, torch_load
 from vggnet.errors import CheckpointError, UserError
-from vggnet.interop._common import as_checkpoint, check_build_keys, check_state, class_names, infer_builds, pick_build
+from vggnet.interop.common import as_checkpoint, check_build_keys, check_state, class_names, infer_builds, pick_build
 
 __all__ = ["import_torchvision", "export_torchvision", "torchvision_name", "state_dict_of"]
 

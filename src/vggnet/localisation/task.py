@@ -368,7 +368,7 @@ def _task_settings(ckpt: Mapping[str, Any]) -> dict[str, Any]:
 def load_localiser(checkpoint: Any, *, flag: str = "--checkpoint") -> Localiser:
     """Load a localisation checkpoint (path or dict); a classification checkpoint is refused."""
     from vggnet.data.transforms import Preprocessing
-    from vggnet.evaluate import _train_scale
+    from vggnet.classification.evaluate import _train_scale
     from vggnet.checkpoint import load_checkpoint, model_from_checkpoint
 
     where = "checkpoint" if isinstance(checkpoint, Mapping) else str(checkpoint)
@@ -442,7 +442,7 @@ def central_pass(model: nn.Module, dataset: Any, indices: Sequence[int], *, head
 
     from vggnet.data.datasets import collate_skip_bad
     from vggnet.data.transforms import Preprocessing
-    from vggnet.evaluate import _amp_context, _with_transform
+    from vggnet.classification.evaluate import _amp_context, _with_transform
 
     net = _unwrapped(model)
     pre = preprocessing if isinstance(preprocessing, Preprocessing) else Preprocessing.from_dict(preprocessing)
@@ -487,7 +487,7 @@ def protocol1(model: nn.Module, dataset: Any, *, head: str, preprocessing: Any, 
     Under torch.distributed each rank takes images rank, rank+W, ... and the sums
     are all-reduced: every rank returns the single-process numbers."""
     from vggnet.distributed import all_reduce_sum
-    from vggnet.evaluate import _rank_world
+    from vggnet.classification.evaluate import _rank_world
 
     net = _unwrapped(model)
     if scale < net.crop_size:

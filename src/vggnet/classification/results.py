@@ -12,8 +12,8 @@ paper-style table (`markdown_table`), the JSON and Markdown reports, the
 confusion matrix and the posteriors file that `load_posteriors` reads back to
 re-fuse nets without running any of them.
 
-Nothing here runs a net: `vggnet.evaluate` computes the posteriors (and
-re-exports these names), `vggnet.evaluate_cli` (`vgg eval`) shows and saves the
+Nothing here runs a net: `vggnet.classification.evaluate` computes the posteriors (and
+re-exports these names), `vggnet.classification.cli` (`vgg eval`) shows and saves the
 reports. This module imports neither.
 """
 
@@ -38,7 +38,7 @@ __all__ = [
     "load_posteriors",
 ]
 
-# How each evaluation method (`vggnet.evaluate.METHODS`) is named in tables and reports.
+# How each evaluation method (`vggnet.classification.evaluate.METHODS`) is named in tables and reports.
 _METHOD_LABEL = {"dense": "dense", "multi-crop": "multi-crop", "both": "dense & multi-crop",
                  "center": "centre crop"}
 POSTERIORS_FORMAT = "vggnet.posteriors"

@@ -2,8 +2,8 @@
 
 Their flags, what they print and how they run under torchrun (every process
 computes its shard of the descriptors; rank 0 alone writes the files, fits the
-SVMs and prints). The descriptors are computed by `vggnet.descriptors`, the SVMs
-and metrics by `vggnet.transfer`. Only `vggnet.cli` imports this module (through
+SVMs and prints). The descriptors are computed by `vggnet.transfer.descriptors`, the SVMs
+and metrics by `vggnet.transfer.pipeline`. Only `vggnet.cli` imports this module (through
 its table of commands).
 
     vgg features run/best.pt --data DIR --split train --test-scales 256,384,512 --out train.safetensors
@@ -18,12 +18,12 @@ import json
 import sys
 from pathlib import Path
 
-from vggnet.descriptors import AGGREGATIONS, DescriptorExtractor, list_images
+from vggnet.transfer.descriptors import AGGREGATIONS, DescriptorExtractor, list_images
 from vggnet.distributed import process_group
 from vggnet.errors import UserError
-from vggnet.evaluate import _parse_scales
+from vggnet.classification.evaluate import _parse_scales
 from vggnet.execution import add_threads_argument, set_threads
-from vggnet.transfer import C_GRID, _fit_transfer, _transfer_descriptors, predict_transfer
+from vggnet.transfer.pipeline import C_GRID, _fit_transfer, _transfer_descriptors, predict_transfer
 
 __all__ = ["add_features_arguments", "run_features", "add_transfer_arguments", "run_transfer"]
 

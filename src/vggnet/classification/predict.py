@@ -3,7 +3,7 @@
 `Predictor(checkpoint, ...)` loads and checks a checkpoint once and answers
 `predictor(paths)` for as many calls as wanted; `predict(checkpoint, paths, ...)`
 builds one per call. Dense multi-scale evaluation by default, as `vgg eval`
-(the passes, scales and checks are `vggnet.evaluate`'s), or multi-crop, both,
+(the passes, scales and checks are `vggnet.classification.evaluate`'s), or multi-crop, both,
 or torchvision's single centre crop. A file that cannot be read is reported in
 its own entry and the others are still predicted.
 """
@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from vggnet.errors import DataError, UserError
-from vggnet.evaluate import (CROP_PCT, METHODS, CenterCropEvalPreset, _amp_context, _check_net, _check_scales_fit,
+from vggnet.classification.evaluate import (CROP_PCT, METHODS, CenterCropEvalPreset, _amp_context, _check_net, _check_scales_fit,
                              _execution, _resolve_device, _train_scale, center_resize, default_test_scales,
                              dense_posterior, multi_crop_posterior)
 

@@ -27,7 +27,7 @@ import torch
 
 from vggnet.errors import DataError, UserError
 from vggnet.execution import add_threads_argument, set_threads
-from vggnet.localize import (BOX_MODES, HEADS, TARGETS, count_images_without_boxes, load_classifier_checkpoint,
+from vggnet.localisation.task import (BOX_MODES, HEADS, TARGETS, count_images_without_boxes, load_classifier_checkpoint,
                              load_localiser, mean_box, mean_box_error, protocol1)
 
 __all__ = ["add_localize_arguments", "run_localize", "localize_train", "evaluate_localisation", "predict_localisation",
@@ -59,7 +59,7 @@ def localize_train(config: Any, *, head: str = "pcr", finetune: str = "all", box
     import dataclasses
 
     from vggnet.engine import train
-    from vggnet.localize import LocalisationTask
+    from vggnet.localisation.task import LocalisationTask
 
     if finetune not in ("all", "fc"):
         raise UserError(f"--finetune: expected all or fc, got {finetune!r}")
@@ -93,13 +93,13 @@ def _check_boxes(config: Any) -> None:
 
 
 def _parse_scales(value: Any) -> list[int]:
-    from vggnet.evaluate import _parse_scales as parse
+    from vggnet.classification.evaluate import _parse_scales as parse
 
     return parse(value)
 
 
 def _device(device: str) -> torch.device:
-    from vggnet.evaluate import _resolve_device
+    from vggnet.classification.evaluate import _resolve_device
 
     return _resolve_device(device)
 
@@ -118,7 +118,7 @@ def _val_dataset(data: str, classes: Sequence[str], labels_file: str | None = No
 def _mean_box_row(data: str, val: Any, classes: Sequence[str], sample: int) -> dict[str, Any] | None:
     """The mean training box, scored on the validation images (None without DATA/train)."""
     from vggnet.data.datasets import build_dataset
-    from vggnet.localize import _raw_boxes
+    from vggnet.localisation.task import _raw_boxes
 
     root = Path(data)
     if not (root / "train").is_dir():
@@ -177,7 +177,7 @@ def evaluate_localisation(checkpoints: Sequence[str], data: str, *, protocol: st
                              "localisation_error": r["localisation_error"]})
         report["localisation_error"] = rows[0]["localisation_error"]
     else:
-        from vggnet.localize_eval import MERGE_METHODS, _LABEL, localise_images
+        from vggnet.localisation.full_protocol import MERGE_METHODS, _LABEL, localise_images
 
         qs = scales or sorted({loc.default_scale() for loc in locs})
         res = localise_images(locs, list(classifiers), val, scales=qs, cls_method=cls_method, merge_iou=merge_iou,
@@ -203,7 +203,7 @@ def report_table(report: dict[str, Any]) -> str:
     """The paper-style table (Tables 8-9): net / test Q / method / localisation error."""
     head = ["localisation net", "test Q", "method", "loc. error (%)"]
     body = [[r["net"], r["test_scale"], r["method"], f"{r['localisation_error']:.2f}"] for r in report["rows"]]
-    from vggnet.results import markdown_table
+    from vggnet.classification.results import markdown_table
 
     return markdown_table(head, body)
 
@@ -251,7 +251,7 @@ def predict_localisation(checkpoints: Sequence[str], classifiers: Sequence[str],
     from torchvision.utils import draw_bounding_boxes
 
     from vggnet.data.transforms import load_image
-    from vggnet.localize_eval import _Files, localise_images
+    from vggnet.localisation.full_protocol import _Files, localise_images
     from vggnet.checkpoint import atomic_write
 
     if not classifiers:
@@ -295,7 +295,7 @@ def predict_localisation(checkpoints: Sequence[str], classifiers: Sequence[str],
 
 
 def _eval_arguments(p: argparse.ArgumentParser) -> None:
-    from vggnet.evaluate import METHODS
+    from vggnet.classification.evaluate import METHODS
 
     p.add_argument("--checkpoint", action="append", required=True, metavar="LOC",
                    help="localisation checkpoint; repeat it for several nets (the union of their boxes)")
@@ -345,7 +345,7 @@ def add_localize_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _apply_config_file(args: argparse.Namespace, parser_defaults: dict[str, Any]) -> None:
     """`--config-file` for `vgg localize train`: YAML values for the settings left at their defaults."""
-    from vggnet.cli import load_config_file
+    from vggnet.arguments import load_config_file
 
     values = load_config_file(args.config_file)
     for key, value in values.items():

@@ -34,8 +34,8 @@ the resolved config, classes and preprocessing) as plain containers, written
 atomically; `--resume auto` continues the newest one. SIGTERM/SIGINT finish the
 current step, write a checkpoint and exit.
 
-The machinery is `vggnet.engine` (this module is the command and the public
-names of one release ago): the task here is `ClassificationTask`.
+The machinery is `vggnet.engine`; the task here is `ClassificationTask`
+(`vggnet.classification.task`), and `vgg train` is `vggnet.classification.cli`.
 
 Reproducibility: the data order comes from (seed, epoch) alone and each image's
 augmentation from (seed, epoch, image index) alone, whatever the number of
@@ -46,18 +46,20 @@ bitwise identical weights, and so does a run interrupted and resumed.
 
 from __future__ import annotations
 
-import argparse
+from typing import Any, Mapping
 
-from vggnet.engine import (RESUME_MUST_MATCH, ClassificationTask, TrainConfig, TrainingError, add_train_arguments,
-                           find_checkpoints, make_optimizer, parse_init, plot_curves, resolve_execution, train)
+from vggnet.classification.task import ClassificationTask
+from vggnet.engine import TrainConfig, Task
+from vggnet.engine import train as train_task
 
-__all__ = ["TrainConfig", "TrainingError", "train", "add_train_arguments", "run_train", "parse_init",
-           "find_checkpoints", "make_optimizer", "resolve_execution", "plot_curves", "RESUME_MUST_MATCH",
-           "ClassificationTask"]
+__all__ = ["train"]
 
 
-def run_train(args: argparse.Namespace) -> int:
-    result = train(TrainConfig.from_args(args), ClassificationTask())
-    if result.get("signal"):
-        return 128 + int(result["signal"])  # the shell's convention for "stopped by a signal"
-    return 0
+def train(config: TrainConfig | Mapping[str, Any], task: Task | None = None) -> dict[str, Any]:
+    """Train a classifier with the settings of `config` (a `TrainConfig` or a mapping of its fields).
+
+    `vggnet.engine.train(config, ClassificationTask())`: see there for what it
+    returns. `task` may replace the classification task (a subclass with other
+    settings, or another head).
+    """
+    return train_task(config, task if task is not None else ClassificationTask())

@@ -1,8 +1,14 @@
-"""The `vgg eval` and `vgg predict` commands (§3.2 of the paper; the experiments of §4.1-4.4).
+"""The `vgg train`, `vgg eval` and `vgg predict` commands (§3.1, §3.2 of the paper; the experiments of §4).
 
 Their flags, and what they print and write. The work is done by
-`vggnet.evaluate` (`evaluate`, `predict`) and the reports by `vggnet.results`
-(`EvalResult`, `load_posteriors`); `vggnet.cli` imports this module on demand.
+`vggnet.classification.train` (the engine with `ClassificationTask`),
+`vggnet.classification.evaluate` (`evaluate`), `vggnet.classification.predict`
+(`predict`) and the reports by `vggnet.classification.results` (`EvalResult`,
+`load_posteriors`); `vggnet.cli` imports this module on demand.
+
+    vgg train                                   # synthetic shapes, configuration D
+    vgg train --config-file configs/quickstart.yaml
+    torchrun --standalone --nproc-per-node=8 -m vggnet.cli train --config-file configs/s256.yaml
 
 Single process:
     vgg eval --checkpoint run/best.pt --data DIR --method both --test-scales 224,256,288
@@ -24,12 +30,14 @@ from typing import Sequence
 
 
 from vggnet.errors import UserError
-from vggnet.evaluate import CROP_PCT, METHODS, _parse_scales, _resolve_device, evaluate
+from vggnet.classification.evaluate import CROP_PCT, METHODS, _parse_scales, _resolve_device, evaluate
 from vggnet.execution import add_threads_argument, choose_execution, set_threads
-from vggnet.predict import predict
-from vggnet.results import _METHOD_LABEL, load_posteriors
+from vggnet.classification.predict import predict
+from vggnet.classification.results import _METHOD_LABEL, load_posteriors
 
 __all__ = [
+    "add_train_arguments",
+    "run_train",
     "add_eval_arguments",
     "run_eval",
     "add_predict_arguments",
@@ -38,6 +46,22 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------- command line
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    from vggnet.engine import add_train_arguments as add
+
+    add(parser)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from vggnet.classification.task import ClassificationTask
+    from vggnet import TrainConfig, train
+
+    result = train(TrainConfig.from_args(args), ClassificationTask())
+    if result.get("signal"):
+        return 128 + int(result["signal"])  # the shell's convention for "stopped by a signal"
+    return 0
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:

@@ -4,7 +4,7 @@ The localisation net is applied densely (`VGG.dense`: FC layers as convolutions,
 stride 32, window = crop) to the whole image at one or several test scales Q.
 Each position's box, predicted in its own window, is translated by the window's
 offset and scaled back to the original image (`dense_boxes`). The classification
-net(s) rank the classes (`vggnet.evaluate.evaluate`: any method, scales and
+net(s) rank the classes (`vggnet.classification.evaluate.evaluate`: any method, scales and
 fusion of `vgg eval`); for each of the top-5 classes, that class's boxes from
 every position, scale and localisation net (several nets: the union of their
 boxes, §A.1) are merged greedily, and the best merged box per class gives five
@@ -44,7 +44,7 @@ from torchvision import tv_tensors
 from torchvision.ops import batched_nms, box_iou
 
 from vggnet.errors import CheckpointError, DataError, UserError
-from vggnet.localize import (IOU_THRESHOLD, Localiser, _gt, load_classifier_checkpoint, params_to_boxes,
+from vggnet.localisation.task import (IOU_THRESHOLD, Localiser, _gt, load_classifier_checkpoint, params_to_boxes,
                              sanitize_boxes)
 
 __all__ = ["STRIDE", "MERGE_METHODS", "dense_boxes", "greedy_merge", "nms_clusters", "best_window",
@@ -275,7 +275,7 @@ class _MultiScale:
 
     def __init__(self, scales: Sequence[int]) -> None:
         from vggnet.data.transforms import DenseEvalPreset
-        from vggnet.evaluate import _identity_preprocessing
+        from vggnet.classification.evaluate import _identity_preprocessing
 
         self.scales = sorted(set(int(q) for q in scales))
         self.decode_side = self.scales[-1]
@@ -371,7 +371,7 @@ def localise_images(locs: Sequence[Localiser], classifiers: Sequence[str], datas
     `_Files` for prediction): class ranking by the fused classifiers, dense boxes, merge."""
     import time
 
-    from vggnet.evaluate import _load_nets, _sample_paths, _with_transform, evaluate
+    from vggnet.classification.evaluate import _load_nets, _sample_paths, _with_transform, evaluate
 
     t0 = time.perf_counter()
     classes = locs[0].classes

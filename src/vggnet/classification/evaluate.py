@@ -21,9 +21,9 @@ runs when it is full (or when too many images are pending).
 
 The metrics (top-k error, per-class accuracy) and the results (`EvalResult`:
 multi-scale, "both" and fusion combined from the posteriors, the tables,
-saved posteriors and `load_posteriors`) live in `vggnet.results`; their names
-are re-exported here, so `from vggnet.evaluate import EvalResult` still works.
-The `vgg eval` and `vgg predict` commands live in `vggnet.evaluate_cli`.
+saved posteriors and `load_posteriors`) live in `vggnet.classification.results`; their names
+are re-exported here, so `from vggnet.classification.evaluate import EvalResult` still works.
+The `vgg eval` and `vgg predict` commands live in `vggnet.classification.cli`.
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from vggnet.errors import CheckpointError, DataError, UserError
 from vggnet.execution import choose_execution
 from vggnet.models import VGG
-from vggnet.results import _METHOD_LABEL, _distinct_names
-from vggnet.results import (  # their home is vggnet.results; re-exported (`X as X`) for imports from here
+from vggnet.classification.results import _METHOD_LABEL, _distinct_names
+from vggnet.classification.results import (  # their home is vggnet.classification.results; re-exported (`X as X`) for imports from here
     POSTERIORS_FORMAT as POSTERIORS_FORMAT,
     EvalResult as EvalResult,
     compute_metrics as compute_metrics,

@@ -8,12 +8,12 @@ horizontally flipped image. Several Q are stacked (concatenated) or averaged
 (`aggregation`; the paper averages for VOC and stacks for Caltech); the
 descriptors of several nets are stacked (the paper's D+E fusion); the result is
 L2-normalised. Always in eval mode. The linear SVMs trained on them are
-`vggnet.transfer`'s; `vgg features` (`vggnet.transfer_cli`) writes them to a file.
+`vggnet.transfer.pipeline`'s; `vgg features` (`vggnet.transfer.cli`) writes them to a file.
 
     vgg features run/best.pt --data DIR --split train --test-scales 256,384,512 --out train.safetensors
 
 Images of different sizes are batched by rescaled size, exactly as dense
-evaluation does (`vggnet.evaluate._run_pass`). Descriptor files are written in
+evaluation does (`vggnet.classification.evaluate._run_pass`). Descriptor files are written in
 chunks, so an interrupted `vgg features` continues where it stopped, and are keyed
 by the checkpoints' content (SHA-256), the scales, the flip and the aggregation,
 so nothing is ever computed twice.
@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from vggnet import distributed
 from vggnet.errors import CheckpointError, DataError, UserError
-from vggnet.evaluate import (_gather_shards, _identity_preprocessing, _load_nets, _rank_world, _resolve_device,
+from vggnet.classification.evaluate import (_gather_shards, _identity_preprocessing, _load_nets, _rank_world, _resolve_device,
                              _run_pass, _with_transform)
 from vggnet.execution import choose_execution
 from vggnet.models import VGG

@@ -2,12 +2,12 @@
 
 The descriptors (the penultimate layer applied densely, pooled, flip-averaged, at
 several scales Q and of several nets, L2-normalised) and their resumable files
-live in `vggnet.descriptors`; their public names are re-exported here, so
-`from vggnet.transfer import DescriptorExtractor` still works. This module trains
+live in `vggnet.transfer.descriptors`; their public names are re-exported here, so
+`from vggnet.transfer.pipeline import DescriptorExtractor` still works. This module trains
 one-vs-rest linear SVMs on the descriptors, C chosen by cross-validation on the
 training split only, and scores them as the paper does: VOC AP (11-point and
 area under PR), mean class accuracy for Caltech. The commands `vgg features` and
-`vgg transfer` live in `vggnet.transfer_cli`.
+`vgg transfer` live in `vggnet.transfer.cli`.
 
     vgg transfer D.pt E.pt --data VOCdevkit/VOC2007 --aggregate average --output-dir voc07 --json
     vgg transfer D.pt --data 101_ObjectCategories --train-per-class 30 --test-per-class 50 --splits 3 \\
@@ -15,7 +15,7 @@ area under PR), mean class accuracy for Caltech. The commands `vgg features` and
     vgg transfer predict voc07 photo.jpg more_photos/
 
 Under torchrun (`torchrun --nproc-per-node=8 -m vggnet.cli transfer ...`) every
-rank computes its shard of the descriptors (see `vggnet.descriptors`); rank 0
+rank computes its shard of the descriptors (see `vggnet.transfer.descriptors`); rank 0
 alone then fits the SVMs, after the others have left the process group, writes
 the files and prints.
 """
@@ -33,14 +33,14 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from vggnet.descriptors import _on_main
-from vggnet.descriptors import (  # re-exported: they were defined here before vggnet.descriptors
+from vggnet.transfer.descriptors import _on_main
+from vggnet.transfer.descriptors import (  # re-exported: they were defined here before vggnet.transfer.descriptors
     AGGREGATIONS as AGGREGATIONS, FEATURES_FORMAT as FEATURES_FORMAT, DescriptorExtractor as DescriptorExtractor,
     Features as Features, ImageSet as ImageSet, checkpoint_digest as checkpoint_digest,
     default_scales as default_scales, list_images as list_images, load_features as load_features,
     pooled_descriptor as pooled_descriptor, split_per_class as split_per_class)
 from vggnet.errors import CheckpointError, UserError
-from vggnet.evaluate import _rank_world
+from vggnet.classification.evaluate import _rank_world
 
 __all__ = [
     "AGGREGATIONS", "ImageSet", "list_images", "split_per_class", "pooled_descriptor", "checkpoint_digest",
@@ -49,7 +49,7 @@ __all__ = [
     "demo_transfer",
 ]
 
-CLASSIFIER_FORMAT = "vggnet.transfer.classifier"
+CLASSIFIER_FORMAT = "vggnet.transfer.pipeline.classifier"
 # C of the linear SVM, chosen by cross-validation over this log grid (descriptors are L2-normalised).
 C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)
 
@@ -202,7 +202,7 @@ def multilabel_metrics(scores: np.ndarray, gt: np.ndarray, classes: Sequence[str
 
 def singlelabel_metrics(scores: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
     """Accuracy and mean class accuracy (the mean per-class recall, Caltech's metric), in percent."""
-    from vggnet.results import per_class_accuracy
+    from vggnet.classification.results import per_class_accuracy
 
     per_class = per_class_accuracy(torch.from_numpy(np.asarray(scores, dtype=np.float32)),
                                    torch.from_numpy(np.asarray(labels, dtype=np.int64)))
