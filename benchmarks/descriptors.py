@@ -3,7 +3,7 @@
 Two ways to compute the same descriptors (dense penultimate map, global average,
 flip-averaged, Q = 256, 384, 512 averaged, L2-normalised) of the same JPEG files:
   * ours: `vggnet.transfer.descriptors.DescriptorExtractor` — images grouped by rescaled size
-    and run in batches with their flips (evaluation's `_run_pass` bucketing);
+    and run in batches with their flips (evaluation's `run_pass` bucketing);
   * a plain loop: one image at a time, each scale and each flip its own
     `features_map` call.
 Both decode the files themselves, so the ratio is end to end. Then the time to

@@ -34,7 +34,7 @@ import torchvision
 from PIL import Image
 
 from vggnet.data.transforms import DenseEvalPreset, MultiCropEvalPreset, Preprocessing
-from vggnet.classification.evaluate import dense_posterior, multi_crop_posterior
+from vggnet.inference import dense_posterior, multi_crop_posterior
 from vggnet.models import count_macs, vgg
 
 

@@ -42,7 +42,7 @@ import torchvision
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe_machine, machine_line  # noqa: E402
 from train_step import build, make_step, sync, time_interleaved  # noqa: E402
-from vggnet.classification.evaluate import dense_posterior, multi_crop_posterior  # noqa: E402
+from vggnet.inference import dense_posterior, multi_crop_posterior
 from vggnet.models import vgg  # noqa: E402
 
 

@@ -47,7 +47,7 @@ import torchvision
 from machine import describe_machine, machine_line  # benchmarks/ is on sys.path when run as a script
 from train_step import sync, time_interleaved
 from vggnet.checkpoint import TORCHVISION_PREPROCESSING, make_checkpoint, save_checkpoint
-from vggnet.classification.evaluate import dense_posterior
+from vggnet.inference import dense_posterior
 from vggnet.classification.predict import Predictor
 from vggnet.execution import Execution, choose_execution
 from vggnet.models import vgg

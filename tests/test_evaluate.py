@@ -3,14 +3,8 @@
 import pytest
 import torch
 
-from vggnet.classification.evaluate import (
-    compute_metrics,
-    default_test_scales,
-    dense_posterior,
-    multi_crop_posterior,
-    per_class_accuracy,
-    topk_errors,
-)
+from vggnet.classification.evaluate import compute_metrics, default_test_scales, per_class_accuracy, topk_errors
+from vggnet.inference import dense_posterior, multi_crop_posterior
 from vggnet.models import vgg
 
 TINY = dict(width=1 / 16, fc_width=16, crop_size=32, dropout=0.0)

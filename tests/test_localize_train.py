@@ -185,7 +185,7 @@ def test_cli_train_refuses_a_localisation_checkpoint_as_classifier_for_eval(stra
 def test_a_short_run_localises_far_better_than_the_mean_box(tmp_path):
     """From scratch (BN, no dropout, SCR) on synthetic shapes: after a short run the
     protocol-1 error is far below that of the mean training box on the same images."""
-    from vggnet.localisation.task import _raw_boxes, mean_box, mean_box_error
+    from vggnet.localisation.task import raw_boxes, mean_box, mean_box_error
     from vggnet.data.synthetic import SyntheticShapes
 
     cfg = TrainConfig(model="A", width=0.125, fc_width=64, crop_size=32, scale=[32, 40], synthetic_classes=2,
@@ -197,7 +197,7 @@ def test_a_short_run_localises_far_better_than_the_mean_box(tmp_path):
     learned = min(h["val_localisation_error"] for h in result["history"])
     val = SyntheticShapes(64, classes=2, split="val", seed=0, image_size=(32, 64))
     box = mean_box(SyntheticShapes(256, classes=2, split="train", seed=0, image_size=(32, 64)))
-    gts, sizes = zip(*[_raw_boxes(val, i) for i in range(len(val))])
+    gts, sizes = zip(*[raw_boxes(val, i) for i in range(len(val))])
     baseline = mean_box_error(box, gts, sizes)
     assert learned < baseline - 20, (learned, baseline)
 

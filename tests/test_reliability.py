@@ -176,7 +176,7 @@ def test_predict_with_a_class_list_shorter_than_the_outputs(tmp_path, capsys):
 
 def test_dense_pass_memory_estimate_by_hand():
     """Net A at 1/16 width: the peak is conv1's input (3 channels) + output (4) at Q x Q, for the image and its flip."""
-    from vggnet.classification.evaluate import dense_pass_bytes
+    from vggnet.inference import dense_pass_bytes
 
     model = vgg("A", num_classes=3, **TINY)
     assert dense_pass_bytes(model, 64, 64) == (3 + 4) * 64 * 64 * 2 * 4
@@ -184,11 +184,11 @@ def test_dense_pass_memory_estimate_by_hand():
 
 
 def test_test_scales_that_cannot_fit_are_refused_with_the_estimate(tmp_path, capsys, monkeypatch):
-    import vggnet.classification.evaluate as ev
+    import vggnet.inference as inference
 
     ckpt = _checkpoint(tmp_path / "c.pt")
     img = _images(tmp_path / "img", 1)[0]
-    monkeypatch.setattr(ev, "_available_bytes", lambda device: 2 * 2**30)  # a 2 GiB machine
+    monkeypatch.setattr(inference, "available_bytes", lambda device: 2 * 2**30)  # a 2 GiB machine
     assert main(["predict", str(ckpt), str(img), "--test-scales", "50000", "--amp", "off"]) == 2
     err = capsys.readouterr().err
     # (3 + 4) * 50000^2 * 2 images * 4 bytes of activations + 15 bytes per pixel of the image = 177.5e9 bytes = 165.3 GiB

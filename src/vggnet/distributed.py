@@ -39,7 +39,7 @@ import contextlib
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -48,8 +48,14 @@ from torch.utils.data.distributed import DistributedSampler
 
 from vggnet.errors import UserError
 
+T = TypeVar("T")
+
 __all__ = [
     "DistInfo",
+    "rank_world",
+    "gather_shards",
+    "agree",
+    "on_main",
     "setup",
     "cleanup",
     "process_group",
@@ -360,3 +366,72 @@ def average_buffers(module: nn.Module) -> None:
             t = buf.detach().to(device)
             dist.all_reduce(t)
             buf.copy_(t / world)
+
+
+def rank_world() -> tuple[int, int]:
+    """(rank, world size) of this process: (0, 1) outside torch.distributed."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_shards(local: torch.Tensor, total: int) -> torch.Tensor:
+    """Reassemble `(total, ...)` on every rank from the rows each rank computed.
+
+    Rank r holds the rows of global indices r, r+W, r+2W, ... (no padded
+    duplicates). Shards differ in length by at most one; they are padded to equal
+    length only for the all_gather and the padding is dropped again.
+    """
+    rank, world = rank_world()
+    if world == 1:
+        return local
+    dev = _comm_device()
+    longest = math.ceil(total / world)
+    padded = torch.zeros((longest, *local.shape[1:]), dtype=local.dtype, device=dev)
+    padded[:local.shape[0]] = local.to(dev)
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    out = torch.empty((total, *local.shape[1:]), dtype=local.dtype)
+    for r, part in enumerate(parts):
+        out[r::world] = part[:len(range(r, total, world))].cpu()
+    return out
+
+
+def agree(error: Exception | None) -> None:
+    """Collective under torch.distributed: raise on every rank if `error` happened on any rank.
+
+    The rank that failed raises its own exception (with its traceback); the others
+    raise one of the same `UserError` class (else a RuntimeError) naming that rank.
+    In a single process `error` is simply raised.
+    """
+    if not is_distributed():
+        if error is not None:
+            raise error
+        return
+    mine = None
+    if error is not None:
+        cls = type(error) if isinstance(error, UserError) else None
+        mine = (cls, str(error) if cls else f"{type(error).__name__}: {error}")
+    reports = all_gather_object(mine)
+    if error is not None:
+        raise error
+    for rank, report in enumerate(reports):
+        if report is not None:
+            cls, message = report
+            raise (cls or RuntimeError)(f"(rank {rank}) {message}")
+
+
+def on_main(action: Callable[[], T]) -> T | None:
+    """`action()` on rank 0 only (files are read and written there); None on the other ranks.
+
+    Every rank must call it: a failure on rank 0 is raised on every rank (`agree`).
+    """
+    rank, _ = rank_world()
+    result, error = None, None
+    if rank == 0:
+        try:
+            result = action()
+        except Exception as exc:
+            error = exc
+    agree(error)
+    return result

@@ -30,10 +30,11 @@ from typing import Sequence
 
 
 from vggnet.errors import UserError
-from vggnet.classification.evaluate import CROP_PCT, METHODS, _parse_scales, _resolve_device, evaluate
+from vggnet.classification.evaluate import CROP_PCT, METHODS, evaluate
+from vggnet.inference import parse_test_scales, resolve_device
 from vggnet.execution import add_threads_argument, choose_execution, set_threads
 from vggnet.classification.predict import predict
-from vggnet.classification.results import _METHOD_LABEL, load_posteriors
+from vggnet.classification.results import METHOD_LABELS, load_posteriors
 
 __all__ = [
     "add_train_arguments",
@@ -65,7 +66,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--test-scales", type=_parse_scales, default=None, metavar="Q,Q,...",
+    parser.add_argument("--test-scales", type=parse_test_scales, default=None, metavar="Q,Q,...",
                         help="test scales Q, e.g. 256,384,512 (default: from the checkpoint's training scale S: "
                              "{S-32, S, S+32}, or {Smin, (Smin+Smax)/2, Smax} for jittered S)")
     parser.add_argument("--method", choices=METHODS, default=None,
@@ -118,7 +119,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_eval(args: argparse.Namespace) -> int:
     set_threads(args.threads)
-    scales = _parse_scales(args.test_scales) if args.test_scales is not None else None
+    scales = parse_test_scales(args.test_scales) if args.test_scales is not None else None
     if args.output and Path(args.output).suffix.lower() not in (".md", ".json"):
         raise UserError(f"--output {args.output}: expected a .md or .json file name")
     if args.batch_size < 1:
@@ -166,7 +167,7 @@ def run_eval(args: argparse.Namespace) -> int:
         o = result.overall
         top5 = (f"top-5 accuracy {o['top5_accuracy']:.2f}% (error {o['top5_error']:.2f}%)"
                 if result.top5_applicable else f"top-5 n/a ({len(result.classes)} classes: every label is in the top 5)")
-        print(f"\noverall ({_METHOD_LABEL[result.method]}): top-1 accuracy {o['top1_accuracy']:.2f}% "
+        print(f"\noverall ({METHOD_LABELS[result.method]}): top-1 accuracy {o['top1_accuracy']:.2f}% "
               f"(error {o['top1_error']:.2f}%), {top5} on {o['images']} images")
         if args.per_class:
             print(f"per-class accuracy (recall: correct top-1 / images of the class); "
@@ -206,7 +207,7 @@ def image_files(paths: Sequence[str | os.PathLike]) -> list[str]:
     its plugin) is named in one `LeftOutWarning`. A folder without images is a
     `UserError`; a file is kept as given (whether it can be read is decided when
     it is read)."""
-    from vggnet.data.datasets import IMAGE_EXTENSIONS, _list_images, _warn_left_out
+    from vggnet.data.datasets import IMAGE_EXTENSIONS, list_image_files, warn_left_out
 
     out: list[str] = []
     for path in paths:
@@ -215,8 +216,8 @@ def image_files(paths: Sequence[str | os.PathLike]) -> list[str]:
             out.append(str(path))
             continue
         left_out: list[tuple[str, str]] = []
-        found = sorted(str(p) for p in _list_images(folder, left_out=left_out))
-        _warn_left_out(folder, left_out)
+        found = sorted(str(p) for p in list_image_files(folder, left_out=left_out))
+        warn_left_out(folder, left_out)
         if not found:
             raise UserError(f"{folder}: a folder with no image files ({', '.join(IMAGE_EXTENSIONS)})")
         out += found
@@ -225,7 +226,7 @@ def image_files(paths: Sequence[str | os.PathLike]) -> list[str]:
 
 def run_predict(args: argparse.Namespace) -> int:
     set_threads(args.threads)
-    scales = _parse_scales(args.test_scales) if args.test_scales is not None else None
+    scales = parse_test_scales(args.test_scales) if args.test_scales is not None else None
     if args.topk < 1:
         raise UserError(f"--topk must be >= 1, got {args.topk}")
     checkpoint, inputs = args.checkpoint, list(args.images)
@@ -236,7 +237,7 @@ def run_predict(args: argparse.Namespace) -> int:
         print(f"vgg predict: `vgg predict CKPT IMAGE...` is deprecated; use "
               f"`vgg predict --checkpoint {checkpoint} IMAGE|DIR ...`", file=sys.stderr)
     images = image_files(inputs)
-    dev = _resolve_device(args.device)
+    dev = resolve_device(args.device)
     try:
         chosen = choose_execution(args.amp, args.channels_last, dev)
         print(f"vgg predict: {chosen.reason}", file=sys.stderr)

@@ -28,26 +28,22 @@ The `vgg eval` and `vgg predict` commands live in `vggnet.classification.cli`.
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import copy
 import math
 import os
-import sys
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
-import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Subset
 
-from vggnet.errors import CheckpointError, DataError, UserError
-from vggnet.execution import choose_execution
-from vggnet.models import VGG
-from vggnet.classification.results import _METHOD_LABEL, _distinct_names
-from vggnet.classification.results import (  # their home is vggnet.classification.results; re-exported (`X as X`) for imports from here
+from vggnet.classification.results import METHOD_LABELS
+from vggnet.distributed import gather_shards, rank_world
+from vggnet.errors import DataError, UserError
+from vggnet.inference import (Net, check_scales_fit, dense_pass_bytes, dense_posterior, identity_preprocessing,
+                              inference_execution, load_nets, multi_crop_posterior, resolve_device, run_pass,
+                              sample_paths, with_transform)
+from vggnet.classification.results import (  # their home is vggnet.classification.results; re-exported for old imports
     POSTERIORS_FORMAT as POSTERIORS_FORMAT,
     EvalResult as EvalResult,
     compute_metrics as compute_metrics,
@@ -77,43 +73,6 @@ CROP_PCT = 0.875  # torchvision's and timm's ImageNet evaluation: resize to 256,
 # --------------------------------------------------------------------------- posteriors
 
 
-@torch.no_grad()
-def dense_posterior(model: VGG, images: torch.Tensor, *, flip: bool = True) -> torch.Tensor:
-    """Class posteriors `(N, classes)` for a batch of same-size preprocessed images `(N, 3, H, W)`.
-
-    The class-score map is averaged spatially before the softmax (the paper's
-    sum-pooling); with `flip`, the image and its mirror image go through the net in
-    one batch and their softmax outputs are averaged.
-    """
-    n = images.shape[0]
-    x = torch.cat([images, images.flip(-1)]) if flip else images
-    scores = model.dense(x)                      # (N or 2N, classes, h', w') class-score map
-    scores = scores.float().mean(dim=(2, 3))     # (N or 2N, classes) spatial average
-    post = scores.softmax(dim=1)
-    if flip:
-        post = (post[:n] + post[n:]) / 2
-    return post
-
-
-@torch.no_grad()
-def multi_crop_posterior(model: VGG, crops: torch.Tensor, *, batch_size: int | None = None) -> torch.Tensor:
-    """Softmax averaged over the crops of one image: `(K, 3, c, c)` -> `(classes,)`.
-
-    Also takes the crops of several images at once, `(N, K, 3, c, c)` -> `(N, classes)`.
-    `batch_size` bounds the crops per forward pass (default: all at once).
-    """
-    single = crops.dim() == 4
-    if single:
-        crops = crops.unsqueeze(0)
-    n, k = crops.shape[:2]
-    flat = crops.reshape(n * k, *crops.shape[2:])
-    step = batch_size or flat.shape[0]
-    post = torch.cat([model(flat[i:i + step]).float().softmax(dim=1) for i in range(0, flat.shape[0], step)])
-    post = post.view(n, k, -1).mean(dim=1)     # (N, classes) averaged over the K crops
-    return post[0] if single else post
-
-
-
 # --------------------------------------------------------------------------- test scales
 
 
@@ -135,132 +94,10 @@ def default_test_scales(train_scale: int | Sequence[int] | None, crop_size: int 
     return sorted({max(q, crop_size) for q in qs})
 
 
-def _parse_scales(value: str | int | Sequence[int]) -> list[int]:
-    """`--test-scales 256,384,512` (or a YAML list) -> [256, 384, 512]."""
-    if isinstance(value, str):
-        parts = [p for p in value.replace(" ", "").split(",") if p]
-    elif isinstance(value, int):
-        parts = [value]
-    else:
-        parts = list(value)
-    try:
-        scales = [int(p) for p in parts]
-    except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 256,384,512, got {value!r}")
-    if not scales or min(scales) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers such as 256,384,512, got {value!r}")
-    return sorted(set(scales))
-
-
-def _train_scale(ckpt: Mapping[str, Any]) -> tuple[int, int] | None:
-    from vggnet.data.transforms import parse_scale
-
-    scale = (ckpt.get("meta") or {}).get("scale")
-    if scale is None:
-        return None
-    try:
-        return parse_scale(scale)
-    except ValueError:
-        return None
-
-
-def _scale_value(scale: tuple[int, int] | None) -> int | list[int] | None:
-    """S as training records it: an int for fixed S, [Smin, Smax] for jittered S."""
-    if scale is None:
-        return None
-    lo, hi = scale
-    return lo if lo == hi else [lo, hi]
-
-
 # --------------------------------------------------------------------------- distributed
 
 
-def _rank_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _comm_device() -> torch.device:
-    # NCCL moves only CUDA tensors; gloo moves CPU tensors.
-    if dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def _gather_shards(local: torch.Tensor, total: int) -> torch.Tensor:
-    """Reassemble `(total, ...)` on every rank from the rows each rank computed.
-
-    Rank r holds the rows of global indices r, r+W, r+2W, ... (no padded
-    duplicates). Shards differ in length by at most one; they are padded to equal
-    length only for the all_gather and the padding is dropped again.
-    """
-    rank, world = _rank_world()
-    if world == 1:
-        return local
-    dev = _comm_device()
-    longest = math.ceil(total / world)
-    padded = torch.zeros((longest, *local.shape[1:]), dtype=local.dtype, device=dev)
-    padded[:local.shape[0]] = local.to(dev)
-    parts = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(parts, padded)
-    out = torch.empty((total, *local.shape[1:]), dtype=local.dtype)
-    for r, part in enumerate(parts):
-        out[r::world] = part[:len(range(r, total, world))].cpu()
-    return out
-
-
 # --------------------------------------------------------------------------- data
-
-
-def _identity_preprocessing():
-    # The loader yields rescaled RGB in [0, 1]; each net's own normalisation is
-    # applied afterwards, so one decode serves every net of a fusion.
-    from vggnet.data.transforms import Preprocessing
-
-    return Preprocessing(pixel_scale=1.0, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
-
-
-def _with_transform(dataset: Any, transform: Callable) -> Any:
-    """A shallow copy of `dataset` whose items go through `transform` (the caller's dataset is untouched)."""
-    if isinstance(dataset, Subset):
-        return Subset(_with_transform(dataset.dataset, transform), dataset.indices)
-    if not hasattr(dataset, "transform"):
-        raise TypeError(f"expected a vggnet.data dataset with a .transform attribute, got {type(dataset).__name__}")
-    out = copy.copy(dataset)
-    out.transform = transform
-    return out
-
-
-def _sample_paths(dataset: Any) -> list[str]:
-    if isinstance(dataset, Subset):
-        paths = _sample_paths(dataset.dataset)
-        return [paths[i] for i in dataset.indices]
-    samples = getattr(dataset, "samples", None)
-    if samples is None:
-        return [str(i) for i in range(len(dataset))]
-    return [str(s[0]) for s in samples]
-
-
-class _Indexed(Dataset):
-    """Items as `(index, image, label, error)`: a file that cannot be read comes back
-    as its error message instead of raising inside a worker (whose traceback would
-    bury the file name)."""
-
-    def __init__(self, dataset: Any) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, int, str | None]:
-        try:
-            item = self.dataset[i]
-        except DataError as exc:
-            return i, None, -1, str(exc)
-        if item is None:  # a non-strict dataset's bad file (it has warned, naming it)
-            return i, None, -1, ""
-        return i, item[0], int(item[1]), None
 
 
 class CenterCropEvalPreset:
@@ -288,9 +125,9 @@ class CenterCropEvalPreset:
                                       v2.CenterCrop(self.crop_size), ToNormalizedTensor(preprocessing)])
 
     def __call__(self, image: Any) -> torch.Tensor:
-        from vggnet.data.transforms import _ensure_decoded
+        from vggnet.data.transforms import ensure_decoded
 
-        return self.transforms(_ensure_decoded(image, None)).as_subclass(torch.Tensor)
+        return self.transforms(ensure_decoded(image, None)).as_subclass(torch.Tensor)
 
 
 def center_resize(crop_size: int, crop_pct: float = CROP_PCT) -> int:
@@ -300,196 +137,7 @@ def center_resize(crop_size: int, crop_pct: float = CROP_PCT) -> int:
     return int(math.floor(crop_size / crop_pct + 1e-9))
 
 
-@dataclass
-class _Net:
-    """One network of an evaluation with everything needed to feed it correctly."""
-
-    model: VGG
-    preprocessing: Any                      # vggnet.data.transforms.Preprocessing
-    classes: list[str]
-    name: str
-    checkpoint: str | None = None
-    train_scale: tuple[int, int] | None = None
-    test_scales: list[int] = field(default_factory=list)
-    from_checkpoint: bool = False           # classes (and their order) come from a checkpoint
-
-    def __post_init__(self) -> None:
-        self.normalize = self.preprocessing.normalize()  # v2.Normalize, the same map the presets use
-
-    @property
-    def crop_size(self) -> int:
-        return self.model.crop_size
-
-    def info(self) -> dict[str, Any]:
-        return {"name": self.name, "checkpoint": self.checkpoint,
-                "train_scale": _scale_value(self.train_scale),
-                "test_scales": list(self.test_scales), "crop_size": self.crop_size,
-                "classes": len(self.classes)}
-
-
-def _amp_context(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    if amp in ("bf16", "fp16"):  # fp16: what --amp auto picks on a GPU without bf16; no scaler is needed to infer
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-    if amp not in ("off", None):
-        raise ValueError(f"amp must be 'bf16' or 'off', got {amp!r}")
-    return contextlib.nullcontext()
-
-
-def _execution(amp: str, channels_last: bool | str, device: torch.device) -> tuple[str, bool]:
-    """--amp / --channels-last, "auto" included, resolved for `device` as every command resolves them."""
-    if amp not in ("auto", "bf16", "fp16", "off", None):
-        raise ValueError(f"amp must be 'auto', 'bf16', 'fp16' or 'off', got {amp!r}")
-    chosen = choose_execution(amp or "off", channels_last, device)
-    return chosen.amp, chosen.channels_last
-
-
-def _run_pass(
-    nets: Sequence[_Net],
-    dataset: Any,
-    indices: Sequence[int],
-    *,
-    methods: Sequence[str],
-    flip: bool,
-    grid: int,
-    batch_size: int,
-    workers: int,
-    device: torch.device,
-    amp: str,
-    channels_last: bool,
-    progress: bool = False,
-    desc: str = "",
-    skip_bad: bool = False,
-    dense_fn: Callable[..., torch.Tensor] | None = None,
-    width: Callable[[_Net], int] | None = None,
-) -> tuple[dict[tuple[int, str], torch.Tensor], torch.Tensor]:
-    """One pass over `dataset[indices]` (items: rescaled RGB in [0, 1]) for every net.
-
-    Returns the local posteriors `{(net, method): (len(indices), classes)}` in the
-    order of `indices`, and the labels `(len(indices),)`. With `skip_bad`, items a
-    non-strict dataset could not read are left out (label -1); otherwise they are
-    a `DataError`. `dense_fn(model, images, flip=...) -> (B, width(net))` replaces
-    `dense_posterior` for the "dense" method (Appendix B's pooled descriptors use
-    the same bucketing).
-    """
-    from vggnet.data.transforms import grid_crops
-
-    dense_fn = dense_fn or dense_posterior
-    width = width or (lambda net: net.model.num_classes)
-    n = len(indices)
-    position = {int(i): j for j, i in enumerate(indices)}
-    out = {(k, m): torch.zeros(n, width(nets[k])) for k in range(len(nets)) for m in methods}
-    labels = torch.full((n,), -1, dtype=torch.long)
-    loader = DataLoader(Subset(_Indexed(dataset), list(indices)), batch_size=None, shuffle=False,
-                        num_workers=workers, pin_memory=device.type == "cuda")
-    cl = torch.channels_last if channels_last else torch.contiguous_format
-
-    def prepare(net: _Net, x01: torch.Tensor) -> torch.Tensor:
-        return net.normalize(x01)
-
-    buckets: dict[tuple[int, int], list[tuple[int, torch.Tensor]]] = {}
-    pending = 0
-
-    def run_bucket(size: tuple[int, int]) -> None:
-        nonlocal pending
-        items = buckets.pop(size)
-        pending -= len(items)
-        rows = torch.tensor([p for p, _ in items])
-        x01 = torch.stack([x for _, x in items]).to(device, non_blocking=True)  # (B, 3, H, W), one size
-        for k, net in enumerate(nets):
-            with _amp_context(device, amp):
-                x = prepare(net, x01).contiguous(memory_format=cl)
-                if "center" in methods:  # (B, 3, crop, crop) centre crops: the net as a classifier
-                    out[(k, "center")][rows] = net.model(x).float().softmax(dim=1).cpu()
-                    continue
-                out[(k, "dense")][rows] = dense_fn(net.model, x, flip=flip).float().cpu()
-
-    try:
-        from tqdm import tqdm
-        iterator: Iterable = tqdm(loader, total=n, desc=desc, disable=not progress, leave=False, file=sys.stderr)
-    except ImportError:  # tqdm is a dependency, but a progress bar is not worth failing over
-        iterator = loader
-    with torch.inference_mode():
-        for index, x01, label, error in iterator:
-            if error is not None:
-                if error == "" and skip_bad:
-                    continue
-                raise DataError(f"{error or f'image {int(index)} of the dataset could not be read'} "
-                                f"(evaluation needs every image: fix or remove the file)")
-            pos = position[int(index)]
-            labels[pos] = label
-            if "multi-crop" in methods:
-                x_dev = x01.to(device, non_blocking=True)
-                for k, net in enumerate(nets):
-                    crops = grid_crops(prepare(net, x_dev), net.crop_size, grid)   # (grid^2, 3, c, c)
-                    if flip:
-                        crops = torch.cat([crops, crops.flip(-1)])                 # (2 grid^2, 3, c, c)
-                    with _amp_context(device, amp):
-                        out[(k, "multi-crop")][pos] = multi_crop_posterior(
-                            net.model, crops.contiguous(memory_format=cl), batch_size=batch_size).cpu()
-            if "dense" in methods or "center" in methods:
-                size = (int(x01.shape[-2]), int(x01.shape[-1]))
-                buckets.setdefault(size, []).append((pos, x01))
-                pending += 1
-                if len(buckets[size]) >= batch_size:
-                    run_bucket(size)
-                # Many distinct sizes (ImageNet) would hold many part-filled buckets:
-                # bound the memory by running the fullest ones early.
-                while pending > 2 * batch_size:
-                    run_bucket(max(buckets, key=lambda s: len(buckets[s])))
-        for size in list(buckets):
-            run_bucket(size)
-    return out, labels
-
-
 # --------------------------------------------------------------------------- evaluate / validate
-
-
-def _resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None or device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", torch.cuda.current_device())
-        return torch.device("cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise UserError(f"--device: expected auto, cpu, cuda or cuda:N, got {device!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-    return dev
-
-
-def _load_nets(items: Sequence[Any], *, preprocessing: Any, device: torch.device, channels_last: bool) -> list[_Net]:
-    from vggnet.data.transforms import Preprocessing
-    from vggnet.checkpoint import model_from_checkpoint, unwrap
-
-    nets: list[_Net] = []
-    for item in items:
-        if isinstance(item, nn.Module):
-            model = unwrap(item)
-            if preprocessing is None:
-                raise ValueError("evaluate: a bare model needs preprocessing=...; or pass a checkpoint, "
-                                 "which records its own")
-            pre = preprocessing if isinstance(preprocessing, Preprocessing) else Preprocessing.from_dict(preprocessing)
-            nets.append(_Net(model=model, preprocessing=pre, classes=[str(i) for i in range(model.num_classes)],
-                             name=model.name))
-            continue
-        model, ckpt = model_from_checkpoint(item)
-        try:
-            pre = Preprocessing.from_dict(ckpt["preprocessing"])
-        except ValueError as exc:
-            raise CheckpointError(f"{item if not isinstance(item, Mapping) else 'checkpoint'}: "
-                                  f"bad preprocessing entry: {exc}") from None
-        _check_net(model, list(ckpt["classes"]), "checkpoint" if isinstance(item, Mapping) else str(item))
-        nets.append(_Net(model=model, preprocessing=pre, classes=list(ckpt["classes"]), name=model.name,
-                         checkpoint=None if isinstance(item, Mapping) else str(item), train_scale=_train_scale(ckpt),
-                         from_checkpoint=True))
-    for net in nets:
-        net.model.eval().to(device)
-        if channels_last:
-            net.model.to(memory_format=torch.channels_last)
-    for net, name in zip(nets, _distinct_names([n.name for n in nets])):
-        net.name = name
-    return nets
 
 
 def evaluate(
@@ -540,9 +188,9 @@ def evaluate(
     items = list(checkpoints_or_models) if isinstance(checkpoints_or_models, (list, tuple)) else [checkpoints_or_models]
     if not items:
         raise ValueError("evaluate: no checkpoints or models given")
-    dev = _resolve_device(device)
-    amp, channels_last = _execution(amp, channels_last, dev)
-    nets = _load_nets(items, preprocessing=preprocessing, device=dev, channels_last=channels_last)
+    dev = resolve_device(device)
+    amp, channels_last = inference_execution(amp, channels_last, dev)
+    nets = load_nets(items, preprocessing=preprocessing, device=dev, channels_last=channels_last)
     classes = nets[0].classes
     for net in nets[1:]:
         if net.classes != classes and net.from_checkpoint and nets[0].from_checkpoint:
@@ -563,20 +211,20 @@ def evaluate(
         if small:
             raise UserError(f"--test-scales: Q={small[0]} is smaller than the crop size {net.crop_size} of "
                             f"net {net.name}; every test scale must be >= crop_size")
-        _check_scales_fit(net.model, net.test_scales, dev, method=method, flip=flip, amp=amp,
+        check_scales_fit(net.model, net.test_scales, dev, method=method, flip=flip, amp=amp,
                           where=f"net {net.name}")
 
     methods = ["dense", "multi-crop"] if method == "both" else [method]
-    rank, world = _rank_world()
+    rank, world = rank_world()
     posteriors: dict[tuple[int, str, int], torch.Tensor] = {}
     labels = paths = None
     data_text = None if not isinstance(data, (str, os.PathLike)) else str(data)
     # One pass per test scale: every net that uses Q is fed from the same decoded images.
     for q in sorted({q for net in nets for q in net.test_scales}):
-        transform = DenseEvalPreset(scale=q, preprocessing=_identity_preprocessing())
+        transform = DenseEvalPreset(scale=q, preprocessing=identity_preprocessing())
         if method == "center":
             transform = CenterCropEvalPreset(resize=q, crop_size=nets[0].crop_size,
-                                             preprocessing=_identity_preprocessing())
+                                             preprocessing=identity_preprocessing())
         started = time.perf_counter()
         dataset = _dataset_for(data, transform, classes=classes if nets[0].from_checkpoint else None,
                                labels_file=labels_file)
@@ -584,18 +232,18 @@ def evaluate(
             raise DataError(f"{data_text or 'the dataset'}: no images to evaluate")
         _check_classes(dataset, len(classes), data_text)
         users = [k for k, net in enumerate(nets) if q in net.test_scales]
-        local, local_labels = _run_pass([nets[k] for k in users], dataset, range(rank, len(dataset), world),
+        local, local_labels = run_pass([nets[k] for k in users], dataset, range(rank, len(dataset), world),
                                         methods=methods, flip=flip, grid=grid, batch_size=batch_size,
                                         workers=workers, device=dev, amp=amp, channels_last=channels_last,
                                         progress=progress and rank == 0, desc=f"Q={q}")
         for (j, m), p in local.items():
-            posteriors[(users[j], m, q)] = _gather_shards(p, len(dataset))
+            posteriors[(users[j], m, q)] = gather_shards(p, len(dataset))
         if log is not None and rank == 0:
-            log(f"evaluated Q={q} ({', '.join(_METHOD_LABEL[m] for m in methods)}): {len(dataset)} images in "
+            log(f"evaluated Q={q} ({', '.join(METHOD_LABELS[m] for m in methods)}): {len(dataset)} images in "
                 f"{time.perf_counter() - started:.1f}s")
         if labels is None:
-            labels = _gather_shards(local_labels, len(dataset))
-            paths = _sample_paths(dataset)
+            labels = gather_shards(local_labels, len(dataset))
+            paths = sample_paths(dataset)
     assert labels is not None and paths is not None
     return EvalResult(classes=list(classes), labels=labels, paths=paths, nets=[n.info() for n in nets],
                       methods=methods, method=method, flip=flip, posteriors=posteriors, data=data_text)
@@ -613,7 +261,7 @@ def _dataset_for(data: Any, transform: Callable, *, classes: list[str] | None, l
         from vggnet.data.datasets import build_dataset
 
         return build_dataset(data, transform, split="val", classes=classes, labels_file=labels_file, strict=True)
-    return _with_transform(data, transform)
+    return with_transform(data, transform)
 
 
 def validate(
@@ -648,13 +296,13 @@ def validate(
         raise ValueError(f"validate: scale Q={scale} must be >= crop_size={net_model.crop_size}")
     pre = preprocessing if isinstance(preprocessing, Preprocessing) else Preprocessing.from_dict(preprocessing)
     dev = torch.device(device) if device is not None else next(net_model.parameters()).device
-    ds = _with_transform(dataset, DenseEvalPreset(scale=scale, preprocessing=_identity_preprocessing()))
-    rank, world = _rank_world()
-    net = _Net(model=net_model, preprocessing=pre, classes=[], name=net_model.name)
+    ds = with_transform(dataset, DenseEvalPreset(scale=scale, preprocessing=identity_preprocessing()))
+    rank, world = rank_world()
+    net = Net(model=net_model, preprocessing=pre, classes=[], name=net_model.name)
     was_training = net_model.training
     net_model.eval()
     try:
-        local, labels = _run_pass([net], ds, range(rank, len(ds), world), methods=["dense"], flip=flip, grid=1,
+        local, labels = run_pass([net], ds, range(rank, len(ds), world), methods=["dense"], flip=flip, grid=1,
                                   batch_size=batch_size, workers=workers, device=dev, amp=amp, channels_last=False,
                                   skip_bad=True)
     finally:
@@ -682,74 +330,3 @@ def validate(
 # --------------------------------------------------------------------------- checks before a pass
 
 
-def _check_net(model: VGG, classes: Sequence[str], where: str) -> None:
-    """Refuse a net whose answers would be meaningless: non-finite weights, or fewer class names than outputs."""
-    bad = [k for k, t in model.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
-    if bad:
-        raise CheckpointError(f"{where}: {len(bad)} weight tensor(s) hold NaN or infinite values "
-                              f"({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}); the run that wrote it had "
-                              f"diverged: use an earlier checkpoint (e.g. best.pt or a numbered one)")
-    if len(classes) != model.num_classes:
-        raise CheckpointError(f"{where}: lists {len(classes)} class names for the net's {model.num_classes} "
-                              f"outputs; a checkpoint needs one name per output (its 'classes' entry)")
-
-
-def dense_pass_bytes(model: VGG, height: int, width: int, *, images: int = 2, bytes_per_value: int = 4) -> int:
-    """Peak activation memory (bytes) of `model.dense` on `images` images of height x width.
-
-    The largest input + output pair of any layer (ReLUs work in place), FC layers
-    applied as convolutions included; weights and framework workspace are not
-    counted, so the real peak is higher.
-    """
-    h, w, c, peak = int(height), int(width), 3, 0
-    for m in model.features:
-        if isinstance(m, nn.Conv2d):
-            peak = max(peak, (c + m.out_channels) * h * w)
-            c = m.out_channels
-        elif isinstance(m, nn.MaxPool2d):
-            peak = max(peak, c * (h * w + (h // 2) * (w // 2)))
-            h, w = h // 2, w // 2
-        elif isinstance(m, (nn.BatchNorm2d, nn.LocalResponseNorm)):
-            peak = max(peak, 2 * c * h * w)
-    h, w = max(h - model.grid + 1, 1), max(w - model.grid + 1, 1)  # FC1 as a grid x grid conv
-    for m in model.classifier:
-        if isinstance(m, nn.Linear):
-            peak = max(peak, c * h * w + m.out_features * h * w)
-            c = m.out_features
-    return peak * images * bytes_per_value
-
-
-def _available_bytes(device: torch.device) -> int | None:
-    """Free memory of `device` (CUDA: free GPU memory; CPU: MemAvailable), None when unknown."""
-    try:
-        if device.type == "cuda":
-            return int(torch.cuda.mem_get_info(device)[0])
-        if device.type == "cpu":
-            with open("/proc/meminfo") as f:
-                for line in f:
-                    if line.startswith("MemAvailable:"):
-                        return int(line.split()[1]) * 1024
-    except (OSError, RuntimeError, ValueError):
-        pass
-    return None
-
-
-def _check_scales_fit(model: VGG, scales: Sequence[int], device: torch.device, *, method: str, flip: bool,
-                      amp: str, where: str) -> None:
-    """Refuse a test scale whose pass cannot fit in memory, with the estimate, before any work.
-
-    The estimate is for the smallest image at Q (Q x Q): the rescaled image as
-    8-bit RGB and as a float tensor, plus a dense pass over it (and its flip).
-    """
-    available = _available_bytes(device)
-    if available is None:
-        return
-    q = max(scales)
-    need = (3 + 3 * 4) * q * q
-    if method in ("dense", "both") and isinstance(model, VGG):  # a foreign module: only the image is estimated
-        need += dense_pass_bytes(model, q, q, images=2 if flip else 1, bytes_per_value=2 if amp == "bf16" else 4)
-    if need > available:
-        fits = int(q * math.sqrt(available / need))
-        raise UserError(f"--test-scales: Q={q} needs at least {need / 2**30:.1f} GiB for the {method} pass of a "
-                        f"{q}x{q} image{' and its flip' if flip else ''} through {where}, more than the "
-                        f"{available / 2**30:.1f} GiB free on {device}; use test scales up to about {fits}")

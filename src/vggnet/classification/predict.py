@@ -16,9 +16,9 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from vggnet.errors import DataError, UserError
-from vggnet.classification.evaluate import (CROP_PCT, METHODS, CenterCropEvalPreset, _amp_context, _check_net, _check_scales_fit,
-                             _execution, _resolve_device, _train_scale, center_resize, default_test_scales,
-                             dense_posterior, multi_crop_posterior)
+from vggnet.classification.evaluate import CROP_PCT, METHODS, CenterCropEvalPreset, center_resize, default_test_scales
+from vggnet.inference import amp_context, check_net, check_scales_fit, inference_execution, resolve_device, train_scale
+from vggnet.inference import dense_posterior, multi_crop_posterior
 
 __all__ = ["Predictor", "predict"]
 
@@ -52,27 +52,27 @@ class Predictor:
 
         if method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-        dev = _resolve_device(device)
-        amp, channels_last = _execution(amp, channels_last, dev)
+        dev = resolve_device(device)
+        amp, channels_last = inference_execution(amp, channels_last, dev)
         self.device, self.amp, self.method, self.flip, self.batch_size = dev, amp, method, flip, batch_size
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         model, ckpt = model_from_checkpoint(checkpoint)
         pre = Preprocessing.from_dict(ckpt["preprocessing"])
         self.classes = list(ckpt["classes"])
         where = "checkpoint" if isinstance(checkpoint, Mapping) else str(checkpoint)
-        _check_net(model, self.classes, where)
+        check_net(model, self.classes, where)
         self.model = model.eval().to(dev, memory_format=self.memory_format)
         descriptions = (ckpt.get("meta") or {}).get("class_descriptions")
         self.descriptions = descriptions if descriptions is not None and len(descriptions) == len(self.classes) \
             else None
-        qs = sorted(set(scales)) if scales else default_test_scales(_train_scale(ckpt), model.crop_size)
+        qs = sorted(set(scales)) if scales else default_test_scales(train_scale(ckpt), model.crop_size)
         self.centers: list[CenterCropEvalPreset] = []
         if method == "center":
             qs = sorted(set(scales)) if scales else [center_resize(model.crop_size, crop_pct)]
             self.centers = [CenterCropEvalPreset(resize=q, crop_size=model.crop_size, preprocessing=pre) for q in qs]
         if qs[0] < model.crop_size:
             raise UserError(f"--test-scales: Q={qs[0]} is smaller than the crop size {model.crop_size}")
-        _check_scales_fit(model, qs, dev, method=method, flip=flip, amp=amp, where=f"net {model.name} of {where}")
+        check_scales_fit(model, qs, dev, method=method, flip=flip, amp=amp, where=f"net {model.name} of {where}")
         self.scales = qs
         self.dense = [DenseEvalPreset(scale=q, preprocessing=pre) for q in qs]
         self.crops = [MultiCropEvalPreset(scale=q, crop_size=model.crop_size, preprocessing=pre, grid=grid, flip=flip)
@@ -100,7 +100,7 @@ class Predictor:
                 out.append({"image": str(path), "error": str(exc)})
                 continue
             parts = []
-            with torch.inference_mode(), _amp_context(dev, self.amp):
+            with torch.inference_mode(), amp_context(dev, self.amp):
                 if method == "center":
                     parts.append(torch.stack([model(t(img).unsqueeze(0).to(dev)).float().softmax(dim=1)[0]
                                               for t in self.centers]).mean(0))

@@ -26,6 +26,7 @@ from typing import Any, Sequence
 
 import torch
 
+from vggnet.inference import distinct_names
 from vggnet.errors import UserError
 
 __all__ = [
@@ -39,7 +40,7 @@ __all__ = [
 ]
 
 # How each evaluation method (`vggnet.classification.evaluate.METHODS`) is named in tables and reports.
-_METHOD_LABEL = {"dense": "dense", "multi-crop": "multi-crop", "both": "dense & multi-crop",
+METHOD_LABELS = {"dense": "dense", "multi-crop": "multi-crop", "both": "dense & multi-crop",
                  "center": "centre crop"}
 POSTERIORS_FORMAT = "vggnet.posteriors"
 
@@ -111,11 +112,6 @@ def _format_scale(scale: int | Sequence[int] | None) -> str:
     return str(lo) if lo == hi else f"[{lo};{hi}]"  # the paper's notation for jittered S
 
 
-def _distinct_names(names: list[str]) -> list[str]:
-    """Two nets of the same configuration (two D's) are told apart by position: D#1, D#2."""
-    return [f"{n}#{k + 1}" if names.count(n) > 1 else n for k, n in enumerate(names)]
-
-
 def markdown_table(head: Sequence[str], body: Sequence[Sequence[str]]) -> str:
     """A Markdown table whose columns are padded to their widest cell (readable as plain text too)."""
     widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
@@ -183,15 +179,15 @@ class EvalResult:
                 for q in net["test_scales"]:
                     res[m][str(q)] = pair(self.posteriors[(k, m, q)])
                     self.rows.append({"net": net["name"], "train_scale": s_text, "test_scale": str(q),
-                                      "method": _METHOD_LABEL[m], **res[m][str(q)]})
+                                      "method": METHOD_LABELS[m], **res[m][str(q)]})
                 res[m]["all"] = pair(self.net_posterior(k, m))
                 if len(net["test_scales"]) > 1:
                     self.rows.append({"net": net["name"], "train_scale": s_text, "test_scale": all_q,
-                                      "method": _METHOD_LABEL[m], **res[m]["all"]})
+                                      "method": METHOD_LABELS[m], **res[m]["all"]})
             if "both" in self._final_methods():
                 res["both"] = {"all": pair(self.net_posterior(k, "both"))}
                 self.rows.append({"net": net["name"], "train_scale": s_text, "test_scale": all_q,
-                                  "method": _METHOD_LABEL["both"], **res["both"]["all"]})
+                                  "method": METHOD_LABELS["both"], **res["both"]["all"]})
             self.results.append(res)
         self.fusion: dict[str, dict[str, float]] | None = None
         if len(self.nets) > 1:
@@ -202,7 +198,7 @@ class EvalResult:
             for m in self._final_methods():
                 self.fusion[m] = pair(self.fused_posterior(m))
                 self.rows.append({"net": name, "train_scale": s_text, "test_scale": q_text,
-                                  "method": _METHOD_LABEL[m], **self.fusion[m]})
+                                  "method": METHOD_LABELS[m], **self.fusion[m]})
         self.overall = {"method": self.method, "nets": len(self.nets),
                         **compute_metrics(self.final_posterior(), self.labels, per_class=True, classes=self.classes)}
 
@@ -280,7 +276,7 @@ class EvalResult:
             ax = fig.subplots()
             ConfusionMatrixDisplay(matrix, display_labels=self.classes).plot(
                 ax=ax, include_values=len(self.classes) <= 20, xticks_rotation="vertical", colorbar=True)
-            ax.set_title(f"confusion matrix ({_METHOD_LABEL[self.method]}, {int(self.labels.numel())} images)")
+            ax.set_title(f"confusion matrix ({METHOD_LABELS[self.method]}, {int(self.labels.numel())} images)")
             png = io.BytesIO()
             fig.savefig(png, format="png", dpi=100)
             written.append(atomic_write(path.with_suffix(".png"), lambda f: f.write(png.getvalue())))
@@ -304,7 +300,7 @@ class EvalResult:
                   f"- method: {self.method}; flip: {'on' if self.flip else 'off'}",
                   "- nets: " + "; ".join(f"{n['name']} ({n['checkpoint'] or 'in memory'})" for n in self.nets),
                   "", self.table(), "",
-                  f"Overall ({_METHOD_LABEL[self.method]}, {'fusion of ' if len(self.nets) > 1 else ''}"
+                  f"Overall ({METHOD_LABELS[self.method]}, {'fusion of ' if len(self.nets) > 1 else ''}"
                   f"{len(self.nets)} net{'s' if len(self.nets) > 1 else ''}): top-1 error {o['top1_error']:.2f}%, "
                   f"top-5 error {self._top5(o['top5_error'])}{'%' if self.top5_applicable else ''} "
                   f"(top-1 accuracy {o['top1_accuracy']:.2f}%, "
@@ -365,7 +361,7 @@ def load_posteriors(paths: Sequence[str | os.PathLike], *, method: str | None = 
             k, m, q = key.split("/")
             posts[(int(k) + offset, m, int(q))] = p.float()
     assert methods is not None
-    for net, name in zip(nets, _distinct_names([n["name"].split("#")[0] for n in nets])):
+    for net, name in zip(nets, distinct_names([n["name"].split("#")[0] for n in nets])):
         net["name"] = name
     if not methods:
         raise UserError("--posteriors: the files have no method in common (dense / multi-crop)")

@@ -144,7 +144,7 @@ def _dir_ids(folders: Iterable[Path]) -> set[tuple[int, int]]:
     return ids
 
 
-def _list_images(folder: Path, recursive: bool = True, left_out: list[tuple[str, str]] | None = None,
+def list_image_files(folder: Path, recursive: bool = True, left_out: list[tuple[str, str]] | None = None,
                  seen: set[tuple[int, int]] | None = None) -> list[Path]:
     """Image files under `folder`, in sorted walk order (a folder's files, then its sub-folders).
 
@@ -214,7 +214,7 @@ def _list_images(folder: Path, recursive: bool = True, left_out: list[tuple[str,
     return found
 
 
-def _warn_left_out(where: Path, left_out: Sequence[tuple[str, str]]) -> None:
+def warn_left_out(where: Path, left_out: Sequence[tuple[str, str]]) -> None:
     if not left_out:
         return
     shown = "; ".join(f"{p}: {r}" for p, r in left_out[:10])
@@ -608,7 +608,7 @@ def _class_folders(split_dir: Path, classes: Sequence[str] | None,
     seen = _dir_ids([split_dir, *(split_dir / name for name in folders)])
     for name in folders:
         before = len(left_out)
-        files = _list_images(split_dir / name, left_out=left_out, seen=seen)
+        files = list_image_files(split_dir / name, left_out=left_out, seen=seen)
         if not files:
             why = "".join(f"; left out {p}: {r}" for p, r in left_out[before:before + 3])
             raise DataError(f"{split_dir / name}: empty class folder (no files ending in "
@@ -620,7 +620,7 @@ def _class_folders(split_dir: Path, classes: Sequence[str] | None,
 def _flat_with_labels(split_dir: Path, labels_file: Path, classes: Sequence[str] | None,
                       synsets: Any, left_out: list[tuple[str, str]]) -> tuple[list[tuple[str, int]], list[str]]:
     labels = read_labels_file(labels_file, synsets)
-    files = _list_images(split_dir, left_out=left_out)
+    files = list_image_files(split_dir, left_out=left_out)
     by_key: dict[str, Path] = {}
     for p in files:
         rel = p.relative_to(split_dir).as_posix()
@@ -727,6 +727,6 @@ def build_dataset(root: str | os.PathLike, transform: Callable[..., Any] | None 
     if not samples:
         raise DataError(f"{split_dir}: no images")
     box_sources = None if boxes in (None, False) else _box_sources(samples, split_dir, data_root, split, boxes)
-    _warn_left_out(split_dir, left_out)
+    warn_left_out(split_dir, left_out)
     return ImageDataset(samples, classes, transform=transform, strict=(split != "train") if strict is None else strict,
                         root=split_dir, boxes=box_sources, left_out=left_out)

@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 
 from vggnet.data.datasets import Batch
-from vggnet.data.transforms import BadImageError, TrainPreset, _orientation, _pending, _uint8_chw, load_image
+from vggnet.data.transforms import BadImageError, TrainPreset, exif_orientation, pending_orientation, uint8_chw, load_image
 
 __all__ = ["EncodedJPEG", "DeferredDecode", "DeferredImages", "collate_deferred", "finish_batch"]
 
@@ -53,10 +53,10 @@ class DeferredDecode:
         self.decode_side = preset.decode_side  # the dataset hands over lazily opened images
 
     def __call__(self, image: Any, boxes: Any = None) -> Any:
-        if boxes is None and isinstance(image, Image.Image) and _pending(image) and image.format == "JPEG":
+        if boxes is None and isinstance(image, Image.Image) and pending_orientation(image) and image.format == "JPEG":
             from vggnet.data.decode import torchcodec_bytes
 
-            data = torchcodec_bytes(image, _orientation(image))
+            data = torchcodec_bytes(image, exif_orientation(image))
             if data is not None:
                 width, height = image.size
                 image.close()
@@ -111,7 +111,7 @@ def finish_batch(batch: Batch, preset: TrainPreset, device: torch.device | str) 
         x = pixels[k]
         if x is None:  # the device decoder refused the file: Pillow decodes it here, or names what is wrong
             try:
-                x = _uint8_chw(load_image(enc.path)).to(device)
+                x = uint8_chw(load_image(enc.path)).to(device)
             except BadImageError as exc:
                 messages.append(f"skipping bad image {exc}")
                 continue

@@ -168,7 +168,7 @@ _SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
 _EXIF_ORIENTATION = 0x0112
 
 
-def _orientation(img: Image.Image) -> int:
+def exif_orientation(img: Image.Image) -> int:
     try:
         return int(img.getexif().get(_EXIF_ORIENTATION, 1))
     except Exception:  # a broken EXIF block must not cost the image: ignore the orientation
@@ -214,7 +214,7 @@ def _file_size(path: str | Path) -> int | None:
 def displayed_size(img: Image.Image) -> tuple[int, int]:
     """(width, height) of the image once its EXIF orientation is applied; reads no pixels."""
     w, h = img.size
-    return (h, w) if _orientation(img) in _SWAPPING_ORIENTATIONS else (w, h)
+    return (h, w) if exif_orientation(img) in _SWAPPING_ORIENTATIONS else (w, h)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -257,13 +257,13 @@ def decode_image(img: Image.Image, *, min_side: int | None = None) -> Image.Imag
     path = getattr(img, "filename", None) or None
     source = img
     try:
-        if min_side is not None and img.format == "JPEG" and _pending(img):
+        if min_side is not None and img.format == "JPEG" and pending_orientation(img):
             w, h = img.size
             short = min(w, h)
             if short >= 2 * min_side:
                 img.draft(None, (math.ceil(w * min_side / short), math.ceil(h * min_side / short)))
         img.load()
-        if _orientation(img) != 1:
+        if exif_orientation(img) != 1:
             img = ImageOps.exif_transpose(img)
         img = to_rgb(img)
     except _DECODE_ERRORS as exc:
@@ -286,7 +286,7 @@ def load_image(path: str | Path, *, min_side: int | None = None) -> Image.Image:
     return decode_image(open_image(path), min_side=min_side)
 
 
-def _pending(img: Image.Image) -> bool:
+def pending_orientation(img: Image.Image) -> bool:
     """True for an image opened from a file whose pixels are not decoded yet.
 
     A file whose header ends before the first scan (a JPEG cut or overwritten
@@ -297,15 +297,15 @@ def _pending(img: Image.Image) -> bool:
     return isinstance(img, ImageFile.ImageFile) and (bool(img.tile) or getattr(img, "fp", None) is not None)
 
 
-def _ensure_decoded(image: Any, min_side: int | None) -> Any:
+def ensure_decoded(image: Any, min_side: int | None) -> Any:
     if isinstance(image, Image.Image):
-        if _pending(image) or image.mode != "RGB":
+        if pending_orientation(image) or image.mode != "RGB":
             from vggnet.data.decode import fast_jpeg  # TorchCodec where it wins and gives Pillow's pixels
 
             # JPEGs only: reading a PNG's EXIF makes Pillow load (and half-decode) its pixels, which would
             # hide a corrupt file from `decode_image` below
-            pixels = (fast_jpeg(image, min_side, _orientation(image))
-                      if _pending(image) and image.format == "JPEG" else None)
+            pixels = (fast_jpeg(image, min_side, exif_orientation(image))
+                      if pending_orientation(image) and image.format == "JPEG" else None)
             if pixels is not None:
                 # (3, H, W) with (H, W, 3) strides, the layout of Pillow's pixels: torch's vectorised
                 # antialiased resize has its fast path for exactly this layout
@@ -353,7 +353,7 @@ def rescaled_size(height: int, width: int, scale: int) -> tuple[int, int]:
     return max(scale, int(round(height * scale / width))), scale
 
 
-def _size_hw(inpt: Any) -> tuple[int, int]:
+def size_hw(inpt: Any) -> tuple[int, int]:
     if isinstance(inpt, Image.Image):
         return inpt.height, inpt.width
     if isinstance(inpt, tv_tensors.BoundingBoxes):
@@ -367,7 +367,7 @@ def rescale_smallest_side(img: Any, S: int) -> Any:
     Accepts a Pillow image, an image tensor (..., H, W) or `tv_tensors.BoundingBoxes`
     (rescaled from their canvas); returns the same type.
     """
-    h, w = _size_hw(img)
+    h, w = size_hw(img)
     return F.resize(img, list(rescaled_size(h, w, int(S))), antialias=True)
 
 
@@ -376,7 +376,7 @@ def _as_uint8_tensor(inpt: Any) -> Any:
     # strides). torch's antialiased bilinear resize has a vectorised path for exactly
     # this layout, about 3x faster than Pillow's resize of the same image.
     if isinstance(inpt, Image.Image):
-        return tv_tensors.Image(_uint8_chw(inpt))
+        return tv_tensors.Image(uint8_chw(inpt))
     return inpt
 
 
@@ -448,13 +448,13 @@ class ToFloat01(v2.Transform):
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         if isinstance(inpt, tv_tensors.BoundingBoxes):
             return inpt
-        x = _uint8_chw(inpt)
+        x = uint8_chw(inpt)
         if x.dtype == torch.uint8:
             x = x.to(torch.float32, memory_format=torch.contiguous_format).div_(255.0)
         return tv_tensors.Image(x)
 
 
-def _uint8_chw(inpt: Any) -> torch.Tensor:
+def uint8_chw(inpt: Any) -> torch.Tensor:
     if isinstance(inpt, Image.Image):
         # (H, W, 3) array viewed as (3, H, W): no copy until the float conversion
         return torch.from_numpy(np.array(inpt, dtype=np.uint8)).permute(2, 0, 1)
@@ -531,7 +531,7 @@ class ToNormalizedTensor(v2.Transform):
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         if isinstance(inpt, tv_tensors.BoundingBoxes):
             return inpt
-        return tv_tensors.Image(self.affine(_uint8_chw(inpt), params["b"]))
+        return tv_tensors.Image(self.affine(uint8_chw(inpt), params["b"]))
 
     def affine(self, x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """x * a + b per channel, as float32: a uint8 (0-255) or float ([0, 1]) image on any device."""
@@ -546,23 +546,23 @@ class ToNormalizedTensor(v2.Transform):
 # --------------------------------------------------------------------------- presets
 
 
-class _Preset:
+class Preset:
     transforms: v2.Compose
     decode_side: int | None
 
     def __call__(self, image: Any, boxes: tv_tensors.BoundingBoxes | None = None) -> Any:
         """image: a (lazily opened) Pillow image, a path, or a uint8/float tensor.
         Returns the tensor, or `(tensor, boxes)` when boxes are given."""
-        image = _ensure_decoded(image, self.decode_side)
+        image = ensure_decoded(image, self.decode_side)
         if boxes is None:
             if DIRECT and self.direct and isinstance(image, (Image.Image, torch.Tensor)):
-                x = _uint8_chw(image)
+                x = uint8_chw(image)
                 if x.dtype == torch.uint8 and x.ndim == 3:
                     return self._direct(x)
             return self.transforms(image).as_subclass(torch.Tensor)
         if not boxes.is_floating_point():
             boxes = boxes.to(torch.float32)  # integer boxes would be truncated at every rescale
-        hw = _size_hw(image)
+        hw = size_hw(image)
         if tuple(boxes.canvas_size) != hw:
             # boxes are annotated on the full-size image; JPEG draft decoding made it smaller
             boxes = F.resize(boxes, list(hw))
@@ -580,7 +580,7 @@ class _Preset:
         return f"{type(self).__name__}({self.transforms})"
 
 
-class TrainPreset(_Preset):
+class TrainPreset(Preset):
     """§3.1 training input: rescale to S (fixed or jittered), random crop, random flip,
     PCA lighting (when `pca` statistics are given), normalisation.
 
@@ -637,7 +637,7 @@ class TrainPreset(_Preset):
         return normalize.affine(out, params["b"])
 
 
-class DenseEvalPreset(_Preset):
+class DenseEvalPreset(Preset):
     """§3.2 dense evaluation input: rescale the smallest side to Q, no crop; one
     (3, H, W) tensor of the whole image."""
 
@@ -675,7 +675,7 @@ def grid_crops(image: torch.Tensor, crop_size: int, grid: int = 5) -> torch.Tens
     return torch.stack([image[..., t:t + crop_size, l:l + crop_size] for t in tops for l in lefts])
 
 
-class MultiCropEvalPreset(_Preset):
+class MultiCropEvalPreset(Preset):
     """§3.2 multi-crop input at one scale Q: the grid x grid crops and, with `flip`,
     their mirror images: (2*grid*grid, 3, crop, crop), unflipped crops first."""
 

@@ -85,7 +85,7 @@ def _list(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from vggnet.experiments.grid import known_grids, load_grid, needs_command
-    from vggnet.experiments.runner import _read_json
+    from vggnet.experiments.runner import read_json
 
     print("grids (configs/experiments/):")
     for name, path in known_grids().items():
@@ -98,7 +98,7 @@ def _list(args: argparse.Namespace) -> int:
     if plans:
         print(f"\nin {args.output_dir}:")
     for plan_file in plans:
-        plan = _read_json(plan_file) or {}
+        plan = read_json(plan_file) or {}
         cells = plan.get("cells") or {}
         states = {cell: _status_from_dir(Path(info["dir"]), info["kind"]) for cell, info in cells.items()}
         done = sum(s == "done" for s in states.values())
@@ -123,7 +123,7 @@ def run_experiment(args: argparse.Namespace) -> int:
         return _list(args)
     from vggnet.experiments.grid import load_grid
     from vggnet.experiments.report import format_table, write_report
-    from vggnet.experiments.runner import _write_json, dry_run_lines, plan_grid, run_plan
+    from vggnet.experiments.runner import write_json, dry_run_lines, plan_grid, run_plan
 
     grid = load_grid(args.name)
     if not args.data:
@@ -139,7 +139,7 @@ def run_experiment(args: argparse.Namespace) -> int:
         print("\n".join(dry_run_lines(plan, nproc_per_node=args.nproc_per_node)))
         return 0
     plan.root.mkdir(parents=True, exist_ok=True)
-    _write_json(plan.root / "reports" / grid.name / "plan.json", plan.summary())
+    write_json(plan.root / "reports" / grid.name / "plan.json", plan.summary())
     records = {} if args.report_only else run_plan(plan, quiet=args.quiet)
     report, out = write_report(plan, records)
     print()

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from vggnet.experiments.grid import Row
-from vggnet.experiments.runner import Plan, _read_json, _write_json, cell_status
+from vggnet.experiments.runner import Plan, read_json, write_json, cell_status
 
 __all__ = ["environment", "build_report", "write_report", "format_table", "METRIC_LABELS"]
 
@@ -64,7 +64,7 @@ def _cell_result(plan: Plan, name: str) -> dict[str, Any] | None:
     pc = plan.cells.get(name)
     if pc is None:
         return None
-    return _read_json(pc.result_file) if pc.cell.kind not in ("train", "localize-train") else None
+    return read_json(pc.result_file) if pc.cell.kind not in ("train", "localize-train") else None
 
 
 def _find(obj: Any, key: str) -> Any:
@@ -120,7 +120,7 @@ def build_report(plan: Plan, records: Mapping[str, Mapping[str, Any]] | None = N
     records = dict(records or {})
     cells: dict[str, Any] = {}
     for name, pc in plan.cells.items():
-        record = records.get(name) or _read_json(pc.dir / "cell.json") or {}
+        record = records.get(name) or read_json(pc.dir / "cell.json") or {}
         status = record.get("status") if record.get("status") in ("failed", "skipped") else cell_status(pc)
         cells[name] = {"kind": pc.cell.kind, "status": status, "hash": pc.hash, "dir": str(pc.dir),
                        "seconds": record.get("seconds"), "command": "vgg " + " ".join(pc.argv)}
@@ -334,7 +334,7 @@ def write_report(plan: Plan, records: Mapping[str, Mapping[str, Any]] | None = N
     out = plan.root / "reports" / plan.grid.name
     out.mkdir(parents=True, exist_ok=True)
     report["plots"] = _plots(plan, report, out)
-    _write_json(out / "report.json", report)
+    write_json(out / "report.json", report)
     md = to_markdown(report)
     atomic_write(out / "report.md", lambda f: f.write(md.encode("utf-8")))
     text = to_csv(report)

@@ -357,7 +357,7 @@ def cell_status(pc: PlannedCell) -> str:
     """done | failed | partial | pending, from the command's own outputs (not from a log line)."""
     if _outputs_done(pc):
         return "done"
-    record = _read_json(pc.dir / "cell.json")
+    record = read_json(pc.dir / "cell.json")
     if record and record.get("status") == "failed":
         return "failed"
     if pc.dir.exists():
@@ -370,7 +370,7 @@ def _outputs_done(pc: PlannedCell) -> bool:
         last = pc.run_dir / "last.pt"
         if not last.exists():
             return False
-        record = _read_json(pc.dir / "cell.json")
+        record = read_json(pc.dir / "cell.json")
         if record and record.get("status") == "done" and record.get("last_mtime_ns") == last.stat().st_mtime_ns:
             return True  # already checked against this very file
         try:
@@ -381,11 +381,11 @@ def _outputs_done(pc: PlannedCell) -> bool:
         except Exception:  # a damaged last.pt: not done (the run resumes from an older checkpoint)
             return False
     if pc.cell.kind == "eval":
-        return pc.result_file.exists() and (pc.dir / "posteriors.pt").exists() and _read_json(pc.result_file) is not None
-    return _read_json(pc.result_file) is not None
+        return pc.result_file.exists() and (pc.dir / "posteriors.pt").exists() and read_json(pc.result_file) is not None
+    return read_json(pc.result_file) is not None
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def read_json(path: Path) -> dict[str, Any] | None:
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -393,7 +393,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _write_json(path: Path, value: Any) -> None:
+def write_json(path: Path, value: Any) -> None:
     from vggnet.checkpoint import atomic_write
 
     text = json.dumps(value, indent=2, default=str) + "\n"
@@ -479,7 +479,7 @@ def run_cell(pc: PlannedCell, *, quiet: bool = False) -> dict[str, Any]:
         # the command was stopped by SIGINT/SIGTERM (the engine checkpoints and returns 128 + signal):
         # the grid stops too, and the cell resumes from its checkpoint next time
         record.update(status="interrupted", returncode=rc, log=str(log_path))
-        _write_json(pc.dir / "cell.json", record)
+        write_json(pc.dir / "cell.json", record)
         raise KeyboardInterrupt
     if rc == 0 and pc.stdout_file is not None:
         text = captured.getvalue()
@@ -499,7 +499,7 @@ def run_cell(pc: PlannedCell, *, quiet: bool = False) -> dict[str, Any]:
                   finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     if ok and pc.cell.kind in ("train", "localize-train"):
         record["last_mtime_ns"] = (pc.run_dir / "last.pt").stat().st_mtime_ns
-    _write_json(pc.dir / "cell.json", record)
+    write_json(pc.dir / "cell.json", record)
     return record
 
 
@@ -533,13 +533,13 @@ def run_plan(plan: Plan, *, quiet: bool = False, say=print) -> dict[str, dict[st
             say(f"[{i}/{total}] {name}: skipped (needs {', '.join(blocked)}, which failed)")
             continue
         if _outputs_done(pc):
-            record = _read_json(pc.dir / "cell.json") or {}
+            record = read_json(pc.dir / "cell.json") or {}
             if record.get("status") != "done":  # finished by hand (a --dry-run command): adopt it
                 record = {"cell": name, "kind": pc.cell.kind, "hash": pc.hash, "argv": pc.argv,
                           "settings": pc.settings, "status": "done", "adopted": True}
                 if pc.cell.kind in ("train", "localize-train"):
                     record["last_mtime_ns"] = (pc.run_dir / "last.pt").stat().st_mtime_ns
-                _write_json(pc.dir / "cell.json", record)
+                write_json(pc.dir / "cell.json", record)
             records[name] = record
             say(f"[{i}/{total}] {name}: done (cached in {pc.dir.name})")
             continue

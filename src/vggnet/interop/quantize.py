@@ -72,10 +72,10 @@ def crop_transform(ckpt: Mapping[str, Any]):
     from torchvision.transforms.v2 import functional as F
 
     from vggnet.data.transforms import DenseEvalPreset, Preprocessing
-    from vggnet.classification.evaluate import _train_scale
+    from vggnet.inference import train_scale
 
     crop = int(ckpt["build"]["crop_size"])
-    scale = _train_scale(ckpt)
+    scale = train_scale(ckpt)
     s = scale[0] if scale else round(crop * 256 / 224)
     preset = DenseEvalPreset(scale=max(s, crop), preprocessing=Preprocessing.from_dict(ckpt["preprocessing"]))
     return lambda image: F.center_crop(preset(image), [crop, crop])

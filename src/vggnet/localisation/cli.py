@@ -27,6 +27,7 @@ import torch
 
 from vggnet.errors import DataError, UserError
 from vggnet.execution import add_threads_argument, set_threads
+from vggnet.inference import parse_test_scales, resolve_device
 from vggnet.localisation.task import (BOX_MODES, HEADS, TARGETS, count_images_without_boxes, load_classifier_checkpoint,
                              load_localiser, mean_box, mean_box_error, protocol1)
 
@@ -92,18 +93,6 @@ def _check_boxes(config: Any) -> None:
 # --------------------------------------------------------------------------- eval
 
 
-def _parse_scales(value: Any) -> list[int]:
-    from vggnet.classification.evaluate import _parse_scales as parse
-
-    return parse(value)
-
-
-def _device(device: str) -> torch.device:
-    from vggnet.classification.evaluate import _resolve_device
-
-    return _resolve_device(device)
-
-
 def _val_dataset(data: str, classes: Sequence[str], labels_file: str | None = None) -> Any:
     from vggnet.data.datasets import build_dataset
 
@@ -118,7 +107,7 @@ def _val_dataset(data: str, classes: Sequence[str], labels_file: str | None = No
 def _mean_box_row(data: str, val: Any, classes: Sequence[str], sample: int) -> dict[str, Any] | None:
     """The mean training box, scored on the validation images (None without DATA/train)."""
     from vggnet.data.datasets import build_dataset
-    from vggnet.localisation.task import _raw_boxes
+    from vggnet.localisation.task import raw_boxes
 
     root = Path(data)
     if not (root / "train").is_dir():
@@ -126,7 +115,7 @@ def _mean_box_row(data: str, val: Any, classes: Sequence[str], sample: int) -> d
     train = build_dataset(root, split="train", classes=classes, boxes=True, strict=False)
     box = mean_box(train, sample=sample)
     base, indices = (val.dataset, list(val.indices)) if hasattr(val, "indices") else (val, range(len(val)))
-    gts, sizes = zip(*[_raw_boxes(base, i) for i in indices])
+    gts, sizes = zip(*[raw_boxes(base, i) for i in indices])
     return {"method": "mean training box", "box": [round(float(v), 4) for v in box],
             "localisation_error": mean_box_error(box, gts, sizes)}
 
@@ -154,7 +143,7 @@ def evaluate_localisation(checkpoints: Sequence[str], data: str, *, protocol: st
         raise UserError(f"--data {data}: no such directory")
     for c in classifiers:
         load_classifier_checkpoint(c)  # a localisation checkpoint given as --classifier: named, before any work
-    dev = _device(device)
+    dev = resolve_device(device)
     locs = [load_localiser(c) for c in checkpoints]
     classes = locs[0].classes
     val = _val_dataset(data, classes)
@@ -177,14 +166,14 @@ def evaluate_localisation(checkpoints: Sequence[str], data: str, *, protocol: st
                              "localisation_error": r["localisation_error"]})
         report["localisation_error"] = rows[0]["localisation_error"]
     else:
-        from vggnet.localisation.full_protocol import MERGE_METHODS, _LABEL, localise_images
+        from vggnet.localisation.full_protocol import MERGE_LABELS, MERGE_METHODS, localise_images
 
         qs = scales or sorted({loc.default_scale() for loc in locs})
         res = localise_images(locs, list(classifiers), val, scales=qs, cls_method=cls_method, merge_iou=merge_iou,
                               nms_iou=nms_iou, device=dev, workers=workers, batch_size=batch_size, progress=progress)
         name = " + ".join(f"{l.name} {l.head.upper()}" for l in locs)
         for m in MERGE_METHODS:
-            rows.append({"net": name, "test_scale": ",".join(map(str, qs)), "method": _LABEL[m],
+            rows.append({"net": name, "test_scale": ",".join(map(str, qs)), "method": MERGE_LABELS[m],
                          "localisation_error": res.error(m)})
         report.update({"localisation_error": res.error("merge"), "merge_iou": merge_iou, "nms_iou": nms_iou,
                        "classifiers": list(classifiers), "classification_method": cls_method,
@@ -251,7 +240,7 @@ def predict_localisation(checkpoints: Sequence[str], classifiers: Sequence[str],
     from torchvision.utils import draw_bounding_boxes
 
     from vggnet.data.transforms import load_image
-    from vggnet.localisation.full_protocol import _Files, localise_images
+    from vggnet.localisation.full_protocol import ImageFiles, localise_images
     from vggnet.checkpoint import atomic_write
 
     if not classifiers:
@@ -260,9 +249,9 @@ def predict_localisation(checkpoints: Sequence[str], classifiers: Sequence[str],
         load_classifier_checkpoint(c)
     files = _image_files(images)
     locs = [load_localiser(c) for c in checkpoints]
-    dev = _device(device)
+    dev = resolve_device(device)
     qs = scales or sorted({loc.default_scale() for loc in locs})
-    res = localise_images(locs, list(classifiers), _Files(files, locs[0].classes), scales=qs, cls_method=cls_method,
+    res = localise_images(locs, list(classifiers), ImageFiles(files, locs[0].classes), scales=qs, cls_method=cls_method,
                           merge_iou=merge_iou, device=dev, workers=workers)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -375,7 +364,7 @@ def run_localize(args: argparse.Namespace) -> int:
                                 box_mode=args.box_mode, target=args.target)
         return 130 if result.get("signal") else 0
     set_threads(args.threads)
-    scales = _parse_scales(args.test_scales) if args.test_scales else None
+    scales = parse_test_scales(args.test_scales) if args.test_scales else None
     if args.workers < 0:
         raise UserError(f"--workers must be >= 0, got {args.workers}")
     try:

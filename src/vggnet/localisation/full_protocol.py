@@ -34,7 +34,6 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import torch
@@ -44,7 +43,7 @@ from torchvision import tv_tensors
 from torchvision.ops import batched_nms, box_iou
 
 from vggnet.errors import CheckpointError, DataError, UserError
-from vggnet.localisation.task import (IOU_THRESHOLD, Localiser, _gt, load_classifier_checkpoint, params_to_boxes,
+from vggnet.localisation.task import (IOU_THRESHOLD, Localiser, gt_boxes, load_classifier_checkpoint, params_to_boxes,
                              sanitize_boxes)
 
 __all__ = ["STRIDE", "MERGE_METHODS", "dense_boxes", "greedy_merge", "nms_clusters", "best_window",
@@ -52,7 +51,7 @@ __all__ = ["STRIDE", "MERGE_METHODS", "dense_boxes", "greedy_merge", "nms_cluste
 
 STRIDE = 32  # the net downsamples by 32: dense positions are 32 pixels apart
 MERGE_METHODS = ("merge", "nms", "best-window")
-_LABEL = {"merge": "greedy merge", "nms": "NMS (cluster score)", "best-window": "best window"}
+MERGE_LABELS = {"merge": "greedy merge", "nms": "NMS (cluster score)", "best-window": "best window"}
 
 
 # --------------------------------------------------------------------------- dense boxes
@@ -250,7 +249,7 @@ def top5_localisation_error(predictions: Sequence[Sequence[tuple[int, Sequence[f
 # --------------------------------------------------------------------------- the full protocol
 
 
-class _Files(Dataset):
+class ImageFiles(Dataset):
     """Image files as a `vggnet.data`-like dataset (label 0), so that `evaluate` ranks their classes."""
 
     def __init__(self, paths: Sequence[str], classes: Sequence[str], transform: Any = None) -> None:
@@ -275,20 +274,20 @@ class _MultiScale:
 
     def __init__(self, scales: Sequence[int]) -> None:
         from vggnet.data.transforms import DenseEvalPreset
-        from vggnet.classification.evaluate import _identity_preprocessing
+        from vggnet.inference import identity_preprocessing
 
         self.scales = sorted(set(int(q) for q in scales))
         self.decode_side = self.scales[-1]
-        self.presets = [DenseEvalPreset(scale=q, preprocessing=_identity_preprocessing()) for q in self.scales]
+        self.presets = [DenseEvalPreset(scale=q, preprocessing=identity_preprocessing()) for q in self.scales]
 
     def __call__(self, image: Any, boxes: tv_tensors.BoundingBoxes | None = None) -> Any:
         from torchvision.transforms.v2 import functional as TF
 
-        from vggnet.data.transforms import _ensure_decoded, _size_hw
+        from vggnet.data.transforms import ensure_decoded, size_hw
 
         where = str(getattr(image, "filename", "") or "an image")
-        image = _ensure_decoded(image, self.decode_side)  # a Pillow image, or a uint8 tensor from TorchCodec
-        h, w = _size_hw(image)
+        image = ensure_decoded(image, self.decode_side)  # a Pillow image, or a uint8 tensor from TorchCodec
+        h, w = size_hw(image)
         xs = [p(image) for p in self.presets]
         if boxes is None:
             return xs, tv_tensors.BoundingBoxes(torch.zeros(0, 4), format="XYXY", canvas_size=(h, w))
@@ -368,10 +367,11 @@ def localise_images(locs: Sequence[Localiser], classifiers: Sequence[str], datas
                     merge_iou: float = 0.5, nms_iou: float = 0.5, topk: int = 5, device: torch.device,
                     workers: int = 0, batch_size: int = 32, progress: bool = False) -> FullResult:
     """The full protocol on a `vggnet.data` dataset (built with boxes for evaluation, or
-    `_Files` for prediction): class ranking by the fused classifiers, dense boxes, merge."""
+    `ImageFiles` for prediction): class ranking by the fused classifiers, dense boxes, merge."""
     import time
 
-    from vggnet.classification.evaluate import _load_nets, _sample_paths, _with_transform, evaluate
+    from vggnet.inference import load_nets, sample_paths, with_transform
+    from vggnet.classification.evaluate import evaluate
 
     t0 = time.perf_counter()
     classes = locs[0].classes
@@ -391,11 +391,11 @@ def localise_images(locs: Sequence[Localiser], classifiers: Sequence[str], datas
     posterior = ranking.final_posterior()                              # (N, classes), fused
     k = min(topk, len(classes))
     ranked = posterior.topk(k, dim=1).indices
-    nets = _load_nets(ckpts, preprocessing=None, device=device, channels_last=False)
+    nets = load_nets(ckpts, preprocessing=None, device=device, channels_last=False)
     for loc in locs:
         loc.model.eval().to(device)
-    ds = _with_transform(dataset, _MultiScale(scales))
-    paths = _sample_paths(ds)
+    ds = with_transform(dataset, _MultiScale(scales))
+    paths = sample_paths(ds)
     loader = DataLoader(ds, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_identity)
     preds: dict[str, list] = {m: [] for m in MERGE_METHODS}
     labels, gts, sizes, windows = [], [], [], 0
@@ -415,10 +415,10 @@ def localise_images(locs: Sequence[Localiser], classifiers: Sequence[str], datas
         for m, p in predict_boxes(*cand, ranked[n].tolist(), merge_iou=merge_iou, nms_iou=nms_iou).items():
             preds[m].append(p)
         labels.append(int(label))
-        gts.append(_gt(boxes) if boxes is not None else torch.zeros(0, 4))
+        gts.append(gt_boxes(boxes) if boxes is not None else torch.zeros(0, 4))
         sizes.append(size)
     cls_err = None
-    if getattr(dataset, "has_boxes", True) and not isinstance(dataset, _Files):
+    if getattr(dataset, "has_boxes", True) and not isinstance(dataset, ImageFiles):
         cls_err = 100.0 * (1 - float((ranked == ranking.labels.view(-1, 1)).any(dim=1).float().mean()))
     return FullResult(classes=list(classes), paths=paths, labels=labels, gt_boxes=gts,
                       sizes=sizes, predictions=preds, classification_top5_error=cls_err,

@@ -203,9 +203,9 @@ class LocalisationTrainTransform:
 
 
 def _preset_base():
-    from vggnet.data.transforms import _Preset
+    from vggnet.data.transforms import Preset
 
-    return _Preset
+    return Preset
 
 
 class CentralCropPreset(_preset_base()):
@@ -368,7 +368,7 @@ def _task_settings(ckpt: Mapping[str, Any]) -> dict[str, Any]:
 def load_localiser(checkpoint: Any, *, flag: str = "--checkpoint") -> Localiser:
     """Load a localisation checkpoint (path or dict); a classification checkpoint is refused."""
     from vggnet.data.transforms import Preprocessing
-    from vggnet.classification.evaluate import _train_scale
+    from vggnet.inference import train_scale
     from vggnet.checkpoint import load_checkpoint, model_from_checkpoint
 
     where = "checkpoint" if isinstance(checkpoint, Mapping) else str(checkpoint)
@@ -390,7 +390,7 @@ def load_localiser(checkpoint: Any, *, flag: str = "--checkpoint") -> Localiser:
         raise CheckpointError(f"{where}: a {head.upper()} net for {len(classes)} classes has {expected} outputs, "
                               f"this one has {model.num_classes}")
     return Localiser(model=model.eval(), head=head, classes=classes,
-                     preprocessing=Preprocessing.from_dict(ckpt["preprocessing"]), train_scale=_train_scale(ckpt),
+                     preprocessing=Preprocessing.from_dict(ckpt["preprocessing"]), train_scale=train_scale(ckpt),
                      name=model.name, checkpoint=None if isinstance(checkpoint, Mapping) else str(checkpoint),
                      box_mode=str(settings.get("box_mode", "whole")))
 
@@ -428,7 +428,7 @@ def _unwrapped(model: nn.Module) -> nn.Module:
     return unwrap(model)
 
 
-def _gt(boxes: Any) -> torch.Tensor:
+def gt_boxes(boxes: Any) -> torch.Tensor:
     return torch.as_tensor(boxes).as_subclass(torch.Tensor).float().reshape(-1, 4)
 
 
@@ -442,12 +442,12 @@ def central_pass(model: nn.Module, dataset: Any, indices: Sequence[int], *, head
 
     from vggnet.data.datasets import collate_skip_bad
     from vggnet.data.transforms import Preprocessing
-    from vggnet.classification.evaluate import _amp_context, _with_transform
+    from vggnet.inference import amp_context, with_transform
 
     net = _unwrapped(model)
     pre = preprocessing if isinstance(preprocessing, Preprocessing) else Preprocessing.from_dict(preprocessing)
     crop = int(net.crop_size)
-    ds = _with_transform(dataset, CentralCropPreset(scale=scale, crop_size=crop, preprocessing=pre))
+    ds = with_transform(dataset, CentralCropPreset(scale=scale, crop_size=crop, preprocessing=pre))
     loader = DataLoader(Subset(ds, list(indices)), batch_size=batch_size, shuffle=False, num_workers=workers,
                         collate_fn=collate_skip_bad)
     sums = {"images": 0.0, "correct": 0.0, "loss": 0.0, "loss_crops": 0.0, "no_boxes": 0.0}
@@ -460,14 +460,14 @@ def central_pass(model: nn.Module, dataset: Any, indices: Sequence[int], *, head
             if len(batch) < 3:
                 raise DataError("protocol 1 needs a dataset with boxes (boxes=True)")
             images, labels, boxes = batch
-            with _amp_context(device, amp):
+            with amp_context(device, amp):
                 out = net(images.to(device)).float().cpu()
             params, valid = localisation_targets(boxes, crop, box_mode=box_mode, target=target)
             sums["loss"] += float(euclidean_loss(out, labels, params, valid, head))
             sums["loss_crops"] += float(valid.sum())
             pred = params_to_boxes(class_params(out, labels, head), crop)          # (B, 4) crop pixels
             for i, b in enumerate(boxes):
-                gt = _gt(b)
+                gt = gt_boxes(b)
                 if gt.shape[0] == 0:
                     sums["no_boxes"] += 1
                     continue
@@ -487,13 +487,13 @@ def protocol1(model: nn.Module, dataset: Any, *, head: str, preprocessing: Any, 
     Under torch.distributed each rank takes images rank, rank+W, ... and the sums
     are all-reduced: every rank returns the single-process numbers."""
     from vggnet.distributed import all_reduce_sum
-    from vggnet.classification.evaluate import _rank_world
+    from vggnet.distributed import rank_world
 
     net = _unwrapped(model)
     if scale < net.crop_size:
         raise ValueError(f"protocol 1: Q={scale} must be >= crop_size={net.crop_size}")
     dev = torch.device(device) if device is not None else next(net.parameters()).device
-    rank, world = _rank_world()
+    rank, world = rank_world()
     s = central_pass(model, dataset, range(rank, len(dataset), world), head=head, preprocessing=preprocessing,
                      scale=scale, device=dev, batch_size=batch_size, workers=workers, amp=amp, box_mode=box_mode,
                      target=target)
@@ -521,7 +521,7 @@ def count_images_without_boxes(dataset: Any) -> tuple[int, list[str]]:
     return len(missing), missing[:3]
 
 
-def _raw_boxes(dataset: Any, index: int) -> tuple[torch.Tensor, tuple[int, int]]:
+def raw_boxes(dataset: Any, index: int) -> tuple[torch.Tensor, tuple[int, int]]:
     """((n, 4) XYXY boxes, (height, width)) of one image in its original pixels."""
     from vggnet.data.transforms import displayed_size, open_image
 
@@ -544,7 +544,7 @@ def mean_box(dataset: Any, *, sample: int = 1000, seed: int = 0) -> torch.Tensor
     picks = torch.randperm(n, generator=g)[:sample].tolist() if sample and sample < n else range(n)
     rows = []
     for i in picks:
-        boxes, (h, w) = _raw_boxes(dataset, i)
+        boxes, (h, w) = raw_boxes(dataset, i)
         if boxes.numel():
             rows.append(box_convert(boxes, "xyxy", "cxcywh") / torch.tensor([w, h, w, h], dtype=torch.float32))
     if not rows:

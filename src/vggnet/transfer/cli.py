@@ -21,9 +21,9 @@ from pathlib import Path
 from vggnet.transfer.descriptors import AGGREGATIONS, DescriptorExtractor, list_images
 from vggnet.distributed import process_group
 from vggnet.errors import UserError
-from vggnet.classification.evaluate import _parse_scales
+from vggnet.inference import parse_test_scales
 from vggnet.execution import add_threads_argument, set_threads
-from vggnet.transfer.pipeline import C_GRID, _fit_transfer, _transfer_descriptors, predict_transfer
+from vggnet.transfer.pipeline import C_GRID, fit_transfer, transfer_descriptors, predict_transfer
 
 __all__ = ["add_features_arguments", "run_features", "add_transfer_arguments", "run_transfer"]
 
@@ -32,7 +32,7 @@ __all__ = ["add_features_arguments", "run_features", "add_transfer_arguments", "
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--test-scales", type=_parse_scales, default=None, metavar="Q,Q,...",
+    parser.add_argument("--test-scales", type=parse_test_scales, default=None, metavar="Q,Q,...",
                         help="scales Q (smallest image side) of the dense descriptors (default: the paper's "
                              "256,384,512, scaled by crop_size/224)")
     parser.add_argument("--aggregate", choices=AGGREGATIONS, default="average",
@@ -136,7 +136,7 @@ def run_transfer(args: argparse.Namespace) -> int:
     except ValueError:
         raise UserError(f"--C-grid: expected comma-separated numbers such as 0.1,1,10, got {args.c_grid!r}") from None
     with process_group(args.device) as info:
-        work = _transfer_descriptors(
+        work = transfer_descriptors(
             args.items, args.data, output_dir=args.output_dir, scales=args.test_scales, flip=args.flip,
             aggregation=args.aggregate, train_split=args.train_split, test_split=args.test_split,
             train_per_class=args.train_per_class, test_per_class=args.test_per_class, splits=args.splits,
@@ -145,7 +145,7 @@ def run_transfer(args: argparse.Namespace) -> int:
             workers=args.workers, progress=info.is_main and sys.stderr.isatty())
     if work is None:  # a rank > 0: its share of the descriptors is done
         return 0
-    report = _fit_transfer(work, c_grid=grid, folds=args.folds)
+    report = fit_transfer(work, c_grid=grid, folds=args.folds)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0

@@ -13,7 +13,7 @@ L2-normalised. Always in eval mode. The linear SVMs trained on them are
     vgg features run/best.pt --data DIR --split train --test-scales 256,384,512 --out train.safetensors
 
 Images of different sizes are batched by rescaled size, exactly as dense
-evaluation does (`vggnet.classification.evaluate._run_pass`). Descriptor files are written in
+evaluation does (`vggnet.classification.evaluate.run_pass`). Descriptor files are written in
 chunks, so an interrupted `vgg features` continues where it stopped, and are keyed
 by the checkpoints' content (SHA-256), the scales, the flip and the aggregation,
 so nothing is ever computed twice.
@@ -35,7 +35,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence, TypeVar
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -43,8 +43,8 @@ import torch.nn.functional as F
 
 from vggnet import distributed
 from vggnet.errors import CheckpointError, DataError, UserError
-from vggnet.classification.evaluate import (_gather_shards, _identity_preprocessing, _load_nets, _rank_world, _resolve_device,
-                             _run_pass, _with_transform)
+from vggnet.distributed import agree, gather_shards, on_main, rank_world
+from vggnet.inference import identity_preprocessing, load_nets, resolve_device, run_pass, with_transform
 from vggnet.execution import choose_execution
 from vggnet.models import VGG
 
@@ -55,7 +55,6 @@ __all__ = [
 
 AGGREGATIONS = ("average", "stack")
 FEATURES_FORMAT = "vggnet.features"
-T = TypeVar("T")
 
 
 # --------------------------------------------------------------------------- torch.distributed
@@ -66,46 +65,6 @@ T = TypeVar("T")
 # The helpers below keep the ranks in step: whatever rank 0 decides from the files
 # it sees is broadcast, and an error on one rank is raised on every rank instead of
 # leaving the others blocked in their next collective.
-
-
-def _agree(error: Exception | None) -> None:
-    """Collective under torch.distributed: raise on every rank if `error` happened on any rank.
-
-    The rank that failed raises its own exception (with its traceback); the others
-    raise one of the same `UserError` class (else a RuntimeError) naming that rank.
-    In a single process `error` is simply raised.
-    """
-    if not distributed.is_distributed():
-        if error is not None:
-            raise error
-        return
-    mine = None
-    if error is not None:
-        cls = type(error) if isinstance(error, UserError) else None
-        mine = (cls, str(error) if cls else f"{type(error).__name__}: {error}")
-    reports = distributed.all_gather_object(mine)
-    if error is not None:
-        raise error
-    for rank, report in enumerate(reports):
-        if report is not None:
-            cls, message = report
-            raise (cls or RuntimeError)(f"(rank {rank}) {message}")
-
-
-def _on_main(action: Callable[[], T]) -> T | None:
-    """`action()` on rank 0 only (files are read and written there); None on the other ranks.
-
-    Every rank must call it: a failure on rank 0 is raised on every rank (`_agree`).
-    """
-    rank, _ = _rank_world()
-    result, error = None, None
-    if rank == 0:
-        try:
-            result = action()
-        except Exception as exc:
-            error = exc
-    _agree(error)
-    return result
 
 
 # --------------------------------------------------------------------------- image sets
@@ -261,8 +220,8 @@ class DescriptorExtractor:
             raise UserError("give at least one checkpoint (CKPT...)")
         if batch_size < 1 or workers < 0:
             raise UserError(f"--batch-size must be >= 1 and --workers >= 0, got {batch_size} and {workers}")
-        self.device = _resolve_device(device)
-        self.nets = _load_nets(list(checkpoints), preprocessing=None, device=self.device, channels_last=False)
+        self.device = resolve_device(device)
+        self.nets = load_nets(list(checkpoints), preprocessing=None, device=self.device, channels_last=False)
         crop = max(net.crop_size for net in self.nets)
         self.scales = sorted(set(scales)) if scales else default_scales(crop)
         if self.scales[0] < crop:
@@ -300,7 +259,7 @@ class DescriptorExtractor:
         on every rank.
         """
         rows = list(range(len(images.paths))) if rows is None else [int(i) for i in rows]
-        rank, world = _rank_world()
+        rank, world = rank_world()
         if world > 1:
             self._check_same_work(images, rows)
         if not rows:
@@ -312,14 +271,14 @@ class DescriptorExtractor:
             if world == 1:
                 raise
             error = exc
-        _agree(error)  # (a no-op in one process) an unreadable image on one rank stops every rank
+        agree(error)  # (a no-op in one process) an unreadable image on one rank stops every rank
         assert local is not None
-        return _gather_shards(local, len(rows))
+        return gather_shards(local, len(rows))
 
     def _compute_local(self, images: ImageSet, rows: list[int], *, progress: bool, desc: str) -> torch.Tensor:
         """The descriptors of `rows` computed in this process (one shard under torch.distributed).
 
-        Every step after `_run_pass` (scales stacked or averaged, nets stacked, L2)
+        Every step after `run_pass` (scales stacked or averaged, nets stacked, L2)
         works row by row, so a shard's rows are final before they are gathered.
         """
         from vggnet.data.datasets import ImageDataset
@@ -330,8 +289,8 @@ class DescriptorExtractor:
         dataset = ImageDataset([(p, 0) for p in images.paths], ["image"], strict=True)
         per_net: list[list[torch.Tensor]] = [[] for _ in self.nets]
         for q in self.scales:
-            ds = _with_transform(dataset, DenseEvalPreset(scale=q, preprocessing=_identity_preprocessing()))
-            local, _ = _run_pass(self.nets, ds, rows, methods=["dense"], flip=self.flip, grid=1,
+            ds = with_transform(dataset, DenseEvalPreset(scale=q, preprocessing=identity_preprocessing()))
+            local, _ = run_pass(self.nets, ds, rows, methods=["dense"], flip=self.flip, grid=1,
                                  batch_size=self.batch_size, workers=self.workers, device=self.device, amp=self.amp,
                                  channels_last=False, progress=progress, desc=f"{desc}Q={q}",
                                  dense_fn=pooled_descriptor, width=self._width)
@@ -393,7 +352,7 @@ class DescriptorExtractor:
         chunk_rows = [list(range(start, min(start + chunk_size, n))) for start in range(0, n, chunk_size)]
         tags = [_digest([images.paths[i] for i in rows]) for rows in chunk_rows]
 
-        found = _on_main(lambda: self._on_disk(images, out, parts, chunk_rows, tags))  # rank 0 looks
+        found = on_main(lambda: self._on_disk(images, out, parts, chunk_rows, tags))  # rank 0 looks
         existing, done = found if found is not None else (None, {})
         # every rank learns rank 0's decision: reuse the complete file, or which chunks to skip
         decision = distributed.broadcast_object(
@@ -411,7 +370,7 @@ class DescriptorExtractor:
                 continue
             d = self._chunk(images, rows, progress=progress, desc=f"chunk {c + 1}/{len(chunk_rows)} ")
             path = parts / f"chunk_{c:06d}.safetensors"
-            _on_main(lambda d=d, path=path, tag=tags[c]: atomic_write(
+            on_main(lambda d=d, path=path, tag=tags[c]: atomic_write(
                 path, lambda f: f.write(st_save({"descriptors": d.contiguous()}, {"images": tag}))))
             chunks.append(d)
         descriptors = torch.cat(chunks) if chunks else torch.zeros(0, self.dim)
@@ -422,7 +381,7 @@ class DescriptorExtractor:
             atomic_write(out, lambda f: f.write(blob))
             shutil.rmtree(parts, ignore_errors=True)
 
-        _on_main(finish)
+        on_main(finish)
         return Features(descriptors.numpy(), images, self.key, self.settings())
 
     def _on_disk(self, images: ImageSet, out: Path, parts: Path, chunk_rows: list[list[int]], tags: list[str]

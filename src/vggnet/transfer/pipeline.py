@@ -33,14 +33,14 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from vggnet.transfer.descriptors import _on_main
+from vggnet.distributed import on_main
 from vggnet.transfer.descriptors import (  # re-exported: they were defined here before vggnet.transfer.descriptors
     AGGREGATIONS as AGGREGATIONS, FEATURES_FORMAT as FEATURES_FORMAT, DescriptorExtractor as DescriptorExtractor,
     Features as Features, ImageSet as ImageSet, checkpoint_digest as checkpoint_digest,
     default_scales as default_scales, list_images as list_images, load_features as load_features,
     pooled_descriptor as pooled_descriptor, split_per_class as split_per_class)
 from vggnet.errors import CheckpointError, UserError
-from vggnet.classification.evaluate import _rank_world
+from vggnet.distributed import rank_world
 
 __all__ = [
     "AGGREGATIONS", "ImageSet", "list_images", "split_per_class", "pooled_descriptor", "checkpoint_digest",
@@ -261,13 +261,13 @@ def _features_for(extractor: DescriptorExtractor, images: ImageSet, name: str, c
             extractor.check(feats, images, given)
             return feats.descriptors
 
-        return _on_main(read)
+        return on_main(read)
     out = cache / f"{name}-{extractor.key[:16]}.safetensors"
     return extractor.extract(images, out, progress=progress).descriptors
 
 
 @dataclass
-class _TransferWork:
+class TransferWork:
     """What the SVMs of a `transfer` run need: the descriptors of every train/test run, computed."""
 
     extractor: DescriptorExtractor
@@ -315,16 +315,16 @@ def transfer(
     writes the files and returns the results, and the other ranks return None as
     soon as the descriptors are done.
     """
-    work = _transfer_descriptors(
+    work = transfer_descriptors(
         checkpoints, data, output_dir=output_dir, scales=scales, flip=flip, aggregation=aggregation,
         train_split=train_split, test_split=test_split, train_per_class=train_per_class,
         test_per_class=test_per_class, splits=splits, exclude=exclude, c_grid=c_grid, folds=folds,
         train_features=train_features, test_features=test_features, device=device, amp=amp,
         batch_size=batch_size, workers=workers, progress=progress)
-    return None if work is None else _fit_transfer(work, c_grid=c_grid, folds=folds)
+    return None if work is None else fit_transfer(work, c_grid=c_grid, folds=folds)
 
 
-def _transfer_descriptors(
+def transfer_descriptors(
     checkpoints: Sequence[str | os.PathLike | Mapping[str, Any]],
     data: str | os.PathLike,
     *,
@@ -347,7 +347,7 @@ def _transfer_descriptors(
     batch_size: int,
     workers: int,
     progress: bool,
-) -> _TransferWork | None:
+) -> TransferWork | None:
     """The first half of `transfer`: the image lists, the splits and the descriptors.
 
     Collective under torch.distributed; returns the work for the SVMs on rank 0 and
@@ -359,7 +359,7 @@ def _transfer_descriptors(
     if splits < 1 or folds < 2 or not c_grid or min(c_grid) <= 0:
         raise UserError(f"need --splits >= 1, --folds >= 2 and a positive --C-grid; got {splits}, {folds}, "
                         f"{list(c_grid)}")
-    rank, _ = _rank_world()
+    rank, _ = rank_world()
     out = Path(output_dir)
     cache = out / "features"
     extractor = DescriptorExtractor(checkpoints, scales=scales, flip=flip, aggregation=aggregation, device=device,
@@ -395,10 +395,10 @@ def _transfer_descriptors(
         assert X_tr is not None and X_te is not None
         runs.append((train_set, X_tr, test_set, X_te))
         protocol = f"train on {tr_name}, test on {te_name}"
-    return _TransferWork(extractor, runs, protocol, str(data), out)
+    return TransferWork(extractor, runs, protocol, str(data), out)
 
 
-def _fit_transfer(work: _TransferWork, *, c_grid: Sequence[float], folds: int) -> dict[str, Any]:
+def fit_transfer(work: TransferWork, *, c_grid: Sequence[float], folds: int) -> dict[str, Any]:
     """The second half of `transfer` (one process: rank 0): C by cross-validation, the SVMs, the
     test metrics; writes the classifier and results.json once."""
     from vggnet.checkpoint import atomic_write
@@ -443,7 +443,7 @@ def predict_transfer(output_dir: str | os.PathLike, images: Sequence[str | os.Pa
     Each result: `{"image", "scores": {class: score}, "labels": [...]}` where labels
     are the classes with a positive score (multi-label) or the best class.
     """
-    from vggnet.data.datasets import _list_images
+    from vggnet.data.datasets import list_image_files
 
     target = Path(output_dir)
     svm, settings = _load_classifier(target / "classifier.safetensors" if target.is_dir() else target)
@@ -460,7 +460,7 @@ def predict_transfer(output_dir: str | os.PathLike, images: Sequence[str | os.Pa
     for item in images:
         p = Path(item)
         if p.is_dir():
-            files += [str(f) for f in _list_images(p)]
+            files += [str(f) for f in list_image_files(p)]
         elif p.is_file():
             files.append(str(p))
         else:
