@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from vggnet.data.transforms import DenseEvalPreset, Preprocessing, open_image
+from vggnet.data.transforms import DenseEvalPreset, Preprocessing
+from vggnet.data.images import open_image
 from vggnet.models import vgg
 from vggnet.transfer.descriptors import DescriptorExtractor, ImageSet
 from vggnet.transfer.pipeline import LinearSVMs

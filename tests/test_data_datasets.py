@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
-from torchvision import tv_tensors
 
 from vggnet.cli import main
 from vggnet.data import (

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vggnet.data.transforms import BadImageError, decode_image, displayed_size, load_image, open_image, to_rgb
+from vggnet.data.images import BadImageError, decode_image, displayed_size, load_image, open_image, to_rgb
 from vggnet.errors import DataError
 
 

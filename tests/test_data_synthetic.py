@@ -173,3 +173,11 @@ def test_a_small_cnn_learns_it_well_above_chance():
     with torch.no_grad():
         accuracy = (net(xv).argmax(1) == yv).float().mean().item()
     assert accuracy > 0.55, f"validation accuracy {accuracy:.2f} (chance 0.25; measured 0.70)"
+
+
+def test_synth_help_knows_how_many_shapes_there_are():
+    """`vgg synth --help` names the most classes without importing the generator (no torch): the two agree."""
+    from vggnet.data.cli import MAX_SHAPE_CLASSES
+    from vggnet.data.synthetic import SHAPES
+
+    assert MAX_SHAPE_CLASSES == len(SHAPES)

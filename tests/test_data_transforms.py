@@ -12,11 +12,8 @@ import torch
 from PIL import Image, ImageDraw
 from torchvision import tv_tensors
 
-from vggnet.data.transforms import (
-    CAFFE_MEAN, DenseEvalPreset, MultiCropEvalPreset, PCALighting, Preprocessing, RandomRescaleCrop,
-    TrainPreset, decode_image, grid_crops, open_image, parse_scale,
-    rescale_smallest_side, rescaled_size,
-)
+from vggnet.data.transforms import CAFFE_MEAN, DenseEvalPreset, MultiCropEvalPreset, PCALighting, Preprocessing, RandomRescaleCrop, TrainPreset, grid_crops, parse_scale, rescale_smallest_side, rescaled_size
+from vggnet.data.images import decode_image, open_image
 
 PLAIN = Preprocessing(pixel_scale=255.0, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))  # output = 0-255 pixels
 

@@ -12,7 +12,8 @@ from PIL import Image
 
 import vggnet.data.decode as decode
 from vggnet.data.datasets import build_dataset
-from vggnet.data.transforms import BadImageError, DenseEvalPreset, Preprocessing, TrainPreset, open_image
+from vggnet.data.images import BadImageError, open_image
+from vggnet.data.transforms import DenseEvalPreset, Preprocessing, TrainPreset
 from vggnet.errors import UserError
 
 needs_torchcodec = pytest.mark.skipif(not decode.torchcodec_available(), reason="TorchCodec does not load here")

@@ -12,7 +12,8 @@ from PIL import Image
 import vggnet.data.decode as decode
 from vggnet.data.datasets import build_dataset, collate_skip_bad
 from vggnet.data.device_decode import DeferredDecode, EncodedJPEG, collate_deferred, finish_batch
-from vggnet.data.transforms import DenseEvalPreset, Preprocessing, TrainPreset, open_image
+from vggnet.data.transforms import DenseEvalPreset, Preprocessing, TrainPreset
+from vggnet.data.images import open_image
 from vggnet.engine.data import SeededAugmentation, collate_naming_skips
 from vggnet.errors import DataError, UserError
 

@@ -12,7 +12,7 @@ from vggnet.checkpoint import make_checkpoint, save_checkpoint
 from vggnet.cli import main
 from vggnet.data.datasets import build_dataset
 from vggnet.data.synthetic import SyntheticShapes, write_synthetic
-from vggnet.classification.evaluate import EvalResult, evaluate, load_posteriors, validate
+from vggnet.classification.evaluate import evaluate, load_posteriors, validate
 from vggnet.models import vgg
 
 TINY = dict(width=1 / 16, fc_width=16, crop_size=32, dropout=0.0)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import random
-import warnings
 from pathlib import Path
 
 import pytest

@@ -19,7 +19,7 @@ import torch
 from vggnet.cli import main
 from vggnet.data.synthetic import write_synthetic
 from vggnet import TrainConfig, train
-from vggnet.errors import CheckpointError, DataError
+from vggnet.errors import CheckpointError
 from vggnet.localisation.task import LocalisationTask
 from vggnet.localisation.cli import localize_train
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-import vggnet.engine.loop as loop
+import vggnet.engine.setup as setup
 from vggnet import ClassificationTask, TrainConfig, train
 from vggnet.errors import CheckpointError, UserError
 
@@ -322,11 +322,11 @@ def test_a_big_net_on_a_cpu_says_what_an_epoch_will_take(tmp_path, monkeypatch, 
     from vggnet.models import count_macs, vgg
 
     with torch.device("meta"):  # a plain `vgg train` (D at 224) is above the threshold; the quickstart's net is not
-        assert count_macs(vgg("D"), 224) >= loop.CPU_NOTE_MACS
-        assert count_macs(vgg("A", width=0.125, fc_width=256, crop_size=64), 64) < loop.CPU_NOTE_MACS
+        assert count_macs(vgg("D"), 224) >= setup.CPU_NOTE_MACS
+        assert count_macs(vgg("A", width=0.125, fc_width=256, crop_size=64), 64) < setup.CPU_NOTE_MACS
     train(tiny(tmp_path / "small", epochs=1))
     assert "s per step on this CPU" not in capsys.readouterr().out  # the tiny net: no note
-    monkeypatch.setattr(loop, "CPU_NOTE_MACS", 0)  # every net counts as big
+    monkeypatch.setattr(setup, "CPU_NOTE_MACS", 0)  # every net counts as big
     train(tiny(tmp_path / "big", epochs=1))
     out = capsys.readouterr().out
     assert "note: this trains A at width 0.0625" in out and "on a CPU" in out

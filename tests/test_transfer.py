@@ -9,7 +9,6 @@ import torch
 from PIL import Image
 
 import vggnet
-import vggnet.transfer.pipeline as transfer_module
 from vggnet.cli import main
 from vggnet.data.synthetic import write_multilabel
 from vggnet.errors import DataError, UserError
@@ -74,7 +73,8 @@ def test_average_aggregation_is_the_mean_of_the_scales(ckpt, scenes):
     images = list_images(scenes, "test")
     both = DescriptorExtractor([ckpt], scales=[32, 48], aggregation="average", device="cpu")
     a = both.compute(images, [0])
-    from vggnet.data.transforms import DenseEvalPreset, Preprocessing, open_image
+    from vggnet.data.transforms import DenseEvalPreset, Preprocessing
+    from vggnet.data.images import open_image
 
     net = both.nets[0]
     raw = [pooled_descriptor(net.model, DenseEvalPreset(scale=q, preprocessing=Preprocessing.from_dict(PRE))(
@@ -392,7 +392,7 @@ def test_synth_multi_label_writes_voc_devkit(tmp_path, capsys):
                  "--min-size", "40", "--max-size", "60"]) == 0
     lists = {p.stem: p.read_text().split() for p in (out / "ImageSets" / "Main").glob("*.txt") if "_" not in p.stem}
     assert {k: len(v) for k, v in lists.items()} == {"train": 3, "val": 3, "trainval": 6, "test": 4}
-    from vggnet.data.datasets import read_voc_xml
+    from vggnet.data.annotations import read_voc_xml
 
     counts = []
     for image_id in lists["trainval"] + lists["test"]:

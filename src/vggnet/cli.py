@@ -23,8 +23,8 @@ __all__ = ["COMMANDS", "main", "load_command"]
 # (tests/test_cli.py runs `--help` of each)
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("vggnet.info", "Table 1 and Table 2 from the code: layers, parameters, MACs"),
-    "synth": ("vggnet.data.synthetic", "write the synthetic shapes dataset to disk"),
-    "stats": ("vggnet.data.stats", "training-set mean RGB and RGB PCA"),
+    "synth": ("vggnet.data.cli", "write the synthetic shapes dataset to disk"),
+    "stats": ("vggnet.data.cli", "training-set mean RGB and RGB PCA"),
     "train": ("vggnet.classification.cli", "train with the paper's protocol (§3.1)"),
     "eval": ("vggnet.classification.cli", "dense / multi-crop / multi-scale / fused evaluation (§3.2)"),
     "predict": ("vggnet.classification.cli", "top-5 classes for image files and folders"),

@@ -19,7 +19,7 @@ What it does, in the paper's order:
 5. writes a few predictions on validation images;
 6. fine-tunes the classifier into a PCR localisation net (Appendix A) and
    reports its protocol-1 and full-protocol errors beside the mean-box baseline,
-   with a few drawn predictions (`localize_cli.demo_localize`).
+   with a few drawn predictions (`vggnet.localisation.cli.demo_localize`).
 7. transfer (Appendix B): the trained net as a fixed feature extractor for
    multi-label scenes in the VOC devkit layout, linear SVMs, mAP next to the
    same SVMs on raw pixels (`vggnet.transfer.pipeline.demo_transfer`, about a minute).

@@ -13,13 +13,14 @@ the deeper nets from scratch, without the chain; and torchvision uses He
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Mapping
+from typing import Mapping
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:  # models.py calls init_weights: no import cycle at run time
-    from vggnet.models import VGG
+# A net here is any `nn.Module` laid out as `vggnet.models.VGG` (`features`, `classifier`): this module
+# does not import models.py, which calls `init_weights` when it builds a net.
+VGG = nn.Module
 
 __all__ = ["SCHEMES", "GAUSSIAN_STD", "init_weights", "init_from_a", "conv_positions"]
 

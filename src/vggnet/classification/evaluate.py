@@ -125,7 +125,7 @@ class CenterCropEvalPreset:
                                       v2.CenterCrop(self.crop_size), ToNormalizedTensor(preprocessing)])
 
     def __call__(self, image: Any) -> torch.Tensor:
-        from vggnet.data.transforms import ensure_decoded
+        from vggnet.data.images import ensure_decoded
 
         return self.transforms(ensure_decoded(image, None)).as_subclass(torch.Tensor)
 

@@ -83,7 +83,7 @@ class Predictor:
         """Top-k classes of each image file: `[{"image", "top": [{"class", "index", "probability"}]}]`. A file
         that cannot be read gives `{"image", "error"}` and the others are still predicted."""
         from vggnet.data.datasets import image_file_problem
-        from vggnet.data.transforms import load_image
+        from vggnet.data.images import load_image
 
         model, dev, cl, method = self.model, self.device, self.memory_format, self.method
         out: list[dict[str, Any]] = []

@@ -30,7 +30,8 @@ import torch
 from PIL import Image
 
 from vggnet.data.datasets import Batch
-from vggnet.data.transforms import BadImageError, TrainPreset, exif_orientation, pending_orientation, uint8_chw, load_image
+from vggnet.data.images import BadImageError, exif_orientation, pending_orientation, load_image
+from vggnet.data.transforms import TrainPreset, uint8_chw
 
 __all__ = ["EncodedJPEG", "DeferredDecode", "DeferredImages", "collate_deferred", "finish_batch"]
 

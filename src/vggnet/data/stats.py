@@ -23,7 +23,6 @@ seconds per worker. `vgg stats DATA` prints the numbers and writes them as JSON
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -38,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vggnet.errors import DataError, UserError
 
-__all__ = ["compute_stats", "save_stats", "load_stats", "add_stats_arguments", "run_stats"]
+__all__ = ["compute_stats", "save_stats", "load_stats"]
 
 _KEYS = ("mean", "eigval", "eigvec")
 
@@ -67,7 +66,7 @@ class _MomentsView(Dataset):
         return len(self.indices)
 
     def __getitem__(self, k: int) -> torch.Tensor | None:
-        from vggnet.data.transforms import BadImageError, load_image
+        from vggnet.data.images import BadImageError, load_image
 
         i = self.indices[k]
         ds = self.dataset
@@ -186,39 +185,3 @@ def load_stats(path: str | os.PathLike) -> dict[str, Any]:
 # --------------------------------------------------------------------------- vgg stats
 
 
-def add_stats_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("data", metavar="DATA", help="dataset folder (DATA/train) or a training folder")
-    parser.add_argument("--split", default="train", help="split folder to read (default: %(default)s)")
-    parser.add_argument("--sample", type=int, default=1000, metavar="N",
-                        help="images sampled at random (default: %(default)s)")
-    parser.add_argument("--all", action="store_true", help="use every image instead of a sample")
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
-    parser.add_argument("--workers", type=int, default=0, help="decoding processes (default: %(default)s)")
-    parser.add_argument("--output", "-o", default=None, metavar="FILE",
-                        help="JSON file to write (default: DATA/stats.json)")
-    parser.add_argument("--force", action="store_true", help="overwrite an existing output file")
-
-
-def run_stats(args: argparse.Namespace) -> int:
-    from vggnet.data.datasets import build_dataset
-
-    if not args.all and args.sample < 1:
-        raise UserError(f"--sample: expected a number of images >= 1, got {args.sample}")
-    if args.workers < 0:
-        raise UserError(f"--workers: expected >= 0, got {args.workers}")
-    output = Path(args.output) if args.output else Path(args.data) / "stats.json"
-    if output.exists() and not args.force:
-        raise UserError(f"{output}: exists; pass --force to overwrite it or --output to write elsewhere")
-    dataset = build_dataset(args.data, split=args.split, strict=False)
-    stats = compute_stats(dataset, None if args.all else args.sample, seed=args.seed, workers=args.workers)
-    stats["source"] = str(Path(args.data).resolve())
-    save_stats(output, stats)
-    print(f"{stats['images']} images ({stats['pixels']:,} pixels) of {dataset.root}"
-          + (f", {stats['bad_images']} unreadable" if stats["bad_images"] else ""))
-    print(f"mean RGB (0-255):   {' '.join(f'{v:8.3f}' for v in stats['mean'])}")
-    print(f"std RGB (0-255):    {' '.join(f'{v:8.3f}' for v in stats['std'])}")
-    print(f"PCA eigval (sd):    {' '.join(f'{v:8.3f}' for v in stats['eigval'])}")
-    for i, row in enumerate(stats["eigvec"]):
-        print(f"PCA eigvec {i}:       {' '.join(f'{v:8.4f}' for v in row)}")
-    print(f"wrote {output}")
-    return 0

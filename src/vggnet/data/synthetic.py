@@ -28,7 +28,6 @@ Appendix B (multi-label classification, mAP).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -42,8 +41,7 @@ from PIL import Image, ImageDraw
 
 from vggnet.errors import UserError
 
-__all__ = ["SHAPES", "SyntheticShapes", "write_synthetic", "voc_xml", "render_scene", "write_multilabel",
-           "add_synth_arguments", "run_synth"]
+__all__ = ["SHAPES", "SyntheticShapes", "write_synthetic", "voc_xml", "render_scene", "write_multilabel"]
 
 _Poly = list[tuple[float, float]]
 
@@ -448,36 +446,3 @@ def write_multilabel(out: str | os.PathLike, classes: int | Sequence[str] = 10, 
 # --------------------------------------------------------------------------- vgg synth
 
 
-def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("out", metavar="OUT", help="output directory (OUT/train, OUT/val, OUT/annotations)")
-    parser.add_argument("--classes", type=int, default=10, help=f"number of shape classes, 2-{len(_ORDER)} "
-                                                                 "(default: %(default)s)")
-    parser.add_argument("--train", type=int, default=2000, help="training images in total (default: %(default)s)")
-    parser.add_argument("--val", type=int, default=500, help="validation images in total (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="generator seed (default: %(default)s)")
-    parser.add_argument("--min-size", type=int, default=160, help="smallest image side in pixels (default: %(default)s)")
-    parser.add_argument("--max-size", type=int, default=400, help="largest image side in pixels (default: %(default)s)")
-    parser.add_argument("--quality", type=int, default=90, help="JPEG quality (default: %(default)s)")
-    parser.add_argument("--workers", type=int, default=0, help="writer processes (default: %(default)s)")
-    parser.add_argument("--force", action="store_true", help="overwrite an existing dataset in OUT")
-    parser.add_argument("--multi-label", action="store_true",
-                        help="write multi-label scenes (one to three shapes each) in the PASCAL VOC devkit layout "
-                             "instead: --train images for trainval, --val images for test (Appendix B)")
-
-
-def run_synth(args: argparse.Namespace) -> int:
-    if args.min_size > args.max_size:
-        raise UserError(f"--min-size {args.min_size} is larger than --max-size {args.max_size}")
-    if args.multi_label:
-        params = write_multilabel(args.out, classes=args.classes, trainval=args.train, test=args.val, seed=args.seed,
-                                  force=args.force, image_size=(args.min_size, args.max_size), quality=args.quality)
-        print(f"wrote {params['trainval']} trainval and {params['test']} test scenes of "
-              f"{len(params['classes'])} classes ({', '.join(params['classes'])}) in the VOC devkit layout "
-              f"to {args.out}")
-        return 0
-    params = write_synthetic(args.out, classes=args.classes, train=args.train, val=args.val, seed=args.seed,
-                             force=args.force, image_size=(args.min_size, args.max_size), quality=args.quality,
-                             workers=args.workers)
-    print(f"wrote {params['train']} train and {params['val']} val images of {len(params['classes'])} classes "
-          f"({', '.join(params['classes'])}) with VOC boxes to {args.out}")
-    return 0

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from vggnet.data.datasets import read_voc_xml
+from vggnet.data.annotations import read_voc_xml
 from vggnet.errors import DataError
 
 __all__ = ["is_voc_devkit", "voc_splits", "read_voc_split"]

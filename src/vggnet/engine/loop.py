@@ -48,9 +48,6 @@ from vggnet.errors import CheckpointError, UserError
 __all__ = ["Trainer", "TrainingError", "train"]
 
 
-# A net this costly per image (multiply-accumulates) on a CPU gets a note and an epoch-time estimate
-# (D at 224 px: 15.5 G; the quickstart's net: 0.02 G).
-CPU_NOTE_MACS = 2e9
 ESTIMATE_AFTER_STEPS = 1  # one step of the paper's batch (256 images of D) takes minutes on a CPU
 
 
@@ -446,29 +443,6 @@ class Trainer(TrainerSetup):
         if self.ema is not None:
             distributed.average_buffers(self.ema.module)
 
-    def extensions_text(self) -> str:
-        """The settings beyond the paper that this run uses, in words ("" for the paper's protocol)."""
-        cfg = self.cfg
-        on = [f"{cfg.lr_scheduler} lr schedule" if cfg.lr_scheduler != "plateau" else "",
-              f"{cfg.warmup_epochs}-epoch warm-up" if cfg.warmup_epochs else "",
-              "AdamW" if cfg.optimizer == "adamw" else "",
-              "no weight decay on biases and norms" if not cfg.decay_norm_bias else "",
-              f"label smoothing {cfg.label_smoothing:g}" if cfg.label_smoothing else "",
-              f"mixup alpha {cfg.mixup_alpha:g}" if cfg.mixup_alpha else "",
-              f"cutmix alpha {cfg.cutmix_alpha:g}" if cfg.cutmix_alpha else "",
-              cfg.auto_augment if cfg.auto_augment != "none" else "",
-              "no horizontal flip" if not cfg.hflip else "",
-              f"EMA of the weights (decay {cfg.ema_decay:g}, ema.pt)" if cfg.ema_decay else "",
-              "SyncBatchNorm" if cfg.sync_bn and self.info.distributed else "",
-              "batch normalisation" if cfg.batch_norm else ""]
-        return ", ".join(t for t in on if t)
-
-    def big_on_a_cpu(self) -> bool:
-        """A net of the paper's size on a CPU: a run of days (a plain `vgg train` is the full D)."""
-        from vggnet.models import count_macs
-
-        return self.device.type == "cpu" and count_macs(self.model, self.cfg.crop_size) >= CPU_NOTE_MACS
-
     def estimate_epoch(self, elapsed: float) -> None:
         """After the first steps of a big net on a CPU: what one epoch will take, and where the small runs are."""
         if not self.big_on_a_cpu():
@@ -588,40 +562,6 @@ class Trainer(TrainerSetup):
             return (f"it ended at a plateau after its {self.cfg.lr_drops} lr reductions: raise --lr-drops to train "
                     f"on at a lower lr")
         return "raise --epochs to train on"
-
-    def print_header(self, resume: Mapping[str, Any] | None) -> None:
-        cfg = self.cfg
-        w = self.info.world_size
-        s = cfg.scale if isinstance(cfg.scale, int) else f"[{cfg.scale[0]}, {cfg.scale[1]}] (jittered per image)"
-        task = f"; task {self.task.describe()}" if self.task.describe() else ""
-        self.log(f"vgg train: {cfg.model} (width {cfg.width:g}, fc {cfg.fc_width}, {self.n_params:,} parameters, "
-                 f"{len(self.classes)} classes), init {self.init_text}{task}")
-        self.log(f"data: {self.data_text}: {len(self.train_set)} training / {len(self.val_set)} validation images; "
-                 f"S={s}, crop {cfg.crop_size}, validation at Q={cfg.val_scale}; mean RGB "
-                 f"{', '.join(f'{v:.1f}' for v in self.stats['mean'])} from {self.stats_source}")
-        if resume is None and parse_init(cfg.init)[1] is not None:
-            p = self.preprocessing
-            self.log(f"inputs normalised as the initial net's: pixels x {p.pixel_scale:g}, mean "
-                     f"{', '.join(f'{v:.4g}' for v in p.mean)}, std {', '.join(f'{v:.4g}' for v in p.std)}")
-        self.log(f"batch {cfg.batch_size} = {w} process{'es' if w > 1 else ''} x {self.micro} images x {self.accum} "
-                 f"accumulation step{'s' if self.accum > 1 else ''}; {self.steps_per_epoch} steps per epoch; "
-                 f"{'AdamW' if cfg.optimizer == 'adamw' else 'SGD'} lr {cfg.lr:g}"
-                 f"{'' if cfg.optimizer == 'adamw' else f' momentum {cfg.momentum:g}'} weight decay {cfg.weight_decay:g}")
-        extensions = self.extensions_text()
-        if extensions:
-            self.log(f"extensions beyond the paper: {extensions}")
-        self.log(f"device {self.device}{' (' + self.info.backend + ')' if self.info.backend else ''}, amp {self.amp}, "
-                 f"channels_last {'on' if self.channels_last else 'off'}, compile {'on' if cfg.compile else 'off'}, "
-                 f"workers {cfg.workers}; output {self.out}")
-        if self.big_on_a_cpu():
-            self.log(f"note: this trains {cfg.model} at width {cfg.width:g} ({self.n_params:,} parameters, "
-                     f"{cfg.crop_size}-px crops, {self.steps_per_epoch} steps of {cfg.batch_size} images per epoch) "
-                     f"on a CPU; the time per epoch follows after the first step (small runs: `vgg demo`, "
-                     f"configs/quickstart.yaml)")
-        self.log(f"execution: {self.execution_reason}; {self.decode_text}")
-        if resume is not None:
-            self.log(f"resuming {self.resume_path}: epoch {self.epoch + 1}, step {self.step_in_epoch}/"
-                     f"{self.steps_per_epoch} (global step {self.global_step})")
 
     def result(self) -> dict[str, Any]:
         return {

@@ -89,7 +89,7 @@ def _image_files(folder: Path) -> list[Path]:
 
 
 def _calibration_batches(folder: Path, transform: Any, count: int, batch: int) -> list[np.ndarray]:
-    from vggnet.data.transforms import load_image
+    from vggnet.data.images import load_image
 
     files = _image_files(folder)
     if not files:

@@ -239,7 +239,7 @@ def predict_localisation(checkpoints: Sequence[str], classifiers: Sequence[str],
     the boxes drawn and OUT/predictions.json. Returns the predictions."""
     from torchvision.utils import draw_bounding_boxes
 
-    from vggnet.data.transforms import load_image
+    from vggnet.data.images import load_image
     from vggnet.localisation.full_protocol import ImageFiles, localise_images
     from vggnet.checkpoint import atomic_write
 

@@ -261,7 +261,7 @@ class ImageFiles(Dataset):
         return len(self.samples)
 
     def __getitem__(self, i: int) -> Any:
-        from vggnet.data.transforms import load_image
+        from vggnet.data.images import load_image
 
         img = load_image(self.samples[i][0])
         out = self.transform(img) if self.transform else img
@@ -283,7 +283,8 @@ class _MultiScale:
     def __call__(self, image: Any, boxes: tv_tensors.BoundingBoxes | None = None) -> Any:
         from torchvision.transforms.v2 import functional as TF
 
-        from vggnet.data.transforms import ensure_decoded, size_hw
+        from vggnet.data.images import ensure_decoded
+        from vggnet.data.transforms import size_hw
 
         where = str(getattr(image, "filename", "") or "an image")
         image = ensure_decoded(image, self.decode_side)  # a Pillow image, or a uint8 tensor from TorchCodec

@@ -13,7 +13,7 @@ Box coordinates are those of the window the net sees: in units of the crop side,
 relative to the crop's top-left corner, so (0.5, 0.5, 1, 1) is the whole crop. A
 net applied densely (`VGG.dense`, stride 32, window = crop) then predicts, at
 each position, a box in its own window, which a translation by the window's
-offset and a rescale map back to the original image (`localize_eval.py`).
+offset and a rescale map back to the original image (`full_protocol.py`).
 
 Decisions the paper leaves open (docs/localisation.md gives the measurements):
 
@@ -523,7 +523,7 @@ def count_images_without_boxes(dataset: Any) -> tuple[int, list[str]]:
 
 def raw_boxes(dataset: Any, index: int) -> tuple[torch.Tensor, tuple[int, int]]:
     """((n, 4) XYXY boxes, (height, width)) of one image in its original pixels."""
-    from vggnet.data.transforms import displayed_size, open_image
+    from vggnet.data.images import displayed_size, open_image
 
     if hasattr(dataset, "generate"):  # SyntheticShapes: render, read the box
         img, _, box = dataset.generate(index)

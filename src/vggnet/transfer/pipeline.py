@@ -485,7 +485,7 @@ def predict_transfer(output_dir: str | os.PathLike, images: Sequence[str | os.Pa
 
 def pixel_descriptors(paths: Sequence[str], side: int = 16) -> np.ndarray:
     """The baseline: each image squashed to side x side RGB, flattened, centred and L2-normalised."""
-    from vggnet.data.transforms import load_image
+    from vggnet.data.images import load_image
 
     rows = []
     for p in paths:
