@@ -183,37 +183,45 @@ def test_nothing_a_client_sends_is_read_as_a_path(server, ckpt, images, tmp_path
     assert httpx.get(f"{server.url}/{secret}").status_code == 404       # no route serves files
 
 
+def wait_for(condition, seconds=20.0):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+
+
 def test_full_queue_is_503_with_retry_after_and_a_late_answer_is_504(ckpt, images):
     body = images[0].read_bytes()
-    # the first request waits 1.5 s for companions in its batch: longer than --timeout-s
-    with Server(ckpt, "--max-batch-size", "4", "--max-wait-ms", "1500", "--max-queue", "1",
-                "--timeout-s", "0.5") as s:
+    # the first request waits 5 s for companions in its batch: longer than --timeout-s
+    with Server(ckpt, "--max-batch-size", "4", "--max-wait-ms", "5000", "--max-queue", "1",
+                "--timeout-s", "3") as s:
         first = {}
         t = threading.Thread(target=lambda: first.setdefault("r", httpx.post(f"{s.url}/v1/classify", content=body,
                                                                               timeout=30)))
         t.start()
-        time.sleep(0.25)
+        wait_for(lambda: httpx.get(f"{s.url}/healthz").json()["queue_depth"] == 1)  # admitted, waiting
         r = httpx.post(f"{s.url}/v1/classify", content=body, timeout=30)  # the queue holds one: full
         refusal(r, 503, "--max-queue 1")
         assert r.headers["retry-after"] == "1"
         t.join()
-        refusal(first["r"], 504, "--timeout-s 0.5")
-        time.sleep(1.5)  # the batch's wait is over: the timed-out request was dropped, not run
+        refusal(first["r"], 504, "--timeout-s 3")
+        # once the batch's wait is over, the timed-out request is dropped, not run
+        wait_for(lambda: "vgg_dropped_total 1.0" in httpx.get(f"{s.url}/metrics").text)
         metrics = httpx.get(f"{s.url}/metrics").text
-        assert "vgg_dropped_total 1.0" in metrics
         assert 'vgg_errors_total{kind="queue_full"} 1.0' in metrics
         assert 'vgg_errors_total{kind="timeout"} 1.0' in metrics
+        assert "vgg_batch_size_count 0.0" in metrics  # no forward pass ran
         assert s.stop() == 0
 
 
 def test_sigterm_finishes_what_is_in_flight_and_exits_0(ckpt, images):
     body = images[0].read_bytes()
-    with Server(ckpt, "--max-batch-size", "4", "--max-wait-ms", "1500") as s:
+    with Server(ckpt, "--max-batch-size", "4", "--max-wait-ms", "3000") as s:
         answer = {}
         t = threading.Thread(target=lambda: answer.setdefault("r", httpx.post(f"{s.url}/v1/classify", content=body,
                                                                                timeout=30)))
         t.start()
-        time.sleep(0.5)  # the request is in the batcher, waiting for companions
+        wait_for(lambda: httpx.get(f"{s.url}/healthz").json()["queue_depth"] == 1)  # in the batcher, waiting
         assert s.stop() == 0
         t.join()
         assert answer["r"].status_code == 200 and len(answer["r"].json()["top"]) == 5
