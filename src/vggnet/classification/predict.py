@@ -110,23 +110,40 @@ class Predictor:
         """The smallest side a JPEG may be draft-decoded to for `method` (None: full size, torchvision's way)."""
         return None if method == "center" else self.method_presets(method)[0][-1]
 
+    def inputs(self, image: Image.Image, method: str | None = None) -> list[torch.Tensor]:
+        """The preprocessed inputs of one decoded RGB image for `method`: one tensor per preset (a (3, crop, crop)
+        centre crop, a (3, H, W) image rescaled to Q for dense evaluation, or the (2 * grid^2, 3, crop, crop)
+        multi-crops). This is all of the per-image work of `posteriors`; a service runs it in the request's own
+        thread, so that its single forward-pass thread only stacks ready tensors."""
+        return [t(image) for t in self.method_presets(method or self.method)[1]]
+
     def posteriors(self, images: Sequence[Image.Image], method: str | None = None) -> torch.Tensor:
         """(N, classes) posteriors of decoded RGB images, averaged over `method`'s scales (and, for `both`,
-        over dense and multi-crop, as `vgg eval`). Images whose input has the same size go through the net
-        together: this is the batched forward pass a service runs for many requests at once."""
+        over dense and multi-crop, as `vgg eval`)."""
+        return self.posteriors_of_inputs([self.inputs(img, method) for img in images], method)
+
+    def posteriors_of_inputs(self, inputs: Sequence[Sequence[torch.Tensor]], method: str | None = None
+                             ) -> torch.Tensor:
+        """`posteriors` of images already preprocessed by `inputs` (one list of tensors per image, for the same
+        `method`). Inputs of the same shape go through the net together, one pass per shape (dense evaluation
+        gives each aspect ratio its own shape: those are never padded, which would change the score map):
+        this is the batched forward pass a service runs for many requests at once."""
         method = method or self.method
         _, presets = self.method_presets(method)
         model, dev, cl = self.model, self.device, self.memory_format
-        n = len(images)
+        n = len(inputs)
         if n == 0:
             return torch.empty(0, len(self.classes))
+        if any(len(x) != len(presets) for x in inputs):
+            raise ValueError(f"posteriors_of_inputs: expected {len(presets)} inputs per image for method "
+                             f"{method!r} (from Predictor.inputs), got {sorted({len(x) for x in inputs})}")
         by_kind: dict[str, list[torch.Tensor]] = {}
         with torch.inference_mode(), amp_context(dev, self.amp):
-            for t in presets:
+            for j, t in enumerate(presets):
                 kind = ("center" if isinstance(t, CenterCropEvalPreset)
                         else "crops" if hasattr(t, "grid") else "dense")
                 post = torch.empty(n, len(self.classes))
-                xs = [t(img) for img in images]
+                xs = [x[j] for x in inputs]
                 if kind == "crops":  # (2 * grid^2, 3, crop, crop) per image: each image is its own batch
                     for i, x in enumerate(xs):
                         post[i] = multi_crop_posterior(model, x.to(dev, memory_format=cl),

@@ -8,7 +8,9 @@
     GET  /metrics        Prometheus text format
 
 Numbers are `vgg predict`'s: the same `Predictor`, the same decoding (JPEG draft to the largest Q, full size
-for the centre crop); only the forward pass is shared by the requests of one batch.
+for the centre crop). Each request decodes and preprocesses its image in its own thread (Starlette's
+threadpool), so the batcher's single worker thread only stacks ready tensors and runs the forward pass, which
+is all the requests of one batch share.
 """
 
 from __future__ import annotations
@@ -63,6 +65,11 @@ class Metrics:
         self.batch = Histogram("vgg_batch_size", "requests per forward pass",
                                buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
         self.depth = Gauge("vgg_queue_depth", "requests waiting or running", registry=r)
+        self.stage = Histogram("vgg_stage_seconds", "time per stage: preprocess (decode, resize, crop, "
+                               "normalise: per request, in its own thread), forward (one batch's pass, in the "
+                               "worker)", ["stage"],
+                               buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 10),
+                               registry=r)
         self.dropped = Counter("vgg_dropped", "requests dropped from a batch after their client's timeout",
                                registry=r)
 
@@ -90,20 +97,23 @@ def build_app(predictor: Any, *, identity: dict[str, Any], limits: Limits = Limi
         predictor.method_presets(m)
 
     def run_batch(payloads: Sequence[tuple[str, Any, Any]]) -> list[Any]:
-        # payload: (what, image, option); one forward pass per method (or per localiser call) present
+        # payload: ("classify", the preprocessed tensors of `Predictor.inputs`, method) or ("localize", image,
+        # None); one batched pass per method (per input shape within it), one localiser call for the rest
+        start = time.perf_counter()
         out: list[Any] = [None] * len(payloads)
         groups: dict[tuple[str, Any], list[int]] = {}
         for i, (what, _, option) in enumerate(payloads):
             groups.setdefault((what, option), []).append(i)
         for (what, option), idx in groups.items():
-            images = [payloads[i][1] for i in idx]
+            items = [payloads[i][1] for i in idx]
             if what == "classify":
-                post = predictor.posteriors(images, option)
+                post = predictor.posteriors_of_inputs(items, option)
                 for row, i in enumerate(idx):
                     out[i] = post[row]
             else:
-                for row, i in zip(localiser.predict(images), idx):
+                for row, i in zip(localiser.predict(items), idx):
                     out[i] = row
+        metrics.stage.labels("forward").observe(time.perf_counter() - start)
         return out
 
     batcher = Batcher(run_batch, max_batch_size=limits.max_batch_size, max_wait_ms=limits.max_wait_ms,
@@ -147,7 +157,10 @@ def build_app(predictor: Any, *, identity: dict[str, Any], limits: Limits = Limi
             raise UploadError(400, "bad_request", f"method must be one of {', '.join(methods)}, got {method!r}")
         return min(top_k, len(predictor.classes)), method
 
-    async def upload(request: Request, min_side: int | None, start: float) -> Any:
+    async def upload(request: Request, min_side: int | None, start: float,
+                     prepare: Callable[[Any], Any] | None = None) -> tuple[Any, Any]:
+        """(the decoded image, `prepare(image)`), both computed in a thread of Starlette's pool, not the
+        batcher's worker."""
         remaining = limits.timeout_s - (time.perf_counter() - start)
         try:
             body = await asyncio.wait_for(read_body(request.stream(), request.headers.get("content-length"),
@@ -156,13 +169,22 @@ def build_app(predictor: Any, *, identity: dict[str, Any], limits: Limits = Limi
             raise UploadError(408, "slow_upload", f"the upload did not arrive within --timeout-s "
                                                   f"{limits.timeout_s:g}") from None
         data = await image_from_body(body, request.headers.get("content-type", ""), limits.max_upload_bytes)
-        return await run_in_threadpool(decode_upload, data, max_pixels=limits.max_pixels, min_side=min_side)
+
+        def decode_and_prepare() -> tuple[Any, Any]:
+            t0 = time.perf_counter()
+            image = decode_upload(data, max_pixels=limits.max_pixels, min_side=min_side)
+            ready = prepare(image) if prepare is not None else None
+            metrics.stage.labels("preprocess").observe(time.perf_counter() - t0)
+            return image, ready
+
+        return await run_in_threadpool(decode_and_prepare)
 
     async def classify(request: Request, start: float) -> Response:
         top_k, method = query_options(request, predictor.k)
-        image = await upload(request, predictor.decode_side(method), start)
+        image, inputs = await upload(request, predictor.decode_side(method), start,
+                                     lambda img: predictor.inputs(img, method))
         remaining = max(0.0, limits.timeout_s - (time.perf_counter() - start))
-        post = await batcher.submit(("classify", image, method), timeout=remaining)
+        post = await batcher.submit(("classify", inputs, method), timeout=remaining)
         return JSONResponse({"top": predictor.top(post, top_k), "method": method, "scales":
                              predictor.method_presets(method)[0], "image_size": list(image.size),
                              "model": identity, "time_ms": round(1000 * (time.perf_counter() - start), 3)})
@@ -170,7 +192,7 @@ def build_app(predictor: Any, *, identity: dict[str, Any], limits: Limits = Limi
     async def localize(request: Request, start: float) -> Response:
         if localiser is None:
             return error(404, "no_localiser", "this server has no localiser: start it with --localiser CKPT")
-        image = await upload(request, localiser.decode_side, start)
+        image, _ = await upload(request, localiser.decode_side, start)
         remaining = max(0.0, limits.timeout_s - (time.perf_counter() - start))
         rows = await batcher.submit(("localize", image, None), timeout=remaining)
         return JSONResponse({"predictions": rows, "image_size": list(image.size), "model": identity,

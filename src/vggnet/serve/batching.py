@@ -2,9 +2,11 @@
 
 A request is admitted only while fewer than `max_queue` requests are waiting or running (else `QueueFull`,
 which the app answers with 503 and Retry-After), so memory stays bounded under any load. One collector task
-takes the first waiting request, waits up to `max_wait_ms` for more (at most `max_batch_size` in all), and
-hands the batch to a single worker thread, which runs `run_batch` (the forward pass) while the event loop
-keeps accepting. A request that gave up (timed out) before its batch started is dropped from it.
+takes the first waiting request and every request already waiting behind it, then waits up to `max_wait_ms`
+for more (at most `max_batch_size` in all), and hands the batch to a single worker thread, which runs
+`run_batch` (the forward pass) while the event loop keeps accepting. The requests that arrive during a pass
+wait in the queue and make the next batch, so under load the batches grow by themselves even with
+`max_wait_ms` 0. A request that gave up (timed out) before its batch started is dropped from it.
 """
 
 from __future__ import annotations
@@ -103,6 +105,9 @@ class Batcher:
             jobs = [await self.queue.get()]
             deadline = loop.time() + self.max_wait
             while len(jobs) < self.max_batch_size:
+                if not self.queue.empty():  # arrived during the last pass: no need to wait for it
+                    jobs.append(self.queue.get_nowait())
+                    continue
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break
