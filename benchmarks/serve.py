@@ -3,7 +3,11 @@
 The demo's net (A, width 1/8, FC 256, crop 64, batch norm, 10 classes; random weights, which cost what
 trained ones cost) serves the synthetic shapes as JPEGs. A bounded asyncio client (httpx) keeps
 `concurrency` requests in flight until `--requests` are answered, for concurrency 1, 8 and 32; batching on
-is `--max-batch-size 32 --max-wait-ms 5`, off is `--max-batch-size 1`. Reported: requests/s, p50 and p99.
+is `--max-batch-size 32 --max-wait-ms W`, off is `--max-batch-size 1`; both with the same `--threads`
+PyTorch threads for the forward pass (and the same decoding threads), so like is compared with like. Reported
+per level: requests/s, p50 and p99, and from the server's /metrics the forward passes, the mean requests per
+pass, the mean time of a pass and of one request's preprocessing (decode, resize, crop, normalise), and the
+machine's load average (the cores may be shared with other work).
 
     python benchmarks/serve.py                       # batching on vs off, centre crop (the fixed-size input)
     python benchmarks/serve.py --method dense        # §3.2's dense evaluation (sizes vary: smaller batches)
@@ -18,6 +22,7 @@ import argparse
 import asyncio
 import io
 import json
+import os
 import random
 import statistics
 import sys
@@ -88,10 +93,40 @@ async def load(url: str, bodies: list[bytes], concurrency: int, requests: int, m
             "statuses": dict(statuses)}
 
 
-def batch_sizes(url: str) -> float:
-    lines = {ln.split()[0]: float(ln.split()[1]) for ln in httpx.get(f"{url}/metrics").text.splitlines()
-             if ln.startswith("vgg_batch_size_sum") or ln.startswith("vgg_batch_size_count")}
-    return lines["vgg_batch_size_sum"] / max(1.0, lines["vgg_batch_size_count"])
+def server_counts(url: str) -> dict[str, float]:
+    """The /metrics sums and counts of batch sizes and stage times (cumulative since the server started)."""
+    wanted = ("vgg_batch_size_sum", "vgg_batch_size_count", 'vgg_stage_seconds_sum{stage="forward"}',
+              'vgg_stage_seconds_count{stage="forward"}', 'vgg_stage_seconds_sum{stage="preprocess"}',
+              'vgg_stage_seconds_count{stage="preprocess"}', 'vgg_stage_seconds_sum{stage="queue"}',
+              'vgg_stage_seconds_count{stage="queue"}')
+    lines = {ln.rsplit(" ", 1)[0]: float(ln.rsplit(" ", 1)[1]) for ln in httpx.get(f"{url}/metrics").text.splitlines()
+             if not ln.startswith("#")}
+    return {k: lines.get(k, 0.0) for k in wanted}
+
+
+def server_stages(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    d = {k: after[k] - before[k] for k in after}
+    passes = d["vgg_batch_size_count"]
+    return {"passes": int(passes), "mean_batch": round(d["vgg_batch_size_sum"] / max(1.0, passes), 2),
+            "forward_ms_per_pass": round(1000 * d['vgg_stage_seconds_sum{stage="forward"}']
+                                         / max(1.0, d['vgg_stage_seconds_count{stage="forward"}']), 2),
+            "preprocess_ms_per_request": round(1000 * d['vgg_stage_seconds_sum{stage="preprocess"}']
+                                               / max(1.0, d['vgg_stage_seconds_count{stage="preprocess"}']), 2),
+            "queue_ms_per_request": round(1000 * d['vgg_stage_seconds_sum{stage="queue"}']
+                                          / max(1.0, d['vgg_stage_seconds_count{stage="queue"}']), 2)}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` (all its threads) so far: what a request costs the server,
+    which a shared machine's load does not inflate the way it inflates wall-clock rates."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load_average() -> float:
+    with open("/proc/loadavg", encoding="ascii") as f:
+        return float(f.read().split()[0])
 
 
 def throughput(args: argparse.Namespace, ckpt: Path, bodies: list[bytes]) -> list[dict]:
@@ -101,11 +136,24 @@ def throughput(args: argparse.Namespace, ckpt: Path, bodies: list[bytes]) -> lis
         with Server(ckpt, *flags, "--method", args.method, "--max-queue", "256", threads=args.threads) as s:
             asyncio.run(load(s.url, bodies, 4, 16, args.method))  # warm-up
             for c in args.concurrency:
+                before, load_before = server_counts(s.url), load_average()
+                cpu_before, client_before = cpu_seconds(s.process.pid), time.process_time()
                 row = asyncio.run(load(s.url, bodies, c, args.requests, args.method))
-                row.update(batching=mode, mean_batch=round(batch_sizes(s.url), 2))
+                row.update(batching=mode, threads=args.threads, max_wait_ms=args.max_wait_ms,
+                           server_cpu_ms_per_request=round(1000 * (cpu_seconds(s.process.pid) - cpu_before)
+                                                           / args.requests, 2),
+                           client_cpu_ms_per_request=round(1000 * (time.process_time() - client_before)
+                                                           / args.requests, 2),
+                           **server_stages(before, server_counts(s.url)),
+                           load_average=[load_before, load_average()])
                 rows.append(row)
                 print(f"batching {mode:<3}  concurrency {c:>2}: {row['rps']:7.1f} req/s  p50 {row['p50_ms']:7.1f} ms"
-                      f"  p99 {row['p99_ms']:7.1f} ms  {row['statuses']}", flush=True)
+                      f"  p99 {row['p99_ms']:7.1f} ms  {row['passes']} passes of {row['mean_batch']:.2f} "
+                      f"({row['forward_ms_per_pass']:.1f} ms each), preprocess "
+                      f"{row['preprocess_ms_per_request']:.1f} ms/request, queue {row['queue_ms_per_request']:.1f} ms, "
+                      f"server CPU "
+                      f"{row['server_cpu_ms_per_request']:.1f} ms/request  load {load_before:.1f}-"
+                      f"{row['load_average'][1]:.1f}  {row['statuses']}", flush=True)
             s.stop()
     for c in args.concurrency:
         on = next(r for r in rows if r["batching"] == "on" and r["concurrency"] == c)

@@ -66,8 +66,8 @@ class Metrics:
                                buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
         self.depth = Gauge("vgg_queue_depth", "requests waiting or running", registry=r)
         self.stage = Histogram("vgg_stage_seconds", "time per stage: preprocess (decode, resize, crop, "
-                               "normalise: per request, in its own thread), forward (one batch's pass, in the "
-                               "worker)", ["stage"],
+                               "normalise: per request, in its own thread), queue (per request, admission to the "
+                               "start of its pass), forward (one batch's pass, in the worker)", ["stage"],
                                buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 10),
                                registry=r)
         self.dropped = Counter("vgg_dropped", "requests dropped from a batch after their client's timeout",
@@ -118,7 +118,7 @@ def build_app(predictor: Any, *, identity: dict[str, Any], limits: Limits = Limi
 
     batcher = Batcher(run_batch, max_batch_size=limits.max_batch_size, max_wait_ms=limits.max_wait_ms,
                       max_queue=limits.max_queue, on_batch=metrics.batch.observe, on_depth=metrics.depth.set,
-                      on_drop=metrics.dropped.inc)
+                      on_drop=metrics.dropped.inc, on_wait=metrics.stage.labels("queue").observe)
 
     def timed(route: str, handler: Callable) -> Callable:
         async def endpoint(request: Request) -> Response:

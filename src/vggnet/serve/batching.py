@@ -37,20 +37,22 @@ class Batcher:
     """`await batcher.submit(payload)` -> `run_batch([payload, ...])[i]`, batched with its neighbours in time.
 
     `run_batch(payloads) -> results` runs on one worker thread (PyTorch uses its own threads inside it);
-    `on_batch(size)`, `on_depth(depth)` report to metrics.
+    `on_batch(size)`, `on_depth(depth)`, `on_drop(count)` and `on_wait(seconds)` (each request's time from
+    admission to the start of its pass) report to metrics.
     """
 
     def __init__(self, run_batch: Callable[[Sequence[Any]], Sequence[Any]], *, max_batch_size: int = 16,
                  max_wait_ms: float = 5.0, max_queue: int = 64,
                  on_batch: Callable[[int], None] | None = None, on_depth: Callable[[int], None] | None = None,
-                 on_drop: Callable[[int], None] | None = None) -> None:
+                 on_drop: Callable[[int], None] | None = None,
+                 on_wait: Callable[[float], None] | None = None) -> None:
         if max_batch_size < 1:
             raise ValueError(f"--max-batch-size must be >= 1, got {max_batch_size}")
         if max_queue < 1:
             raise ValueError(f"--max-queue must be >= 1, got {max_queue}")
         self.run_batch, self.max_batch_size, self.max_wait = run_batch, max_batch_size, max_wait_ms / 1000.0
         self.max_queue = max_queue
-        self.on_batch, self.on_depth, self.on_drop = on_batch, on_depth, on_drop
+        self.on_batch, self.on_depth, self.on_drop, self.on_wait = on_batch, on_depth, on_drop, on_wait
         self.pending = 0                      # admitted and not yet answered: what max_queue bounds
         self.queue: asyncio.Queue[Job] | None = None
         self.task: asyncio.Task | None = None
@@ -122,6 +124,10 @@ class Batcher:
                 continue
             if self.on_batch is not None:
                 self.on_batch(len(live))
+            if self.on_wait is not None:
+                now = time.perf_counter()
+                for j in live:
+                    self.on_wait(now - j.admitted)
             try:
                 results = await loop.run_in_executor(self.executor, self.run_batch, [j.payload for j in live])
             except Exception as exc:  # noqa: BLE001 - the requests of this batch get the error, the server lives
