@@ -1,13 +1,15 @@
 """`vgg serve` under load on localhost: dynamic batching on against off, in the same run, and a soak.
 
 The demo's net (A, width 1/8, FC 256, crop 64, batch norm, 10 classes; random weights, which cost what
-trained ones cost) serves the synthetic shapes as JPEGs. A bounded asyncio client (httpx) keeps
-`concurrency` requests in flight until `--requests` are answered, for concurrency 1, 8 and 32; batching on
-is `--max-batch-size 32 --max-wait-ms W`, off is `--max-batch-size 1`; both with the same `--threads`
-PyTorch threads for the forward pass (and the same decoding threads), so like is compared with like. Reported
-per level: requests/s, p50 and p99, and from the server's /metrics the forward passes, the mean requests per
-pass, the mean time of a pass and of one request's preprocessing (decode, resize, crop, normalise), and the
-machine's load average (the cores may be shared with other work).
+trained ones cost) serves the synthetic shapes as JPEGs. A bounded asyncio client (a minimal HTTP/1.1 writer
+on kept-alive connections: it costs the shared cores about 0.2 ms per request) keeps `concurrency` requests
+in flight until `--requests` are answered, for concurrency 1, 8 and 32. Batching on is `--max-batch-size 32
+--max-wait-ms W`, off is `--max-batch-size 1`; both servers run side by side with the same `--threads`
+PyTorch threads for the forward pass and the same preprocessing threads, so like is compared with like, and
+each level is measured `--rounds` times, the two modes alternating. Reported per measurement: requests/s,
+p50 and p99; from the server's /metrics the forward passes, the mean requests per pass, the mean time of a
+pass, of one request's preprocessing (decode, resize, crop, normalise) and of its wait in the batcher's
+queue; the server's CPU time per request (robust to the machine's load, unlike the rates); the load average.
 
     python benchmarks/serve.py                       # batching on vs off, centre crop (the fixed-size input)
     python benchmarks/serve.py --method dense        # §3.2's dense evaluation (sizes vary: smaller batches)
@@ -70,24 +72,45 @@ def percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))] if values else float("nan")
 
 
+async def post(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str, path: str,
+               body: bytes) -> int:
+    """One HTTP/1.1 POST on a kept-alive connection; the status code (the JSON answer is read and dropped)."""
+    writer.write(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: image/jpeg\r\n"
+                 f"Content-Length: {len(body)}\r\n\r\n".encode("ascii") + body)
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    length = next(int(ln.split(":", 1)[1]) for ln in lines if ln.lower().startswith("content-length:"))
+    await reader.readexactly(length)
+    return int(lines[0].split()[1])
+
+
 async def load(url: str, bodies: list[bytes], concurrency: int, requests: int, method: str) -> dict:
+    """`requests` POSTs with `concurrency` in flight, each connection kept alive. The client is a minimal
+    HTTP/1.1 writer on asyncio streams rather than httpx: at concurrency 32 httpx's pool took 2-5 ms of CPU
+    per request, twice as much when answers came in bursts (as batching returns them), and being on the
+    same cores it measured itself more than the server."""
     latencies: list[float] = []
     statuses: Counter = Counter()
     queue = list(range(requests))
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(limits=limits, timeout=120) as client:
-        async def worker() -> None:
+    host, port = url.removeprefix("http://").split(":")
+    path = f"/v1/classify?method={method}"
+
+    async def worker() -> None:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
             while queue:
                 i = queue.pop()
                 t0 = time.perf_counter()
-                r = await client.post(f"{url}/v1/classify", params={"method": method},
-                                      content=bodies[i % len(bodies)])
+                status = await post(reader, writer, f"{host}:{port}", path, bodies[i % len(bodies)])
                 latencies.append(time.perf_counter() - t0)
-                statuses[r.status_code] += 1
+                statuses[status] += 1
+        finally:
+            writer.close()
 
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        wall = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    wall = time.perf_counter() - t0
     return {"concurrency": concurrency, "requests": requests, "rps": requests / wall,
             "p50_ms": 1000 * percentile(latencies, 50), "p99_ms": 1000 * percentile(latencies, 99),
             "statuses": dict(statuses)}
@@ -129,37 +152,53 @@ def load_average() -> float:
         return float(f.read().split()[0])
 
 
-def throughput(args: argparse.Namespace, ckpt: Path, bodies: list[bytes]) -> list[dict]:
-    rows = []
-    for mode, flags in (("on", ["--max-batch-size", "32", "--max-wait-ms", str(args.max_wait_ms)]),
-                        ("off", ["--max-batch-size", "1"])):
-        with Server(ckpt, *flags, "--method", args.method, "--max-queue", "256", threads=args.threads) as s:
-            asyncio.run(load(s.url, bodies, 4, 16, args.method))  # warm-up
+def measure(s: Server, mode: str, c: int, args: argparse.Namespace, bodies: list[bytes]) -> dict:
+    before, load_before = server_counts(s.url), load_average()
+    cpu_before, client_before = cpu_seconds(s.process.pid), time.process_time()
+    row = asyncio.run(load(s.url, bodies, c, args.requests, args.method))
+    row.update(batching=mode, threads=args.threads, max_wait_ms=args.max_wait_ms,
+               server_cpu_ms_per_request=round(1000 * (cpu_seconds(s.process.pid) - cpu_before) / args.requests, 2),
+               client_cpu_ms_per_request=round(1000 * (time.process_time() - client_before) / args.requests, 2),
+               **server_stages(before, server_counts(s.url)), load_average=[load_before, load_average()])
+    print(f"batching {mode:<3}  concurrency {c:>2}: {row['rps']:7.1f} req/s  p50 {row['p50_ms']:7.1f} ms"
+          f"  p99 {row['p99_ms']:7.1f} ms  {row['passes']} passes of {row['mean_batch']:.2f} "
+          f"({row['forward_ms_per_pass']:.1f} ms each), preprocess {row['preprocess_ms_per_request']:.1f} ms, "
+          f"queue {row['queue_ms_per_request']:.1f} ms, server CPU {row['server_cpu_ms_per_request']:.1f} ms "
+          f"per request  load {load_before:.1f}-{row['load_average'][1]:.1f}  {row['statuses']}", flush=True)
+    return row
+
+
+def throughput(args: argparse.Namespace, ckpt: Path, bodies: list[bytes]) -> dict:
+    """Both servers run side by side; every level is measured `--rounds` times, on and off alternating (the
+    order flipped each round), so that drift in a shared machine's load falls on both modes alike. The
+    median round of each is reported."""
+    common = ["--method", args.method, "--max-queue", "256"]
+    rows: list[dict] = []
+    with Server(ckpt, "--max-batch-size", "32", "--max-wait-ms", str(args.max_wait_ms), *common,
+                threads=args.threads) as on, Server(ckpt, "--max-batch-size", "1", *common,
+                                                    threads=args.threads) as off:
+        servers = {"on": on, "off": off}
+        for s in servers.values():
+            asyncio.run(load(s.url, bodies, 4, 32, args.method))  # warm-up
+        for r in range(args.rounds):
             for c in args.concurrency:
-                before, load_before = server_counts(s.url), load_average()
-                cpu_before, client_before = cpu_seconds(s.process.pid), time.process_time()
-                row = asyncio.run(load(s.url, bodies, c, args.requests, args.method))
-                row.update(batching=mode, threads=args.threads, max_wait_ms=args.max_wait_ms,
-                           server_cpu_ms_per_request=round(1000 * (cpu_seconds(s.process.pid) - cpu_before)
-                                                           / args.requests, 2),
-                           client_cpu_ms_per_request=round(1000 * (time.process_time() - client_before)
-                                                           / args.requests, 2),
-                           **server_stages(before, server_counts(s.url)),
-                           load_average=[load_before, load_average()])
-                rows.append(row)
-                print(f"batching {mode:<3}  concurrency {c:>2}: {row['rps']:7.1f} req/s  p50 {row['p50_ms']:7.1f} ms"
-                      f"  p99 {row['p99_ms']:7.1f} ms  {row['passes']} passes of {row['mean_batch']:.2f} "
-                      f"({row['forward_ms_per_pass']:.1f} ms each), preprocess "
-                      f"{row['preprocess_ms_per_request']:.1f} ms/request, queue {row['queue_ms_per_request']:.1f} ms, "
-                      f"server CPU "
-                      f"{row['server_cpu_ms_per_request']:.1f} ms/request  load {load_before:.1f}-"
-                      f"{row['load_average'][1]:.1f}  {row['statuses']}", flush=True)
+                for mode in (("on", "off") if r % 2 == 0 else ("off", "on")):
+                    rows.append({**measure(servers[mode], mode, c, args, bodies), "round": r})
+        for s in servers.values():
             s.stop()
+    summary = []
     for c in args.concurrency:
-        on = next(r for r in rows if r["batching"] == "on" and r["concurrency"] == c)
-        off = next(r for r in rows if r["batching"] == "off" and r["concurrency"] == c)
-        print(f"concurrency {c:>2}: batching on / off = {on['rps'] / off['rps']:.2f}x throughput")
-    return rows
+        med = {}
+        for mode in ("on", "off"):
+            runs = sorted((x for x in rows if x["batching"] == mode and x["concurrency"] == c),
+                          key=lambda x: x["rps"])
+            med[mode] = runs[len(runs) // 2]
+        ratio = med["on"]["rps"] / med["off"]["rps"]
+        summary.append({"concurrency": c, "on": med["on"], "off": med["off"], "on_over_off": round(ratio, 2)})
+        print(f"concurrency {c:>2} (median of {args.rounds}): on {med['on']['rps']:.1f} req/s (p99 "
+              f"{med['on']['p99_ms']:.0f} ms, batches of {med['on']['mean_batch']:.2f}), off "
+              f"{med['off']['rps']:.1f} req/s (p99 {med['off']['p99_ms']:.0f} ms): on / off = {ratio:.2f}x")
+    return {"runs": rows, "median": summary}
 
 
 def rss_kb(pid: int) -> int:
@@ -225,8 +264,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=lambda s: [int(v) for v in s.split(",")], default=[1, 8, 32])
     parser.add_argument("--requests", type=int, default=256, help="requests per concurrency level")
     parser.add_argument("--method", default="center", choices=["center", "dense", "multi-crop", "both"])
-    parser.add_argument("--max-wait-ms", type=float, default=5.0)
-    parser.add_argument("--threads", type=int, default=2, help="the server's --threads")
+    parser.add_argument("--max-wait-ms", type=float, default=0.0, help="batching on's --max-wait-ms")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="the server's --threads, the same for both modes (default 1: on 2 shared cores the "
+                             "second core is the event loop's and the decoders')")
+    parser.add_argument("--rounds", type=int, default=3, help="measurements of each level and mode")
     parser.add_argument("--soak", action="store_true", help="the mixed-load soak instead of the comparison")
     parser.add_argument("--seconds", type=float, default=60.0, help="soak duration")
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the results here")

@@ -42,7 +42,7 @@ class Batcher:
     """
 
     def __init__(self, run_batch: Callable[[Sequence[Any]], Sequence[Any]], *, max_batch_size: int = 16,
-                 max_wait_ms: float = 5.0, max_queue: int = 64,
+                 max_wait_ms: float = 0.0, max_queue: int = 64,
                  on_batch: Callable[[int], None] | None = None, on_depth: Callable[[int], None] | None = None,
                  on_drop: Callable[[int], None] | None = None,
                  on_wait: Callable[[float], None] | None = None) -> None:

@@ -35,8 +35,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="test scales Q, as in vgg predict (default: from the checkpoint's training scale)")
     parser.add_argument("--max-batch-size", type=int, default=16,
                         help="most requests in one forward pass; 1 turns batching off (default: %(default)s)")
-    parser.add_argument("--max-wait-ms", type=float, default=5.0,
-                        help="how long the first request of a batch waits for others (default: %(default)s)")
+    parser.add_argument("--max-wait-ms", type=float, default=0.0,
+                        help="how long the first request of a batch waits for others; with 0 a batch is what "
+                             "arrived during the previous pass, which measured best (default: %(default)s)")
     parser.add_argument("--max-queue", type=int, default=64,
                         help="requests waiting or running; past it the answer is 503 (default: %(default)s)")
     parser.add_argument("--timeout-s", type=float, default=30.0,
