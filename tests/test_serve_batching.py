@@ -82,9 +82,11 @@ def test_worker_gets_ready_tensors_and_n_requests_take_fewer_than_n_passes(ckpt)
     assert all(answers[i].status_code == 200 for i in range(n)), [answers[i].text for i in range(n)]
     # every image was decoded and preprocessed in its request's thread, never in the worker
     assert len(prepared_on) == n and not any(name.startswith(WORKER) for name in prepared_on)
-    # the worker received tensors, and the n - 1 requests that waited behind the first made one pass
+    # the worker received tensors, and the requests that waited behind the first pass made one pass: two in
+    # all (the first takes whatever was admitted before the worker picked it up, usually one request)
     assert all(name.startswith(WORKER) and tensors for name, _, tensors in passes)
-    assert [size for _, size, _ in passes] == [1, n - 1]
+    sizes = [size for _, size, _ in passes]
+    assert len(sizes) == 2 and sum(sizes) == n, sizes
     expected = Predictor(ckpt, method="center", amp="off").posteriors(
         [decode_upload(b, max_pixels=10 ** 7, min_side=None) for b in bodies])
     for i in range(n):
