@@ -102,8 +102,14 @@ def add_transfer_arguments(parser: argparse.ArgumentParser) -> None:
                         help="at most M test images per class (Caltech-101: 50; default: all the others)")
     parser.add_argument("--splits", type=int, default=1, help="random splits (seeds 0..N-1), mean and std reported")
     parser.add_argument("--C-grid", dest="c_grid", default=",".join(f"{c:g}" for c in C_GRID), metavar="C,C,...",
-                        help="SVM C values tried by cross-validation (default: %(default)s)")
-    parser.add_argument("--folds", type=int, default=3, help="cross-validation folds (default: %(default)s)")
+                        help="SVM C values tried (default: %(default)s)")
+    parser.add_argument("--C-selection", dest="c_selection", choices=("holdout", "cv"), default="holdout",
+                        help="choose C on a hold-out of the training images (the paper's; one SVM fit per C) or by "
+                             "--folds cross-validation (folds x more fits) (default: %(default)s)")
+    parser.add_argument("--holdout", type=float, default=0.2, metavar="FRACTION",
+                        help="the hold-out's share of the training images (default: %(default)s)")
+    parser.add_argument("--folds", type=int, default=3,
+                        help="cross-validation folds, with --C-selection cv (default: %(default)s)")
     parser.add_argument("--train-features", metavar="FILE", help="training descriptors from `vgg features`")
     parser.add_argument("--test-features", metavar="FILE", help="test descriptors from `vgg features`")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -145,7 +151,7 @@ def run_transfer(args: argparse.Namespace) -> int:
             workers=args.workers, progress=info.is_main and sys.stderr.isatty())
     if work is None:  # a rank > 0: its share of the descriptors is done
         return 0
-    report = fit_transfer(work, c_grid=grid, folds=args.folds)
+    report = fit_transfer(work, c_grid=grid, folds=args.folds, c_selection=args.c_selection, holdout=args.holdout)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -156,5 +162,6 @@ def run_transfer(args: argparse.Namespace) -> int:
     else:
         print(f"accuracy {report['accuracy']:.2f}%{pm('accuracy')}; mean class accuracy "
               f"{report['mean_class_accuracy']:.2f}%{pm('mean_class_accuracy')}")
-    print(f"{report['protocol']}; C = {report['C']} (cross-validated); results in {args.output_dir}/results.json")
+    print(f"{report['protocol']}; C = {report['C']} (chosen on a {report['C_selection']}); results in "
+          f"{args.output_dir}/results.json")
     return 0
