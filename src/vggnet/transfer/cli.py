@@ -112,8 +112,44 @@ def add_transfer_arguments(parser: argparse.ArgumentParser) -> None:
                         help="cross-validation folds, with --C-selection cv (default: %(default)s)")
     parser.add_argument("--train-features", metavar="FILE", help="training descriptors from `vgg features`")
     parser.add_argument("--test-features", metavar="FILE", help="test descriptors from `vgg features`")
+    parser.add_argument("--task", choices=("images", "action"), default="images",
+                        help="images: classify whole images (VOC, Caltech, class folders); action: VOC-2012 action "
+                             "classification of person boxes (ImageSets/Action, Table 12) (default: %(default)s)")
+    parser.add_argument("--action-setting", choices=("image", "image+box"), default="image+box",
+                        help="with --task action: the whole image's descriptor only, or stacked with the person "
+                             "box's (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     _common(parser)
+
+
+def _run_action(args: argparse.Namespace, grid: list[float]) -> int:
+    """`vgg transfer --task action`: Table 12 (train on --train-split, default train; test on
+    --test-split, default val)."""
+    from vggnet.transfer.action import action_descriptors, fit_action
+
+    caltech = [f for f, v in (("--train-per-class", args.train_per_class), ("--test-per-class", args.test_per_class),
+                              ("--train-features", args.train_features), ("--test-features", args.test_features))
+               if v is not None]
+    if caltech or args.splits != 1:
+        raise UserError(f"--task action: {(caltech or ['--splits'])[0]} does not apply (the action lists say "
+                        f"which person is trained on and which is tested)")
+    with process_group(args.device) as info:
+        work = action_descriptors(
+            args.items, args.data, output_dir=args.output_dir, setting=args.action_setting,
+            train_split=args.train_split, test_split=args.test_split, scales=args.test_scales, flip=args.flip,
+            aggregation=args.aggregate, device=info.device, amp=args.amp, batch_size=args.batch_size,
+            workers=args.workers, progress=info.is_main and sys.stderr.isatty())
+    if work is None:
+        return 0
+    report = fit_action(work, c_grid=grid, folds=args.folds, c_selection=args.c_selection, holdout=args.holdout)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"action classification ({report['setting']}): mAP {report['mAP']:.2f}% (VOC-2007 11-point AP); "
+          f"{report['mAP_area']:.2f}% (area under PR, VOC-2012's measure) over {len(report['actions'])} actions")
+    print(f"{report['protocol']}: {report['train_instances']} / {report['test_instances']} persons; C = {report['C']:g} "
+          f"(chosen on a {report['C_selection']}); results in {args.output_dir}/results.json")
+    return 0
 
 
 def run_transfer(args: argparse.Namespace) -> int:
@@ -141,6 +177,8 @@ def run_transfer(args: argparse.Namespace) -> int:
         grid = [float(c) for c in args.c_grid.split(",") if c.strip()]
     except ValueError:
         raise UserError(f"--C-grid: expected comma-separated numbers such as 0.1,1,10, got {args.c_grid!r}") from None
+    if args.task == "action":
+        return _run_action(args, grid)
     with process_group(args.device) as info:
         work = transfer_descriptors(
             args.items, args.data, output_dir=args.output_dir, scales=args.test_scales, flip=args.flip,
