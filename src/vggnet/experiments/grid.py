@@ -69,7 +69,8 @@ _CELL_KEYS = {
 }
 _EVAL_SETTINGS = {"test_scales", "method", "flip", "grid", "batch_size", "workers", "device", "amp"}
 _FUSE_SETTINGS = {"method"}
-_LOCALIZE_EVAL_SETTINGS = {"protocol", "test_scales", "workers", "device"}
+_LOCALIZE_EVAL_SETTINGS = {"protocol", "test_scales", "classifier_method", "classifier_scales", "workers",
+                           "device"}
 _TRANSFER_SETTINGS = {"test_scales", "aggregate", "device", "workers", "extra"}
 _ROW_KEYS_FIXED = {"cell", "method", "paper", "note"}
 _METRICS = {"top1_error", "top5_error", "localisation_error", "mAP", "mean_class_accuracy", "accuracy"}

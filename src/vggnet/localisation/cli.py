@@ -122,8 +122,8 @@ def _mean_box_row(data: str, val: Any, classes: Sequence[str], sample: int) -> d
 
 def evaluate_localisation(checkpoints: Sequence[str], data: str, *, protocol: str = "central",
                           classifiers: Sequence[str] = (), scales: Sequence[int] | None = None,
-                          cls_method: str = "dense", merge_iou: float = 0.5, nms_iou: float = 0.5,
-                          device: str | torch.device = "auto", batch_size: int = 32, workers: int = 0,
+                          cls_method: str = "dense", cls_scales: Sequence[int] | None = None,
+                          merge_iou: float = 0.5, nms_iou: float = 0.5, device: str | torch.device = "auto", batch_size: int = 32, workers: int = 0,
                           mean_box_sample: int = 1000, max_images: int | None = None,
                           progress: bool = False) -> dict[str, Any]:
     """Protocol 1 ("central") or the full protocol ("full") on DATA's validation split.
@@ -169,7 +169,8 @@ def evaluate_localisation(checkpoints: Sequence[str], data: str, *, protocol: st
         from vggnet.localisation.full_protocol import MERGE_LABELS, MERGE_METHODS, localise_images
 
         qs = scales or sorted({loc.default_scale() for loc in locs})
-        res = localise_images(locs, list(classifiers), val, scales=qs, cls_method=cls_method, merge_iou=merge_iou,
+        res = localise_images(locs, list(classifiers), val, scales=qs, cls_scales=cls_scales, cls_method=cls_method,
+                              merge_iou=merge_iou,
                               nms_iou=nms_iou, device=dev, workers=workers, batch_size=batch_size, progress=progress)
         name = " + ".join(f"{l.name} {l.head.upper()}" for l in locs)
         for m in MERGE_METHODS:
@@ -177,6 +178,7 @@ def evaluate_localisation(checkpoints: Sequence[str], data: str, *, protocol: st
                          "localisation_error": res.error(m)})
         report.update({"localisation_error": res.error("merge"), "merge_iou": merge_iou, "nms_iou": nms_iou,
                        "classifiers": list(classifiers), "classification_method": cls_method,
+                       "classification_scales": list(cls_scales or qs),
                        "classification_top5_error": res.classification_top5_error, "test_scales": qs,
                        "seconds": res.seconds, "windows": res.windows})
     mb = _mean_box_row(data, val, classes, mean_box_sample)
@@ -233,7 +235,8 @@ def _image_files(items: Sequence[str]) -> list[str]:
 
 
 def predict_localisation(checkpoints: Sequence[str], classifiers: Sequence[str], images: Sequence[str], out: str, *,
-                         scales: Sequence[int] | None = None, cls_method: str = "dense", merge_iou: float = 0.5,
+                         scales: Sequence[int] | None = None, cls_method: str = "dense",
+                         cls_scales: Sequence[int] | None = None, merge_iou: float = 0.5,
                          device: str | torch.device = "auto", workers: int = 0) -> list[dict[str, Any]]:
     """Five (class, box, score) per image (full protocol, greedy merge); writes OUT/<stem>.png with
     the boxes drawn and OUT/predictions.json. Returns the predictions."""
@@ -252,7 +255,7 @@ def predict_localisation(checkpoints: Sequence[str], classifiers: Sequence[str],
     dev = resolve_device(device)
     qs = scales or sorted({loc.default_scale() for loc in locs})
     res = localise_images(locs, list(classifiers), ImageFiles(files, locs[0].classes), scales=qs, cls_method=cls_method,
-                          merge_iou=merge_iou, device=dev, workers=workers)
+                          cls_scales=cls_scales, merge_iou=merge_iou, device=dev, workers=workers)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = []
@@ -294,6 +297,10 @@ def _eval_arguments(p: argparse.ArgumentParser) -> None:
                    help="test scales Q (default: each localisation net's training S, the middle of [Smin, Smax])")
     p.add_argument("--classifier-method", dest="cls_method", choices=METHODS, default="dense",
                    help="how the classifier ranks the classes, as `vgg eval --method` (default: %(default)s)")
+    p.add_argument("--classifier-scales", dest="cls_scales", default=None, metavar="Q,Q,...",
+                   help="the classifiers' test scales, as `vgg eval --test-scales` (default: --test-scales); "
+                        "the paper ranks with its best classification system (Table 6: D and E, Q = 256,384,512, "
+                        "--classifier-method both)")
     p.add_argument("--merge-iou", type=float, default=0.5,
                    help="greedy merge: merge the closest pair while its IoU >= this (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: %(default)s)")
@@ -371,6 +378,7 @@ def run_localize(args: argparse.Namespace) -> int:
         if args.action == "predict":
             results = predict_localisation(args.checkpoint, args.classifier, args.images, args.out, scales=scales,
                                            cls_method=args.cls_method, merge_iou=args.merge_iou, device=args.device,
+                                           cls_scales=parse_test_scales(args.cls_scales) if args.cls_scales else None,
                                            workers=args.workers)
             for r in results:
                 top = r["predictions"][0] if r["predictions"] else None
@@ -380,7 +388,9 @@ def run_localize(args: argparse.Namespace) -> int:
         if args.output and Path(args.output).suffix.lower() not in (".md", ".json"):
             raise UserError(f"--output {args.output}: expected a .md or .json file name")
         report = evaluate_localisation(args.checkpoint, args.data, protocol=args.protocol, classifiers=args.classifier,
-                                       scales=scales, cls_method=args.cls_method, merge_iou=args.merge_iou,
+                                       scales=scales, cls_method=args.cls_method,
+                                       cls_scales=parse_test_scales(args.cls_scales) if args.cls_scales else None,
+                                       merge_iou=args.merge_iou,
                                        nms_iou=args.nms_iou, device=args.device, batch_size=args.batch_size,
                                        workers=args.workers, mean_box_sample=args.mean_box_sample,
                                        max_images=args.max_images, progress=sys.stderr.isatty())
