@@ -125,3 +125,27 @@ def test_the_quote_checker_catches_a_wrong_number():
             "| net | ours | paper |\n|---|---|---|\n| D | 40.0 | 26.6 |\n")
     assert [n for _, n in _paper_quotes(text)] == [26.6, 31.4, 92.7, 0.5]
     assert 31.4 not in paper.numbers() and 26.6 in paper.numbers()
+
+
+def test_the_runner_passes_the_papers_settings_to_the_commands(tmp_path):
+    from vggnet.experiments.runner import Overrides, plan_grid
+
+    data = tmp_path / "data"
+    (data / "train").mkdir(parents=True)
+    (data / "val").mkdir()
+    t9 = plan_grid(load_grid("table9"), data=data, root=tmp_path / "r")
+    argv = t9.cells["S384-Q352-384"].argv
+    assert argv[argv.index("--classifier-method") + 1] == "both"
+    assert argv[argv.index("--classifier-scales") + 1] == "256,384,512"
+    assert sum(a == "--classifier" for a in argv) == 2 and argv[argv.index("--test-scales") + 1] == "352,384"
+    b = plan_grid(load_grid("b_vs_b5x5"), data=data, root=tmp_path / "r")
+    argv = b.cells["B5x5-S256-center"].argv
+    assert argv[argv.index("--method") + 1] == "center" and argv[argv.index("--test-scales") + 1] == "256"
+    t12 = plan_grid(load_grid("table12"), data=data, root=tmp_path / "r",
+                    overrides=Overrides(transfer_data=str(tmp_path)))
+    argv = t12.cells["DE-image-box"].argv
+    assert argv[argv.index("--task") + 1] == "action" and argv[argv.index("--action-setting") + 1] == "image+box"
+    assert argv[argv.index("--test-scales") + 1] == "256,384,512,640,768"
+    # the S = 384 localisation nets of Table 8 start from the classification D at S = 384
+    t8 = plan_grid(load_grid("table8"), data=data, root=tmp_path / "r")
+    assert str(t8.cells["D-S384"].run_dir) in " ".join(t8.cells["PCR-all"].argv)
