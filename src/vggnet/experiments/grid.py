@@ -1,4 +1,4 @@
-"""Experiment grids: the paper's tables (3-6, §4.1, 8-9, Appendix B) as data.
+"""Experiment grids: the paper's tables (3-6, §4.1, 8-9, 11-12 of Appendix B) as data.
 
 A grid is a YAML file in `configs/experiments/`. Its *cells* are the runs that
 produce the table: training runs (`vgg train`), evaluations (`vgg eval`), fusions
