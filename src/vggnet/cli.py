@@ -37,6 +37,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "transfer": ("vggnet.transfer.cli", "Appendix B: linear SVMs on descriptors; VOC mAP, Caltech accuracy; predict"),
     "import": ("vggnet.interop.cli", "torchvision/timm .pth, Keras .h5, Caffe .caffemodel, safetensors -> checkpoint"),
     "export": ("vggnet.interop.cli", "checkpoint -> safetensors, torchvision .pth, ONNX"),
+    "serve": ("vggnet.serve.cli", "a trained net as an HTTP service with a page to try it (batched, bounded)"),
     "experiment": ("vggnet.experiments.cli", "the paper's tables as cached, resumable experiment grids"),
     "demo": ("vggnet.demo", "the main job end to end on the synthetic dataset"),
 }
