@@ -105,3 +105,5 @@ def test_cli_transfer_task_action(ckpt, actions, tmp_path, capsys):
     assert "--train-per-class does not apply" in capsys.readouterr().err
     assert main(base + ["--test-split", "train"]) == 2
     assert "must not be tested on its training images" in capsys.readouterr().err
+    assert main(base[:2] + base[4:]) == 2     # without --task action: named, not mistaken for class folders
+    assert "with --task action" in capsys.readouterr().err

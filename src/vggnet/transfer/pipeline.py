@@ -424,6 +424,11 @@ def transfer_descriptors(
             tr_name = train_split or ("trainval" if "trainval" in have and "test" in have else "train")
             te_name = test_split or ("test" if "test" in have and tr_name == "trainval" else "val")
         else:
+            from vggnet.data.voc_action import is_voc_action
+
+            if is_voc_action(root):
+                raise UserError(f"--data {data} holds VOC action lists (ImageSets/Action) and no ImageSets/Main: "
+                                f"classify its persons' actions with --task action")
             if not any((root / s).is_dir() for s in ("train", "val", "test")):
                 # class folders with no split: "train" and "test" would both be the whole folder
                 raise UserError(f"--data {data} is a folder of class folders with no train/ and test/ (or val/) "
