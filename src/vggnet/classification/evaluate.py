@@ -66,8 +66,7 @@ __all__ = [
 
 # What `--method` accepts: "both" = the average of the dense and multi-crop posteriors; "center" =
 # torchvision's single centre crop (an extension beyond the paper, to compare with published numbers).
-METHODS = ("dense", "multi-crop", "both", "center")
-CROP_PCT = 0.875  # torchvision's and timm's ImageNet evaluation: resize to 256, centre crop 224
+from vggnet.arguments import CROP_PCT, METHODS  # noqa: E402  (defined with the flags)
 
 
 # --------------------------------------------------------------------------- posteriors

@@ -53,7 +53,7 @@ __all__ = [
     "DescriptorExtractor", "Features", "load_features",
 ]
 
-AGGREGATIONS = ("average", "stack")
+from vggnet.arguments import AGGREGATIONS  # noqa: E402  (defined with the flags)
 FEATURES_FORMAT = "vggnet.features"
 
 

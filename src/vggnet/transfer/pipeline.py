@@ -51,7 +51,7 @@ __all__ = [
 
 CLASSIFIER_FORMAT = "vggnet.transfer.pipeline.classifier"
 # C of the linear SVM, chosen by cross-validation over this log grid (descriptors are L2-normalised).
-C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)
+from vggnet.arguments import C_GRID  # noqa: E402  (defined with the flags)
 
 
 # --------------------------------------------------------------------------- linear SVMs
