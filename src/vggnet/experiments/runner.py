@@ -252,7 +252,7 @@ def _plan_train(cell: Cell, grid: Grid, planned: Mapping[str, PlannedCell], *, d
 def _eval_common(cell: Cell, overrides: Overrides) -> list[str]:
     argv: list[str] = []
     ex = overrides.execution
-    for key in ("workers", "device"):
+    for key in ("workers", "device", "threads", "channels_last"):  # every inference command takes these
         value = cell.settings.get(key, ex.get(key))
         if value is not None:
             argv += [_flag(key), str(value)]
@@ -519,7 +519,7 @@ def run_plan(plan: Plan, *, quiet: bool = False, say=print) -> dict[str, dict[st
     if missing:
         raise UserError(f"grid {plan.grid.name} needs " + "; ".join(
             f"`vgg {c}` ({why})" for c, why in sorted(missing.items())) + ": merge the branch that adds it, or run "
-            f"`--dry-run` to see the commands")
+            "`--dry-run` to see the commands")
     plan.root.mkdir(parents=True, exist_ok=True)
     records: dict[str, dict[str, Any]] = {}
     bad: set[str] = set()

@@ -281,7 +281,7 @@ def transfer(
     checkpoints: Sequence[str | os.PathLike | Mapping[str, Any]],
     data: str | os.PathLike,
     *,
-    output_dir: str | os.PathLike = "transfer_run",
+    output_dir: str | os.PathLike = "runs/transfer",
     scales: Sequence[int] | None = None,
     flip: bool = True,
     aggregation: str = "average",
@@ -344,6 +344,7 @@ def transfer_descriptors(
     test_features: str | None,
     device: str | torch.device | None,
     amp: str,
+    channels_last: str | bool = False,
     batch_size: int,
     workers: int,
     progress: bool,
@@ -363,7 +364,7 @@ def transfer_descriptors(
     out = Path(output_dir)
     cache = out / "features"
     extractor = DescriptorExtractor(checkpoints, scales=scales, flip=flip, aggregation=aggregation, device=device,
-                                    amp=amp, batch_size=batch_size, workers=workers)
+                                    amp=amp, batch_size=batch_size, workers=workers, channels_last=channels_last)
     root = Path(data)
     runs: list[tuple[ImageSet, np.ndarray, ImageSet, np.ndarray]] = []
     if train_per_class is not None:
