@@ -17,7 +17,7 @@ def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", metavar="NAME", help="a grid (table3, table4, table5, table6, b_vs_b5x5, table8, "
                                                      "table9, appendix_b), a grid YAML file, or `list`")
     add_data_argument(parser, help="dataset with DIR/train and DIR/val (ImageNet layout; `vgg synth DIR` writes "
-                                   "the synthetic one); with --dry-run it is not checked")
+                                   "the synthetic one); not checked by a dry run")
     parser.add_argument("--transfer-data", metavar="DIR", help="Appendix B grids: the target dataset (VOC devkit "
                                                                "or class folders)")
     add_output_dir_argument(parser, "experiment", help="cells (cached by their settings) and reports")

@@ -221,7 +221,9 @@ def _plan_train(cell: Cell, grid: Grid, planned: Mapping[str, PlannedCell], *, d
         init = f"from:{dep.run_dir / 'best.pt'}"
     # every setting checked now, before any cell runs (the initial checkpoint does not exist yet)
     probe = {k: v for k, v in settings.items() if k not in EXECUTION_SETTINGS}
-    probe.update(data=data, init="glorot" if dep is not None else settings.get("init", "glorot"))
+    # (a dry run plans for another machine's data: a folder missing here is not checked)
+    probe.update(data=data if Path(data).is_dir() else None,
+                 init="glorot" if dep is not None else settings.get("init", "glorot"))
     try:
         config = TrainConfig.from_dict(probe).validate()
     except UserError as exc:

@@ -116,12 +116,11 @@ def run_transfer(args: argparse.Namespace) -> int:
     """`vgg transfer` and `vgg transfer predict`. Under torchrun every process computes its shard of
     the descriptors; the process group is then left, and rank 0 alone fits the SVMs (which can take
     longer than a collective's timeout), writes the files and prints; the other ranks exit with 0."""
-    from vggnet.distributed import process_group
-    from vggnet.execution import set_threads
-
     if args.items and args.items[0] == "predict" and not Path("predict").is_file():
         if len(args.items) < 3:
             raise UserError("usage: vgg transfer predict OUT IMAGE|DIR... (OUT: a `vgg transfer` --output-dir)")
+        from vggnet.distributed import process_group
+        from vggnet.execution import set_threads
         from vggnet.transfer.pipeline import predict_transfer
 
         set_threads(args.threads)
@@ -143,6 +142,8 @@ def run_transfer(args: argparse.Namespace) -> int:
         grid = [float(c) for c in args.c_grid.split(",") if c.strip()]
     except ValueError:
         raise UserError(f"--C-grid: expected comma-separated numbers such as 0.1,1,10, got {args.c_grid!r}") from None
+    from vggnet.distributed import process_group
+    from vggnet.execution import set_threads
     from vggnet.transfer.pipeline import fit_transfer, transfer_descriptors
 
     set_threads(args.threads)
