@@ -8,7 +8,7 @@
     vgg localize eval --checkpoint runs/loc/best.pt --classifier runs/cls/best.pt --data DIR \\
         --protocol full --test-scales 256,384
     # five boxes per image, drawn
-    vgg localize predict --checkpoint runs/loc/best.pt --classifier runs/cls/best.pt photos/ --out boxes/
+    vgg localize predict --checkpoint runs/loc/best.pt --classifier runs/cls/best.pt photos/ --output-dir boxes/
 
 Training is the engine's (`vggnet.engine.train`) with a `LocalisationTask`:
 every flag of `vgg train` works here, under torchrun too.

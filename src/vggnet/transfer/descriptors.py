@@ -10,7 +10,7 @@ descriptors of several nets are stacked (the paper's D+E fusion); the result is
 L2-normalised. Always in eval mode. The linear SVMs trained on them are
 `vggnet.transfer.pipeline`'s; `vgg features` (`vggnet.transfer.cli`) writes them to a file.
 
-    vgg features run/best.pt --data DIR --split train --test-scales 256,384,512 --out train.safetensors
+    vgg features --checkpoint run/best.pt --data DIR --split train --test-scales 256,384,512 --output train.safetensors
 
 Images of different sizes are batched by rescaled size, exactly as dense
 evaluation does (`vggnet.classification.evaluate.run_pass`). Descriptor files are written in
