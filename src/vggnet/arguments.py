@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 from vggnet.errors import UserError
 
-__all__ = ["parse_args_with_config", "load_config_file", "add_model_arguments", "MODEL_NAMES_HELP",
+__all__ = ["parse_args_with_config", "explicit_settings", "load_config_file", "add_model_arguments", "MODEL_NAMES_HELP",
            "AMP_CHOICES", "CHANNELS_LAST_CHOICES", "METHODS", "CROP_PCT", "HEADS", "BOX_MODES", "TARGETS",
            "AGGREGATIONS", "C_GRID", "IMPORT_FORMATS", "EXPORT_FORMATS", "parse_test_scales", "INFERENCE_BATCH_SIZE", "AtLeast", "positive_int",
            "non_negative_int", "default_workers", "resolve_workers", "deprecation_note", "add_checkpoint_argument",
@@ -36,8 +36,11 @@ def parse_args_with_config(parser: argparse.ArgumentParser, argv: Sequence[str])
     """
     dests = {a.dest: a for a in parser._actions}
     if "config_file" not in dests:
-        return parser.parse_args(argv)
+        args = parser.parse_args(argv)
+        args._explicit = explicit_settings(parser, argv)
+        return args
     pre, _ = parser.parse_known_args(argv)
+    from_file: set[str] = set()
     if pre.config_file:
         values = load_config_file(pre.config_file)
         defaults: dict[str, Any] = {}
@@ -58,7 +61,33 @@ def parse_args_with_config(parser: argparse.ArgumentParser, argv: Sequence[str])
                                 f"{', '.join(map(str, action.choices))}, got {value!r}")
             defaults[dest] = value
         parser.set_defaults(**defaults)
-    return parser.parse_args(argv)
+        from_file = set(defaults)
+    args = parser.parse_args(argv)
+    args._explicit = explicit_settings(parser, argv) | from_file
+    return args
+
+
+def explicit_settings(parser: argparse.ArgumentParser, argv: Sequence[str]) -> frozenset[str]:
+    """The dests that `argv` sets itself (not left at a default), sub-commands included: what a
+    checkpoint given as input may not override (`--init from:CKPT` brings the net's shape unless
+    `--model`, `--width`, ... say otherwise). Call it after `argv` parsed without error."""
+    parsers, saved = [parser], []
+    while parsers:
+        p = parsers.pop()
+        saved.append((p, dict(p._defaults), [(a, a.default) for a in p._actions]))
+        p._defaults.clear()
+        for a in p._actions:
+            a.default = argparse.SUPPRESS
+            if isinstance(a, argparse._SubParsersAction):
+                parsers.extend(a.choices.values())
+    try:
+        given, _ = parser.parse_known_args(list(argv))
+    finally:
+        for p, defaults, actions in saved:
+            p._defaults.update(defaults)
+            for a, default in actions:
+                a.default = default
+    return frozenset(vars(given))
 
 
 # What a YAML file may say for an on/off flag (a closed list: "yes please" is an error, not true).

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -347,32 +348,42 @@ def add_localize_arguments(parser: argparse.ArgumentParser) -> None:
     add_output_dir_argument(p, "localize predict", old="--out", help="folder for the PNGs and predictions.json")
 
 
-def _apply_config_file(args: argparse.Namespace, parser_defaults: dict[str, Any]) -> None:
-    """`--config-file` for `vgg localize train`: YAML values for the settings left at their defaults."""
+def _apply_config_file(args: argparse.Namespace, parser_defaults: dict[str, Any]) -> set[str]:
+    """`--config-file` for `vgg localize train`: YAML values for the settings left at their defaults;
+    returns the settings the file gives."""
     from vggnet.arguments import load_config_file
 
     values = load_config_file(args.config_file)
+    given = set()
     for key, value in values.items():
         dest = key.replace("-", "_")
         if dest not in parser_defaults or dest == "config_file":
             raise UserError(f"{args.config_file}: unknown setting {key!r}")
+        given.add(dest)
         if getattr(args, dest) == parser_defaults[dest]:
             setattr(args, dest, value)
+    return given
 
 
 def run_localize(args: argparse.Namespace) -> int:
     if args.action == "train":
         from vggnet.engine.config import TrainConfig
+        from vggnet.engine.state import settings_from_init
 
+        explicit = set(getattr(args, "_explicit", ()))
         if getattr(args, "config_file", None):
             probe = argparse.ArgumentParser()
             from vggnet.engine.config import add_train_arguments
 
             add_train_arguments(probe, lr=1e-3, output_dir=output_dir_default("localize train"))
             _task_arguments(probe)
-            _apply_config_file(args, {a.dest: a.default for a in probe._actions})
-        result = localize_train(TrainConfig.from_args(args), head=args.head, finetune=args.finetune,
-                                box_mode=args.box_mode, target=args.target)
+            explicit |= _apply_config_file(args, {a.dest: a.default for a in probe._actions})
+        config = TrainConfig.from_args(args)
+        taken = settings_from_init(config, explicit)  # the classification net's shape, scale and preprocessing
+        if taken and os.environ.get("RANK", "0") == "0":
+            print(f"vgg localize train: {taken}", file=sys.stderr)
+        result = localize_train(config, head=args.head, finetune=args.finetune, box_mode=args.box_mode,
+                                target=args.target)
         return 130 if result.get("signal") else 0
     if args.action == "eval" and args.output and Path(args.output).suffix.lower() not in (".md", ".json"):
         raise UserError(f"--output {args.output}: expected a .md or .json file name")
