@@ -94,7 +94,8 @@ class TrainConfig:
     resume: str | None = None            # PATH to a checkpoint, or auto: the newest in output_dir
     checkpoint_every: int = 0            # also checkpoint every N optimizer steps (0: only every epoch)
     checkpoint_minutes: float = 0.0      # also checkpoint every M minutes (0: off)
-    keep: int = 3                        # numbered checkpoints kept (last.pt and best.pt are kept too)
+    keep: int = 1                        # resumable checkpoints kept (last.pt links the newest; best.pt is
+                                         # weights and settings only): a run holds two model-sized files
     max_steps: int | None = None         # stop (with a checkpoint) after this many optimizer steps in total
     log_every: int = 10                  # steps between TensorBoard points
     progress: bool = True                # tqdm progress bar on rank 0
@@ -506,7 +507,9 @@ def add_train_arguments(parser: argparse.ArgumentParser, **defaults: Any) -> Non
                    help="also checkpoint every N optimizer steps (default: every epoch only)")
     g.add_argument("--checkpoint-minutes", type=float, default=d.checkpoint_minutes, metavar="MIN",
                    help="also checkpoint every M minutes (default: off)")
-    g.add_argument("--keep", type=int, default=d.keep, help="numbered checkpoints kept (default: %(default)s)")
+    g.add_argument("--keep", type=positive_int, default=d.keep, metavar="N",
+                   help="resumable checkpoints kept, newest first (checkpoint_*.pt; last.pt links the newest); best.pt "
+                        "holds weights and settings without the optimizer state (default: %(default)s)")
     g.add_argument("--max-steps", type=int, default=None, help="stop with a checkpoint after N optimizer steps")
     g.add_argument("--log-every", type=int, default=d.log_every, help="steps between TensorBoard points "
                                                                       "(default: %(default)s)")
