@@ -417,5 +417,9 @@ def test_cli_eval_central_full_and_predict(tmp_path, synthetic, capsys):
     assert len(written["images"]) == 2
     for item in written["images"]:
         assert len(item["predictions"]) == 3 and Path(item["drawn"]).is_file()
-        assert Image.open(item["drawn"]).size == Image.open(item["image"]).size
+        drawn, source = Image.open(item["drawn"]).size, Image.open(item["image"]).size
+        assert min(drawn) >= 384 and abs(drawn[0] / drawn[1] - source[0] / source[1]) < 0.02  # upscaled, legible
+        for p in item["predictions"]:  # clipped to the image
+            x0, y0, x1, y1 = p["box"]
+            assert 0 <= x0 <= x1 <= source[0] and 0 <= y0 <= y1 <= source[1], p
         assert sorted(p["class"] for p in item["predictions"]) == sorted(classes)

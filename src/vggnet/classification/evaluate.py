@@ -28,7 +28,6 @@ The `vgg eval` and `vgg predict` commands live in `vggnet.classification.cli`.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from typing import Any, Callable, Sequence
@@ -38,6 +37,7 @@ from torch import nn
 from torch.utils.data import Subset
 
 from vggnet.classification.results import METHOD_LABELS
+from vggnet.data.transforms import CROP_PCT, center_resize  # re-exported: their home is the data presets
 from vggnet.distributed import gather_shards, rank_world
 from vggnet.errors import DataError, UserError
 from vggnet.inference import (Net, check_scales_fit, dense_pass_bytes, dense_posterior, identity_preprocessing,
@@ -66,7 +66,7 @@ __all__ = [
 
 # What `--method` accepts: "both" = the average of the dense and multi-crop posteriors; "center" =
 # torchvision's single centre crop (an extension beyond the paper, to compare with published numbers).
-from vggnet.arguments import CROP_PCT, METHODS  # noqa: E402  (defined with the flags)
+from vggnet.arguments import METHODS  # noqa: E402  (defined with the flags)
 
 
 # --------------------------------------------------------------------------- posteriors
@@ -127,13 +127,6 @@ class CenterCropEvalPreset:
         from vggnet.data.images import ensure_decoded
 
         return self.transforms(ensure_decoded(image, None)).as_subclass(torch.Tensor)
-
-
-def center_resize(crop_size: int, crop_pct: float = CROP_PCT) -> int:
-    """The size the smallest side is resized to before the centre crop: floor(crop / crop_pct) (256 for 224)."""
-    if not 0 < crop_pct <= 1:
-        raise ValueError(f"--crop-pct must be in (0, 1], got {crop_pct}")
-    return int(math.floor(crop_size / crop_pct + 1e-9))
 
 
 # --------------------------------------------------------------------------- evaluate / validate

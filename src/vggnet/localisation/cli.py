@@ -251,14 +251,8 @@ def predict_localisation(checkpoints: Sequence[str], classifiers: Sequence[str],
                          channels_last: bool = False) -> list[dict[str, Any]]:
     """Five (class, box, score) per image (full protocol, greedy merge); writes OUT/<stem>.png with
     the boxes drawn and OUT/predictions.json. Returns the predictions."""
-    import numpy as np
-    import torch
     from vggnet.localisation.task import load_classifier_checkpoint, load_localiser
     from vggnet.inference import resolve_device
-
-    from torchvision.utils import draw_bounding_boxes
-
-    from vggnet.data.images import load_image
     from vggnet.localisation.full_protocol import ImageFiles, localise_images
     from vggnet.checkpoint import atomic_write
 
@@ -277,18 +271,11 @@ def predict_localisation(checkpoints: Sequence[str], classifiers: Sequence[str],
     results = []
     for i, path in enumerate(files):
         preds = res.predictions["merge"][i]
-        img = torch.from_numpy(np.array(load_image(path), dtype=np.uint8)).permute(2, 0, 1).contiguous()
-        h, w = img.shape[-2:]
-        sy, sx = h / res.sizes[i][0], w / res.sizes[i][1]   # predictions are in the decoded image's pixels
-        boxes = torch.tensor([[b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy] for _, b, _ in preds]).reshape(-1, 4)
-        labels = [f"{k + 1}. {res.classes[c]} {s:.2f}" for k, (c, _, s) in enumerate(preds)]
-        colors = ["red", "orange", "yellow", "cyan", "magenta"][:len(preds)]
-        drawn = draw_bounding_boxes(img, boxes.clamp_min(0), labels=labels, colors=colors, width=2)
-        png = out_dir / f"{Path(path).stem}.png"
-        from PIL import Image
-
-        Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(png)
-        results.append({"image": path, "drawn": str(png),
+        ph, pw = res.sizes[i]
+        # a merged box may reach past the image (the regressor is unconstrained): clip it, in the drawing and the JSON
+        preds = [(c, [min(max(b[0], 0.0), pw), min(max(b[1], 0.0), ph), min(max(b[2], 0.0), pw),
+                      min(max(b[3], 0.0), ph)], sc) for c, b, sc in preds]
+        results.append({"image": path, "drawn": str(_draw_predictions(path, preds, (ph, pw), res.classes, out_dir)),
                         "predictions": [{"rank": k + 1, "class": res.classes[c], "index": c,
                                          "box": [round(v, 2) for v in b], "score": s}
                                         for k, (c, b, s) in enumerate(preds)]})
@@ -297,6 +284,45 @@ def predict_localisation(checkpoints: Sequence[str], classifiers: Sequence[str],
                        "images": results}, indent=2) + "\n"
     atomic_write(out_dir / "predictions.json", lambda f: f.write(text.encode("utf-8")))
     return results
+
+
+DRAWING_MIN_SIDE = 384  # small images are upscaled for the drawing, so that labels stay legible
+
+
+def _draw_predictions(path: str, preds: Sequence[tuple[int, Sequence[float], float]], size: tuple[int, int],
+                      classes: Sequence[str], out_dir: Path) -> Path:
+    """OUT/<stem>.png: the rank-1 box thick and labelled with its class and score, ranks 2-5 thin, light and
+    numbered only (they are listed in predictions.json); the image upscaled to a smallest side of
+    DRAWING_MIN_SIDE when smaller, so that the label is legible whatever the image's size."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    from vggnet.data.images import load_image
+
+    img = load_image(path)
+    h, w = size  # predictions are in the decoded image's pixels
+    zoom = max(1.0, DRAWING_MIN_SIDE / min(img.size))
+    img = img.resize((round(img.width * zoom), round(img.height * zoom)), Image.BILINEAR) if zoom > 1 else img.copy()
+    sx, sy = img.width / w, img.height / h
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.load_default(size=max(14, img.height // 24))
+    for rank in range(len(preds), 0, -1):  # rank 1 drawn last, on top
+        c, b, score = preds[rank - 1]
+        box = [b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy]
+        if rank > 1:
+            draw.rectangle(box, outline=(255, 230, 140), width=1)
+            draw.text((box[0] + 2, box[1] + 1), str(rank), fill=(255, 230, 140), font=font)
+            continue
+        width = max(3, img.height // 120)
+        draw.rectangle(box, outline=(230, 20, 20), width=width)
+        label = f"1. {classes[c]} {score:.2f}"
+        left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
+        tx = min(max(box[0], 0), max(0, img.width - (right - left) - 4))
+        ty = box[1] - (bottom - top) - 6 if box[1] >= (bottom - top) + 6 else box[1] + width
+        draw.rectangle([tx, ty, tx + right - left + 4, ty + bottom + 4], fill=(230, 20, 20))
+        draw.text((tx + 2, ty + 2), label, fill=(255, 255, 255), font=font)
+    png = out_dir / f"{Path(path).stem}.png"
+    img.save(png)
+    return png
 
 
 # --------------------------------------------------------------------------- command line
