@@ -77,17 +77,22 @@ def explicit_settings(parser: argparse.ArgumentParser, argv: Sequence[str]) -> f
         saved.append((p, dict(p._defaults), [(a, a.default) for a in p._actions]))
         p._defaults.clear()
         for a in p._actions:
-            a.default = argparse.SUPPRESS
+            if a.option_strings:  # (a positional's absence is its default, checked against its choices)
+                a.default = argparse.SUPPRESS
             if isinstance(a, argparse._SubParsersAction):
                 parsers.extend(a.choices.values())
+    global _QUIET
+    _QUIET = True  # the second parse of the same argv: its deprecation notes were said already
     try:
         given, _ = parser.parse_known_args(list(argv))
     finally:
+        _QUIET = False
         for p, defaults, actions in saved:
             p._defaults.update(defaults)
             for a, default in actions:
                 a.default = default
-    return frozenset(vars(given))
+    positional = {a.dest: a.default for p, _, actions in saved for a, _ in actions if not a.option_strings}
+    return frozenset(k for k, v in vars(given).items() if k not in positional or v != positional[k])
 
 
 # What a YAML file may say for an on/off flag (a closed list: "yes please" is an error, not true).
@@ -345,10 +350,15 @@ class _DeprecatedStore(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
+_QUIET = False  # set while `explicit_settings` parses argv a second time
+
+
 def deprecation_note(old: str, new: str) -> None:
     """One line on stderr: `old` still works in this release; `new` is the spelling to use."""
     import sys
 
+    if _QUIET:
+        return
     print(f"vgg: note: {old} is deprecated and goes in the next release; use {new}", file=sys.stderr)
 
 
