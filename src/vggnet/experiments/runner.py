@@ -41,7 +41,7 @@ from typing import Any, Mapping, Sequence
 from vggnet.errors import UserError
 from vggnet.experiments.grid import (EXECUTION_SETTINGS, PAPER_CROP, Cell, Grid, digest, needs_command)
 
-__all__ = ["Plan", "PlannedCell", "plan_grid", "run_plan", "dry_run_lines", "cell_status", "Overrides"]
+__all__ = ["Plan", "PlannedCell", "plan_grid", "run_plan", "dry_run_lines", "cell_status", "Overrides", "grid_px"]
 
 # The training settings a grid may be shrunk by, alike in every cell (vgg experiment's flags)
 SHRINK_SETTINGS = ("width", "fc_width", "crop_size", "epochs", "batch_size", "micro_batch_size", "batch_norm",
@@ -103,7 +103,7 @@ class Plan:
 # --------------------------------------------------------------------------- planning
 
 
-def _px(value: int | float, factor: float) -> int:
+def grid_px(value: int | float, factor: float) -> int:
     """A pixel size written for the paper's 224 crop, at this grid's crop."""
     return max(1, int(round(float(value) * factor)))
 
@@ -115,7 +115,7 @@ def _scale_px(value: Any, factor: float, where: str) -> int | list[int]:
         lo, hi = parse_scale(value)
     except ValueError as exc:
         raise UserError(f"{where}: {exc}") from None
-    lo, hi = _px(lo, factor), _px(hi, factor)
+    lo, hi = grid_px(lo, factor), grid_px(hi, factor)
     return lo if lo == hi else [lo, hi]
 
 
@@ -124,7 +124,7 @@ def _scales_list(value: Any, factor: float, where: str) -> list[int]:
     if isinstance(values, str):
         values = values.split(",")
     try:
-        return sorted({_px(int(v), factor) for v in values})
+        return sorted({grid_px(int(v), factor) for v in values})
     except (TypeError, ValueError):
         raise UserError(f"{where}: test_scales must be integers such as [256, 384, 512], got {value!r}") from None
 

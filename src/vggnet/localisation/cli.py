@@ -245,12 +245,48 @@ def _image_files(items: Sequence[str]) -> list[str]:
     return files
 
 
+def ground_truth(files: Sequence[str], annotations: str | None = None) -> list[list[tuple[str, list[float]]] | None]:
+    """Each image's annotated boxes [(class, XYXY pixels)], None where it has none.
+
+    `annotations`: a folder of PASCAL VOC XML files (found by the image's name) or a
+    LOC_<split>_solution.csv. Without it, an image of a dataset laid out as `vgg synth`
+    writes it (ROOT/<split>/<class>/<stem>.jpg) finds ROOT/annotations/<split>/[<class>/]<stem>.xml,
+    or <stem>.xml beside the image."""
+    from vggnet.data.annotations import read_loc_solution, read_voc_xml
+
+    table: dict[str, Any] | None = None
+    xmls: dict[str, Path] = {}
+    if annotations is not None:
+        source = Path(annotations)
+        if source.is_file():
+            table = read_loc_solution(source)
+        elif source.is_dir():
+            xmls = {f.stem: f for f in sorted(source.rglob("*.xml"))}
+        else:
+            raise UserError(f"--annotations {annotations}: no such folder of VOC XML files or LOC_*_solution.csv")
+    out: list[list[tuple[str, list[float]]] | None] = []
+    for f in files:
+        p = Path(f).resolve()
+        if table is not None:
+            found = table.get(p.stem)
+        else:
+            near = [p.with_suffix(".xml")]
+            if len(p.parents) > 2:  # ROOT/<split>/<class>/<stem>.jpg or ROOT/<split>/<stem>.jpg
+                near = [p.parents[2] / "annotations" / p.parents[1].name / p.parent.name / f"{p.stem}.xml",
+                        p.parents[1] / "annotations" / p.parent.name / f"{p.stem}.xml", *near]
+            xml = xmls.get(p.stem) if annotations is not None else next((c for c in near if c.is_file()), None)
+            found = read_voc_xml(xml) if xml is not None else None
+        out.append(None if found is None else [(str(n), [float(v) for v in b]) for b, n in zip(found[0], found[1])])
+    return out
+
+
 def predict_localisation(checkpoints: Sequence[str], classifiers: Sequence[str], images: Sequence[str], out: str, *,
                          scales: Sequence[int] | None = None, cls_method: str = "dense", merge_iou: float = 0.5,
                          device: str | torch.device = "auto", workers: int = 0, amp: str = "off",
-                         channels_last: bool = False) -> list[dict[str, Any]]:
+                         channels_last: bool = False, annotations: str | None = None) -> list[dict[str, Any]]:
     """Five (class, box, score) per image (full protocol, greedy merge); writes OUT/<stem>.png with
-    the boxes drawn and OUT/predictions.json. Returns the predictions."""
+    the boxes drawn (and the ground truth, green and dashed, where the image has an annotation:
+    see `ground_truth`) and OUT/predictions.json. Returns the predictions."""
     from vggnet.localisation.task import load_classifier_checkpoint, load_localiser
     from vggnet.inference import resolve_device
     from vggnet.localisation.full_protocol import ImageFiles, localise_images
@@ -261,6 +297,7 @@ def predict_localisation(checkpoints: Sequence[str], classifiers: Sequence[str],
     for c in classifiers:
         load_classifier_checkpoint(c)
     files = _image_files(images)
+    truths = ground_truth(files, annotations)
     locs = [load_localiser(c) for c in checkpoints]
     dev = resolve_device(device)
     qs = scales or sorted({loc.default_scale() for loc in locs})
@@ -275,10 +312,13 @@ def predict_localisation(checkpoints: Sequence[str], classifiers: Sequence[str],
         # a merged box may reach past the image (the regressor is unconstrained): clip it, in the drawing and the JSON
         preds = [(c, [min(max(b[0], 0.0), pw), min(max(b[1], 0.0), ph), min(max(b[2], 0.0), pw),
                       min(max(b[3], 0.0), ph)], sc) for c, b, sc in preds]
-        results.append({"image": path, "drawn": str(_draw_predictions(path, preds, (ph, pw), res.classes, out_dir)),
+        drawn = _draw_predictions(path, preds, (ph, pw), res.classes, out_dir, truth=truths[i])
+        results.append({"image": path, "drawn": str(drawn),
                         "predictions": [{"rank": k + 1, "class": res.classes[c], "index": c,
                                          "box": [round(v, 2) for v in b], "score": s}
                                         for k, (c, b, s) in enumerate(preds)]})
+        if truths[i] is not None:
+            results[-1]["ground_truth"] = [{"class": n, "box": [round(v, 2) for v in b]} for n, b in truths[i]]
     text = json.dumps({"localisation_nets": list(checkpoints), "classifiers": list(classifiers), "test_scales": qs,
                        "merge_iou": merge_iou, "box_format": "XYXY pixels of the original image",
                        "images": results}, indent=2) + "\n"
@@ -289,8 +329,12 @@ def predict_localisation(checkpoints: Sequence[str], classifiers: Sequence[str],
 DRAWING_MIN_SIDE = 384  # small images are upscaled for the drawing, so that labels stay legible
 
 
+TRUTH_COLOUR = (40, 200, 60)  # the ground truth: green, dashed, labelled "truth"
+
+
 def _draw_predictions(path: str, preds: Sequence[tuple[int, Sequence[float], float]], size: tuple[int, int],
-                      classes: Sequence[str], out_dir: Path) -> Path:
+                      classes: Sequence[str], out_dir: Path,
+                      truth: Sequence[tuple[str, Sequence[float]]] | None = None) -> Path:
     """OUT/<stem>.png: the rank-1 box thick and labelled with its class and score, ranks 2-5 thin, light and
     numbered only (they are listed in predictions.json); the image upscaled to a smallest side of
     DRAWING_MIN_SIDE when smaller, so that the label is legible whatever the image's size."""
@@ -305,6 +349,17 @@ def _draw_predictions(path: str, preds: Sequence[tuple[int, Sequence[float], flo
     sx, sy = img.width / w, img.height / h
     draw = ImageDraw.Draw(img)
     font = ImageFont.load_default(size=max(14, img.height // 24))
+    for name, b in truth or []:  # under the predictions: dashed, so a prediction on it still shows
+        x0, y0, x1, y1 = b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy
+        dash, width = max(6, img.height // 40), max(2, img.height // 160)
+        for a, b_, fixed, horizontal in ((x0, x1, y0, True), (x0, x1, y1, True), (y0, y1, x0, False),
+                                         (y0, y1, x1, False)):
+            for start in range(int(a), int(b_), 2 * dash):
+                end = min(start + dash, b_)
+                draw.line([(start, fixed), (end, fixed)] if horizontal else [(fixed, start), (fixed, end)],
+                          fill=TRUTH_COLOUR, width=width)
+        text_h = draw.textbbox((0, 0), "truth", font=font)[3]
+        draw.text((x0 + 3, max(0, y1 - text_h - 4)), f"truth: {name}", fill=TRUTH_COLOUR, font=font)
     for rank in range(len(preds), 0, -1):  # rank 1 drawn last, on top
         c, b, score = preds[rank - 1]
         box = [b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy]
@@ -372,6 +427,9 @@ def add_localize_arguments(parser: argparse.ArgumentParser) -> None:
                    help="classification checkpoint that ranks the classes; repeat it to fuse")
     p.add_argument("images", nargs="+", metavar="IMAGE|DIR", help="image files or folders")
     add_output_dir_argument(p, "localize predict", old="--out", help="folder for the PNGs and predictions.json")
+    p.add_argument("--annotations", default=None, metavar="DIR|CSV",
+                   help="ground-truth boxes to draw (green, dashed): a folder of VOC XML files or a "
+                        "LOC_*_solution.csv (default: a dataset's ROOT/annotations/<split>/ or XML beside the image)")
 
 
 def _apply_config_file(args: argparse.Namespace, parser_defaults: dict[str, Any]) -> set[str]:
@@ -427,7 +485,7 @@ def run_localize(args: argparse.Namespace) -> int:
             results = predict_localisation(args.checkpoint, args.classifier, args.images, args.output_dir,
                                            scales=scales, cls_method=args.cls_method, merge_iou=args.merge_iou,
                                            device=args.device, workers=workers, amp=chosen.amp,
-                                           channels_last=chosen.channels_last)
+                                           channels_last=chosen.channels_last, annotations=args.annotations)
             for r in results:
                 top = r["predictions"][0] if r["predictions"] else None
                 print(f"{r['image']}: " + (f"{top['class']} {top['box']} -> {r['drawn']}" if top else "no box"))

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from vggnet.arguments import (AGGREGATIONS, C_GRID, add_batch_size_argument, add_checkpoint_argument, add_data_argument,
                               add_execution_arguments, add_json_argument, add_output_argument, add_output_dir_argument,
@@ -25,7 +24,8 @@ from vggnet.arguments import (AGGREGATIONS, C_GRID, add_batch_size_argument, add
 from vggnet.errors import UserError
 # (descriptors, SVMs and torch are imported by run_<command>, after every flag is checked)
 
-__all__ = ["add_features_arguments", "run_features", "add_transfer_arguments", "run_transfer"]
+__all__ = ["add_features_arguments", "run_features", "add_transfer_arguments", "run_transfer",
+           "add_transfer_predict_arguments", "run_transfer_predict"]
 
 
 # --------------------------------------------------------------------------- command line
@@ -89,9 +89,9 @@ def run_features(args: argparse.Namespace) -> int:
 
 
 def add_transfer_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("items", nargs="*", metavar="predict OUT IMAGE|DIR",
-                        help="`predict OUT IMAGE|DIR...` applies a trained classifier (OUT: its --output-dir)")
+    parser.epilog = "`vgg transfer predict --help`: apply a trained classifier to images."
     add_checkpoint_argument(parser, multiple=True, help="checkpoint; several nets' descriptors are stacked")
+    parser.add_argument("items", nargs="*", metavar="CKPT", help=argparse.SUPPRESS)  # the old form: positional CKPTs
     add_data_argument(parser, help="VOC devkit folder, dataset root with train/ and test/ (or val/), or with "
                                    "--train-per-class a folder of classes")
     add_output_dir_argument(parser, "transfer", help="descriptor cache, classifier and results")
@@ -116,25 +116,6 @@ def run_transfer(args: argparse.Namespace) -> int:
     """`vgg transfer` and `vgg transfer predict`. Under torchrun every process computes its shard of
     the descriptors; the process group is then left, and rank 0 alone fits the SVMs (which can take
     longer than a collective's timeout), writes the files and prints; the other ranks exit with 0."""
-    if args.items and args.items[0] == "predict" and not Path("predict").is_file():
-        if len(args.items) < 3:
-            raise UserError("usage: vgg transfer predict OUT IMAGE|DIR... (OUT: a `vgg transfer` --output-dir)")
-        from vggnet.distributed import process_group
-        from vggnet.execution import set_threads
-        from vggnet.transfer.pipeline import predict_transfer
-
-        set_threads(args.threads)
-        with process_group(args.device) as info:
-            results = predict_transfer(args.items[1], args.items[2:], device=info.device,
-                                       batch_size=args.batch_size)
-        if not info.is_main:
-            return 0
-        if args.json:
-            print(json.dumps(results, indent=2))
-        else:
-            for r in results:
-                print(f"{r['image']}: {', '.join(r['labels']) or '(no class)'}")
-        return 0
     take_positional_checkpoints(args, "items")
     if not args.data:
         raise UserError("--data DIR is required")
@@ -168,5 +149,55 @@ def run_transfer(args: argparse.Namespace) -> int:
     else:
         print(f"accuracy {report['accuracy']:.2f}%{pm('accuracy')}; mean class accuracy "
               f"{report['mean_class_accuracy']:.2f}%{pm('mean_class_accuracy')}")
+    for line in per_class_lines(report):
+        print(line)
     print(f"{report['protocol']}; C = {report['C']} (cross-validated); results in {args.output_dir}/results.json")
+    return 0
+
+
+def per_class_lines(report: dict, per_line: int = 5) -> list[str]:
+    """The report's per-class numbers (VOC AP, or a class folder's accuracy), a few classes a line."""
+    if report.get("ap"):
+        title, values = "per-class AP (%, 11-point)", report["ap"]
+    elif report.get("per_class_accuracy"):
+        title, values = "per-class accuracy (%)", report["per_class_accuracy"]
+    else:
+        return []  # several splits: per split in results.json
+    cells = [f"{name} {'n/a' if v is None else f'{v:.1f}'}" for name, v in values.items()]
+    width = max(len(c) for c in cells)
+    return [f"{title}:"] + ["  " + "  ".join(f"{c:<{width}}" for c in cells[i:i + per_line]).rstrip()
+                            for i in range(0, len(cells), per_line)]
+
+
+def add_transfer_predict_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("classifier", metavar="OUT",
+                        help="what `vgg transfer` wrote: its --output-dir, or the classifier.safetensors in it")
+    parser.add_argument("images", nargs="+", metavar="IMAGE|DIR", help="image files and folders of images")
+    parser.add_argument("--top", type=positive_int, default=5, metavar="K",
+                        help="SVM scores printed per image, highest first (default: %(default)s; --json has all)")
+    add_batch_size_argument(parser)
+    add_execution_arguments(parser)
+    add_json_argument(parser, help="print every image's scores and labels as JSON")
+
+
+def run_transfer_predict(args: argparse.Namespace) -> int:
+    """apply a `vgg transfer` classifier to images: each image's classes and SVM scores (Appendix B)"""
+    from vggnet.distributed import process_group
+    from vggnet.execution import set_threads
+    from vggnet.transfer.pipeline import predict_transfer
+
+    set_threads(args.threads)
+    with process_group(args.device) as info:
+        results = predict_transfer(args.classifier, args.images, device=info.device, batch_size=args.batch_size,
+                                   amp=args.amp, channels_last=args.channels_last)
+    if not info.is_main:
+        return 0
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for r in results:
+        ranked = sorted(r["scores"].items(), key=lambda kv: -kv[1])
+        labels = ", ".join(r["labels"]) or "(no class: every SVM score is negative)"
+        print(f"{r['image']}: {labels}")
+        print("  " + "  ".join(f"{name} {score:+.3f}" for name, score in ranked[:args.top]))
     return 0

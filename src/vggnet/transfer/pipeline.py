@@ -438,7 +438,8 @@ def _summarise(results: list[dict[str, Any]], *, multi_label: bool) -> dict[str,
 
 
 def predict_transfer(output_dir: str | os.PathLike, images: Sequence[str | os.PathLike], *,
-                     device: str | torch.device | None = None, batch_size: int = 32) -> list[dict[str, Any]]:
+                     device: str | torch.device | None = None, batch_size: int = 32, amp: str = "auto",
+                     channels_last: str | bool = False) -> list[dict[str, Any]]:
     """Apply a saved `vgg transfer` classifier end to end: image -> descriptor -> SVM scores.
 
     Each result: `{"image", "scores": {class: score}, "labels": [...]}` where labels
@@ -469,7 +470,10 @@ def predict_transfer(output_dir: str | os.PathLike, images: Sequence[str | os.Pa
     if not files:
         raise UserError("no images to classify")
     extractor = DescriptorExtractor(ckpts, scales=settings["scales"], flip=settings["flip"],
-                                    aggregation=settings["aggregation"], amp=settings.get("amp", "off"),
+                                    aggregation=settings["aggregation"],
+                                    # auto: the precision the SVMs' descriptors were computed in
+                                    amp=settings.get("amp", "off") if amp == "auto" else amp,
+                                    channels_last=channels_last,
                                     device=device, batch_size=batch_size)
     X = extractor.compute(ImageSet(files, np.zeros(len(files), dtype=np.int64), ["?"])).numpy()
     scores = svm.decision_function(X)
