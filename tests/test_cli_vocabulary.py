@@ -123,15 +123,25 @@ _PASSTHROUGH = {"vgg experiment"}
 _EXECUTION = {"--device", "--amp", "--channels-last", "--threads"}
 # commands that run a net, so take every execution flag
 _RUNS_A_NET = {"vgg train", "vgg eval", "vgg predict", "vgg localize train", "vgg localize eval",
-               "vgg localize predict", "vgg features", "vgg transfer", "vgg experiment", "vgg demo"}
+               "vgg localize predict", "vgg features", "vgg transfer", "vgg transfer predict", "vgg experiment",
+               "vgg demo"}
 
 
 def all_parsers():
     """(prog, parser) for every command and sub-command."""
+    import importlib
+
     out = []
     for name in COMMANDS:
         parser = parser_of(name)
         stack = [parser]
+        module = importlib.import_module(COMMANDS[name][0])  # sub-commands of their own (`vgg transfer predict`)
+        for attr in dir(module):
+            match = re.fullmatch(rf"add_{name.replace('-', '_')}_(\w+)_arguments", attr)
+            if match:
+                sub = argparse.ArgumentParser(prog=f"vgg {name} {match.group(1).replace('_', '-')}")
+                getattr(module, attr)(sub)
+                stack.append(sub)
         while stack:
             p = stack.pop()
             out.append((p.prog, p))
@@ -209,7 +219,8 @@ def test_every_shared_flag_follows_the_table(prog, parser):
 
 def test_the_walk_sees_every_sub_command():
     progs = {prog for prog, _ in all_parsers()}
-    assert {"vgg localize train", "vgg localize eval", "vgg localize predict", "vgg transfer", "vgg export",
+    assert {"vgg localize train", "vgg localize eval", "vgg localize predict", "vgg transfer", "vgg transfer predict",
+            "vgg export",
             "vgg import", "vgg experiment", "vgg features"} <= progs
 
 
