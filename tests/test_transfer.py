@@ -451,5 +451,6 @@ def test_transfer_predict_is_a_sub_command_and_outputs_are_readable(ckpt, scenes
     ranked = sorted(pred["scores"].items(), key=lambda kv: -kv[1])[:3]
     assert plain[0] == f"{image}: {', '.join(pred['labels']) or '(no class: every SVM score is negative)'}"
     assert plain[1] == "  " + "  ".join(f"{c} {s:+.3f}" for c, s in ranked)
-    assert main(["transfer", "predict", str(out), image, "--top", "0"]) == 2
-    assert "--top must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # a usage error, before torch or any work
+        main(["transfer", "predict", str(out), image, "--top", "0"])
+    assert exc.value.code == 2 and "argument --top: expected a positive integer" in capsys.readouterr().err
