@@ -409,6 +409,13 @@ def test_cli_eval_central_full_and_predict(tmp_path, synthetic, capsys):
     assert main(["localize", "eval", *base, "--protocol", "full", "--classifier", str(cls_path),
                  "--max-images", "3", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["images"] == 3
+    # Table 9's ranking: the classifiers at their own scales and method (the best classification system)
+    assert main(["localize", "eval", *base, "--protocol", "full", "--classifier", str(cls_path), "--classifier",
+                 str(cls_path), "--classifier-method", "both", "--classifier-scales", "40,56", "--test-scales", "48",
+                 "--max-images", "3", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["classification_scales"] == [40, 56] and report["classification_method"] == "both"
+    assert report["test_scales"] == [48] and len(report["classifiers"]) == 2
 
     out = tmp_path / "pred"
     assert main(["localize", "predict", "--checkpoint", str(loc_path), "--classifier", str(cls_path),

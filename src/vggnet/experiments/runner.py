@@ -268,8 +268,8 @@ def _plan_eval(cell: Cell, planned: Mapping[str, PlannedCell], *, data: str, roo
         raise UserError(f"{where}: an eval cell needs settings.test_scales (pixels at the paper's 224 crop)")
     scales = _scales_list(s["test_scales"], factor, where)
     method = s.get("method", "dense")
-    if method not in ("dense", "multi-crop", "both"):
-        raise UserError(f"{where}: method must be dense, multi-crop or both, got {method!r}")
+    if method not in ("dense", "multi-crop", "both", "center"):
+        raise UserError(f"{where}: method must be dense, multi-crop, both or center, got {method!r}")
     nets = [planned[n] for n in cell.nets]
     hashed = {"kind": "eval", "data": data, "nets": [n.hash for n in nets], "test_scales": scales, "method": method,
               "flip": bool(s.get("flip", True)), "grid": int(s.get("grid", 5)), "amp": s.get("amp", "off")}
@@ -315,8 +315,14 @@ def _plan_localize_eval(cell: Cell, planned: Mapping[str, PlannedCell], *, data:
                         f"the classes)")
     scales = _scales_list(s["test_scales"], factor, where) if "test_scales" in s else None
     nets, cls = [planned[n] for n in cell.nets], [planned[n] for n in cell.classifiers]
+    cls_method = s.get("classifier_method", "dense")
+    if cls_method not in ("dense", "multi-crop", "both", "center"):
+        raise UserError(f"{where}: classifier_method must be dense, multi-crop, both or center, got {cls_method!r}")
+    cls_scales = _scales_list(s["classifier_scales"], factor, where) if "classifier_scales" in s else None
     hashed = {"kind": "localize-eval", "data": data, "nets": [n.hash for n in nets],
               "classifiers": [c.hash for c in cls], "protocol": protocol, "test_scales": scales}
+    if cls and (cls_method != "dense" or cls_scales):  # (absent when default: earlier cells keep their hash)
+        hashed.update({"classifier_method": cls_method, "classifier_scales": cls_scales})
     h = digest(hashed)
     cdir = root / "cells" / f"localize-eval-{h[:12]}"
     argv = ["localize", "eval"]
@@ -327,6 +333,10 @@ def _plan_localize_eval(cell: Cell, planned: Mapping[str, PlannedCell], *, data:
     argv += ["--data", data, "--protocol", protocol]
     if scales:
         argv += ["--test-scales", ",".join(map(str, scales))]
+    if cls and cls_method != "dense":
+        argv += ["--classifier-method", cls_method]
+    if cls and cls_scales:
+        argv += ["--classifier-scales", ",".join(map(str, cls_scales))]
     argv += _eval_common(cell, overrides) + ["--output", str(cdir / "result.json")]
     return PlannedCell(cell=cell, hash=h, dir=cdir, argv=argv, settings=hashed)
 

@@ -131,8 +131,8 @@ def _mean_box_row(data: str, val: Any, classes: Sequence[str], sample: int) -> d
 
 def evaluate_localisation(checkpoints: Sequence[str], data: str, *, protocol: str = "central",
                           classifiers: Sequence[str] = (), scales: Sequence[int] | None = None,
-                          cls_method: str = "dense", merge_iou: float = 0.5, nms_iou: float = 0.5,
-                          device: str | torch.device = "auto", batch_size: int = 32, workers: int = 0,
+                          cls_method: str = "dense", cls_scales: Sequence[int] | None = None,
+                          merge_iou: float = 0.5, nms_iou: float = 0.5, device: str | torch.device = "auto", batch_size: int = 32, workers: int = 0,
                           mean_box_sample: int = 1000, max_images: int | None = None,
                           progress: bool = False, amp: str = "off", channels_last: bool = False) -> dict[str, Any]:
     """Protocol 1 ("central") or the full protocol ("full") on DATA's validation split.
@@ -181,15 +181,16 @@ def evaluate_localisation(checkpoints: Sequence[str], data: str, *, protocol: st
         from vggnet.localisation.full_protocol import MERGE_LABELS, MERGE_METHODS, localise_images
 
         qs = scales or sorted({loc.default_scale() for loc in locs})
-        res = localise_images(locs, list(classifiers), val, scales=qs, cls_method=cls_method, merge_iou=merge_iou,
-                              nms_iou=nms_iou, device=dev, workers=workers, batch_size=batch_size, progress=progress,
-                              amp=amp, channels_last=channels_last)
+        res = localise_images(locs, list(classifiers), val, scales=qs, cls_scales=cls_scales, cls_method=cls_method,
+                              merge_iou=merge_iou, nms_iou=nms_iou, device=dev, workers=workers, batch_size=batch_size,
+                              progress=progress, amp=amp, channels_last=channels_last)
         name = " + ".join(f"{l.name} {l.head.upper()}" for l in locs)
         for m in MERGE_METHODS:
             rows.append({"net": name, "test_scale": ",".join(map(str, qs)), "method": MERGE_LABELS[m],
                          "localisation_error": res.error(m)})
         report.update({"localisation_error": res.error("merge"), "merge_iou": merge_iou, "nms_iou": nms_iou,
                        "classifiers": list(classifiers), "classification_method": cls_method,
+                       "classification_scales": list(cls_scales or qs),
                        "classification_top5_error": res.classification_top5_error, "test_scales": qs,
                        "seconds": res.seconds, "windows": res.windows})
     mb = _mean_box_row(data, val, classes, mean_box_sample)
@@ -281,7 +282,8 @@ def ground_truth(files: Sequence[str], annotations: str | None = None) -> list[l
 
 
 def predict_localisation(checkpoints: Sequence[str], classifiers: Sequence[str], images: Sequence[str], out: str, *,
-                         scales: Sequence[int] | None = None, cls_method: str = "dense", merge_iou: float = 0.5,
+                         scales: Sequence[int] | None = None, cls_method: str = "dense",
+                         cls_scales: Sequence[int] | None = None, merge_iou: float = 0.5,
                          device: str | torch.device = "auto", workers: int = 0, amp: str = "off",
                          channels_last: bool = False, annotations: str | None = None) -> list[dict[str, Any]]:
     """Five (class, box, score) per image (full protocol, greedy merge); writes OUT/<stem>.png with
@@ -302,7 +304,8 @@ def predict_localisation(checkpoints: Sequence[str], classifiers: Sequence[str],
     dev = resolve_device(device)
     qs = scales or sorted({loc.default_scale() for loc in locs})
     res = localise_images(locs, list(classifiers), ImageFiles(files, locs[0].classes), scales=qs, cls_method=cls_method,
-                          merge_iou=merge_iou, device=dev, workers=workers, amp=amp, channels_last=channels_last)
+                          cls_scales=cls_scales, merge_iou=merge_iou, device=dev, workers=workers, amp=amp,
+                          channels_last=channels_last)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = []
@@ -390,6 +393,10 @@ def _eval_arguments(p: argparse.ArgumentParser) -> None:
                    help="test scales Q (default: each localisation net's training S, the middle of [Smin, Smax])")
     p.add_argument("--classifier-method", dest="cls_method", choices=METHODS, default="dense",
                    help="how the classifier ranks the classes, as `vgg eval --method` (default: %(default)s)")
+    p.add_argument("--classifier-scales", dest="cls_scales", type=parse_test_scales, default=None, metavar="Q,Q,...",
+                   help="the classifiers' test scales, as `vgg eval --test-scales` (default: --test-scales); "
+                        "the paper ranks with its best classification system (Table 6: D and E, Q = 256,384,512, "
+                        "--classifier-method both)")
     p.add_argument("--merge-iou", type=float, default=0.5,
                    help="greedy merge: merge the closest pair while its IoU >= this (default: %(default)s)")
     add_execution_arguments(p)
@@ -483,16 +490,19 @@ def run_localize(args: argparse.Namespace) -> int:
         print(f"vgg localize {args.action}: {chosen.reason}", file=sys.stderr)
         if args.action == "predict":
             results = predict_localisation(args.checkpoint, args.classifier, args.images, args.output_dir,
-                                           scales=scales, cls_method=args.cls_method, merge_iou=args.merge_iou,
-                                           device=args.device, workers=workers, amp=chosen.amp,
-                                           channels_last=chosen.channels_last, annotations=args.annotations)
+                                           scales=scales, cls_method=args.cls_method, cls_scales=args.cls_scales,
+                                           merge_iou=args.merge_iou, device=args.device, workers=workers,
+                                           amp=chosen.amp, channels_last=chosen.channels_last,
+                                           annotations=args.annotations)
             for r in results:
                 top = r["predictions"][0] if r["predictions"] else None
                 print(f"{r['image']}: " + (f"{top['class']} {top['box']} -> {r['drawn']}" if top else "no box"))
             print(f"predictions: {Path(args.output_dir) / 'predictions.json'}")
             return 0
         report = evaluate_localisation(args.checkpoint, args.data, protocol=args.protocol, classifiers=args.classifier,
-                                       scales=scales, cls_method=args.cls_method, merge_iou=args.merge_iou,
+                                       scales=scales, cls_method=args.cls_method,
+                                       cls_scales=args.cls_scales,
+                                       merge_iou=args.merge_iou,
                                        nms_iou=args.nms_iou, device=args.device, batch_size=args.batch_size,
                                        workers=workers, mean_box_sample=args.mean_box_sample,
                                        max_images=args.max_images, progress=args.progress and sys.stderr.isatty(),

@@ -104,12 +104,57 @@ def add_transfer_arguments(parser: argparse.ArgumentParser) -> None:
                         help="at most M test images per class (Caltech-101: 50; default: all the others)")
     parser.add_argument("--splits", type=positive_int, default=1, help="random splits (seeds 0..N-1), mean and std reported")
     parser.add_argument("--C-grid", dest="c_grid", default=",".join(f"{c:g}" for c in C_GRID), metavar="C,C,...",
-                        help="SVM C values tried by cross-validation (default: %(default)s)")
-    parser.add_argument("--folds", type=positive_int, default=3, help="cross-validation folds (default: %(default)s)")
+                        help="SVM C values tried (default: %(default)s)")
+    parser.add_argument("--C-selection", dest="c_selection", choices=("holdout", "cv"), default="holdout",
+                        help="choose C on a hold-out of the training images (the paper's; one SVM fit per C) or by "
+                             "--folds cross-validation (folds x more fits) (default: %(default)s)")
+    parser.add_argument("--holdout", type=float, default=0.2, metavar="FRACTION",
+                        help="the hold-out's share of the training images (default: %(default)s)")
+    parser.add_argument("--folds", type=positive_int, default=3,
+                        help="cross-validation folds, with --C-selection cv (default: %(default)s)")
     parser.add_argument("--train-features", metavar="FILE", help="training descriptors from `vgg features`")
     parser.add_argument("--test-features", metavar="FILE", help="test descriptors from `vgg features`")
+    parser.add_argument("--task", choices=("images", "action"), default="images",
+                        help="images: classify whole images (VOC, Caltech, class folders); action: VOC-2012 action "
+                             "classification of person boxes (ImageSets/Action, Table 12) (default: %(default)s)")
+    parser.add_argument("--action-setting", choices=("image", "image+box"), default="image+box",
+                        help="with --task action: the whole image's descriptor only, or stacked with the person "
+                             "box's (default: %(default)s)")
     add_json_argument(parser)
     _common(parser)
+
+
+def _run_action(args: argparse.Namespace, grid: list[float]) -> int:
+    """`vgg transfer --task action`: Table 12 (train on --train-split, default train; test on
+    --test-split, default val)."""
+    from vggnet.distributed import process_group
+    from vggnet.transfer.action import action_descriptors, fit_action
+
+    caltech = [f for f, v in (("--train-per-class", args.train_per_class), ("--test-per-class", args.test_per_class),
+                              ("--train-features", args.train_features), ("--test-features", args.test_features))
+               if v is not None]
+    if caltech or args.splits != 1:
+        raise UserError(f"--task action: {(caltech or ['--splits'])[0]} does not apply (the action lists say "
+                        f"which person is trained on and which is tested)")
+    with process_group(args.device) as info:
+        work = action_descriptors(
+            args.checkpoint, args.data, output_dir=args.output_dir, setting=args.action_setting,
+            train_split=args.train_split, test_split=args.test_split, scales=args.test_scales, flip=args.flip,
+            aggregation=args.aggregate, device=info.device, amp=args.amp, batch_size=args.batch_size,
+            workers=resolve_workers(args.workers), progress=info.is_main and args.progress and sys.stderr.isatty())
+    if work is None:
+        return 0
+    report = fit_action(work, c_grid=grid, folds=args.folds, c_selection=args.c_selection, holdout=args.holdout)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"action classification ({report['setting']}): mAP {report['mAP']:.2f}% (VOC-2007 11-point AP); "
+          f"{report['mAP_area']:.2f}% (area under PR, VOC-2012's measure) over {len(report['actions'])} actions")
+    for line in per_class_lines(report):
+        print(line)
+    print(f"{report['protocol']}: {report['train_instances']} / {report['test_instances']} persons; C = {report['C']:g} "
+          f"(chosen on a {report['C_selection']}); results in {args.output_dir}/results.json")
+    return 0
 
 
 def run_transfer(args: argparse.Namespace) -> int:
@@ -128,6 +173,8 @@ def run_transfer(args: argparse.Namespace) -> int:
     from vggnet.transfer.pipeline import fit_transfer, transfer_descriptors
 
     set_threads(args.threads)
+    if args.task == "action":
+        return _run_action(args, grid)
     with process_group(args.device) as info:
         work = transfer_descriptors(
             args.checkpoint, args.data, output_dir=args.output_dir, scales=args.test_scales, flip=args.flip,
@@ -138,7 +185,7 @@ def run_transfer(args: argparse.Namespace) -> int:
             workers=resolve_workers(args.workers), progress=info.is_main and args.progress and sys.stderr.isatty())
     if work is None:  # a rank > 0: its share of the descriptors is done
         return 0
-    report = fit_transfer(work, c_grid=grid, folds=args.folds)
+    report = fit_transfer(work, c_grid=grid, folds=args.folds, c_selection=args.c_selection, holdout=args.holdout)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -151,7 +198,8 @@ def run_transfer(args: argparse.Namespace) -> int:
               f"{report['mean_class_accuracy']:.2f}%{pm('mean_class_accuracy')}")
     for line in per_class_lines(report):
         print(line)
-    print(f"{report['protocol']}; C = {report['C']} (cross-validated); results in {args.output_dir}/results.json")
+    print(f"{report['protocol']}; C = {report['C']} (chosen on a {report['C_selection']}); results in "
+          f"{args.output_dir}/results.json")
     return 0
 
 
