@@ -66,7 +66,7 @@ __all__ = [
 
 # What `--method` accepts: "both" = the average of the dense and multi-crop posteriors; "center" =
 # torchvision's single centre crop (an extension beyond the paper, to compare with published numbers).
-METHODS = ("dense", "multi-crop", "both", "center")
+from vggnet.arguments import METHODS  # noqa: E402  (defined with the flags)
 
 
 # --------------------------------------------------------------------------- posteriors
@@ -267,11 +267,12 @@ def validate(
     workers: int = 0,
     flip: bool = False,
     amp: str = "off",
-) -> dict[str, float | int]:
+) -> dict[str, float | int | None]:
     """One-scale dense validation, as the training loop runs it every epoch.
 
     Returns `{"top1_error", "top5_error" (percent), "loss" (mean NLL of the
-    posterior), "images", "bad_images" (files left out as unreadable)}`. `dataset` is a `vggnet.data` dataset (its transform
+    posterior), "images", "bad_images" (files left out as unreadable)}`; with 5
+    classes or fewer `top5_error` is None (n/a: every label is in the top 5). `dataset` is a `vggnet.data` dataset (its transform
     is replaced by the dense test transform at Q = `scale` in a copy). The flip
     is off by default (half the cost); `flip=True` gives the numbers of
     `vgg eval --method dense --test-scales Q`. Under torch.distributed the images
@@ -315,7 +316,8 @@ def validate(
     n, c1, c5, loss, bad = all_reduce_sum(sums)  # float64: counts stay exact
     if n == 0:
         raise DataError("validate: the validation set has no images")
-    return {"top1_error": 100.0 * (n - c1) / n, "top5_error": 100.0 * (n - c5) / n, "loss": loss / n,
+    top5 = 100.0 * (n - c5) / n if net_model.num_classes > 5 else None  # n/a, as in vgg eval
+    return {"top1_error": 100.0 * (n - c1) / n, "top5_error": top5, "loss": loss / n,
             "images": int(n), "bad_images": int(bad)}
 
 
