@@ -155,7 +155,7 @@ def measure(s: Server, mode: str, c: int, args: argparse.Namespace, bodies: list
     before, load_before = server_counts(s.url), load_average()
     cpu_before, client_before = cpu_seconds(s.process.pid), time.process_time()
     row = asyncio.run(load(s.url, bodies, c, args.requests, args.method))
-    row.update(batching=mode, threads=args.threads, max_wait_ms=args.max_wait_ms,
+    row.update(batching=mode, threads=args.threads, max_wait_ms=args.max_wait_ms, channels_last=args.channels_last,
                server_cpu_ms_per_request=round(1000 * (cpu_seconds(s.process.pid) - cpu_before) / args.requests, 2),
                client_cpu_ms_per_request=round(1000 * (time.process_time() - client_before) / args.requests, 2),
                **server_stages(before, server_counts(s.url)), load_average=[load_before, load_average()])
@@ -171,7 +171,7 @@ def throughput(args: argparse.Namespace, ckpt: Path, bodies: list[bytes]) -> dic
     """Both servers run side by side; every level is measured `--rounds` times, on and off alternating (the
     order flipped each round), so that drift in a shared machine's load falls on both modes alike. The
     median round of each is reported."""
-    common = ["--method", args.method, "--max-queue", "256"]
+    common = ["--method", args.method, "--max-queue", "256", "--channels-last", args.channels_last]
     rows: list[dict] = []
     with Server(ckpt, "--max-batch-size", "32", "--max-wait-ms", str(args.max_wait_ms), *common,
                 threads=args.threads) as on, Server(ckpt, "--max-batch-size", "1", *common,
@@ -268,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="the server's --threads, the same for both modes (default 1: on 2 shared cores the "
                              "second core is the event loop's and the decoders')")
     parser.add_argument("--rounds", type=int, default=3, help="measurements of each level and mode")
+    parser.add_argument("--channels-last", choices=["on", "off"], default="off",
+                        help="the servers' --channels-last (both modes alike; default: %(default)s)")
     parser.add_argument("--soak", action="store_true", help="the mixed-load soak instead of the comparison")
     parser.add_argument("--seconds", type=float, default=60.0, help="soak duration")
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the results here")
