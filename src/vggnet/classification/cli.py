@@ -143,7 +143,9 @@ def run_eval(args: argparse.Namespace) -> int:
             raise UserError(f"--{'val-dir' if args.val_dir else 'data'} {data}: no such directory")
         from vggnet.distributed import process_group
 
-        tty = sys.stderr.isatty()  # a file or a CI log gets one line per pass, not progress-bar fragments
+        from vggnet.progress import stderr_is_terminal
+
+        tty = stderr_is_terminal()  # a file or a CI log gets one line per pass, not progress-bar fragments
         # under torchrun: joins the process group, one GPU per process
         with process_group(args.device) as info:
             try:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -383,7 +382,7 @@ def run_localize(args: argparse.Namespace) -> int:
                                        scales=scales, cls_method=args.cls_method, merge_iou=args.merge_iou,
                                        nms_iou=args.nms_iou, device=args.device, batch_size=args.batch_size,
                                        workers=args.workers, mean_box_sample=args.mean_box_sample,
-                                       max_images=args.max_images, progress=sys.stderr.isatty())
+                                       max_images=args.max_images, progress=True)  # drawn on a terminal only
     except ValueError as exc:
         raise UserError(str(exc)) from None
     if args.json:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from vggnet.transfer.descriptors import AGGREGATIONS, DescriptorExtractor, list_images
@@ -75,7 +74,7 @@ def run_features(args: argparse.Namespace) -> int:
                                         aggregation=args.aggregate, device=info.device, amp=args.amp,
                                         batch_size=args.batch_size, workers=args.workers)
         feats = extractor.extract(images, args.out, chunk_size=args.chunk_size,
-                                  progress=info.is_main and sys.stderr.isatty())
+                                  progress=info.is_main)
     if not info.is_main:
         return 0
     where = f" ({info.world_size} processes)" if info.distributed else ""
@@ -142,7 +141,7 @@ def run_transfer(args: argparse.Namespace) -> int:
             train_per_class=args.train_per_class, test_per_class=args.test_per_class, splits=args.splits,
             exclude=args.exclude_class, c_grid=grid, folds=args.folds, train_features=args.train_features,
             test_features=args.test_features, device=info.device, amp=args.amp, batch_size=args.batch_size,
-            workers=args.workers, progress=info.is_main and sys.stderr.isatty())
+            workers=args.workers, progress=info.is_main)
     if work is None:  # a rank > 0: its share of the descriptors is done
         return 0
     report = fit_transfer(work, c_grid=grid, folds=args.folds)
