@@ -26,6 +26,7 @@ def test_demo_quick_leaves_a_complete_run_folder(tmp_path, capsys):
     captured = capsys.readouterr()
     printed = captured.out
     assert "it/s" not in captured.err and "%|" not in captured.err and "\r" not in captured.err + printed
+    assert [q for q in (32, 40, 48) if f"evaluated Q={q} (dense, multi-crop)" in printed] == [32, 40, 48]  # a line a pass
     # 1. the dataset on disk, in the ImageNet layout, with its statistics
     data = out / "data"
     classes = sorted(p.name for p in (data / "train").iterdir())

@@ -235,8 +235,11 @@ def run(output_dir: str | os.PathLike = "demo_run", *, quick: bool = False, epoc
     scales = default_test_scales(p["scale"], p["crop_size"])
     _banner(f"4/5 evaluation of {best} (§3.2): dense and multi-crop at Q = {', '.join(map(str, scales))}")
     t0 = time.perf_counter()
+    from vggnet.progress import stderr_is_terminal
+
     ev = evaluate(str(best), str(data_dir), scales=scales, method="both", batch_size=64, workers=workers,
-                  device=None if device == "auto" else device, progress=progress)
+                  device=None if device == "auto" else device, progress=progress,
+                  log=None if stderr_is_terminal() else (lambda line: print(line, flush=True)))  # a line per pass
     table = ev.table()
     print(table)
     (out / "results.md").write_text(ev.to_markdown(), encoding="utf-8")
