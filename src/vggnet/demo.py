@@ -59,8 +59,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from vggnet.arguments import (add_execution_arguments, add_output_dir_argument, add_progress_argument, add_seed_argument,
+                              add_workers_argument, default_workers, positive_int)
 from vggnet.errors import UserError
 
 __all__ = ["DEMO", "QUICK", "RECORD", "demo_settings", "record_settings", "machine", "run", "add_demo_arguments",
@@ -106,6 +106,8 @@ def record_settings(quick: bool = False, seed: int = 0, **overrides: Any) -> dic
 
 def machine() -> dict[str, Any]:
     """The machine a run was measured on: cores, CPU model and the vector flags that matter, torch."""
+    import torch
+
     model, flags = "", set()
     try:
         for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
@@ -119,13 +121,6 @@ def machine() -> dict[str, Any]:
     wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16")
     return {"cores": os.cpu_count(), "cpu": model or None, "flags": [f for f in wanted if f in flags],
             "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
-
-
-def _default_workers() -> int:
-    # On a small CPU one loader process keeps up with a narrow net; the rest of
-    # the cores go to the net itself (see `_threads`).
-    cpus = os.cpu_count() or 1
-    return 1 if cpus <= 2 else min(4, cpus // 2)
 
 
 def _banner(text: str) -> None:
@@ -144,8 +139,11 @@ def _dataset_matches(folder: Path, params: dict[str, Any]) -> bool:
 
 def run(output_dir: str | os.PathLike = "demo_run", *, quick: bool = False, epochs: int | None = None,
         workers: int | None = None, threads: int | None = None, device: str = "auto", seed: int = 0,
-        force: bool = False, progress: bool = True) -> dict[str, Any]:
-    """The demo; returns {"top1_error", "top5_error", "top1_accuracy", "table", "paths", "seconds"}."""
+        force: bool = False, progress: bool = True, amp: str | None = None,
+        channels_last: str | None = None) -> dict[str, Any]:
+    """The demo; returns {"top1_error", "top5_error", "top1_accuracy", "table", "paths", "seconds", "record"}.
+    `amp` and `channels_last` (None or "auto": the demo's own, fp32 and on, so that every CPU gives the
+    same numbers) apply to its classification training run."""
     from vggnet.data.datasets import build_dataset
     from vggnet.data.stats import compute_stats, save_stats
     from vggnet.data.synthetic import write_synthetic
@@ -156,7 +154,11 @@ def run(output_dir: str | os.PathLike = "demo_run", *, quick: bool = False, epoc
     t_start = time.perf_counter()
     p = demo_settings(quick, epochs=epochs)
     p["seed"] = seed
-    workers = _default_workers() if workers is None else workers
+    if channels_last not in (None, "auto"):
+        p["channels_last"] = channels_last
+    if amp not in (None, "auto"):
+        p["amp"] = amp
+    workers = default_workers() if workers is None else workers
     if workers < 0:
         raise UserError(f"--workers must be >= 0, got {workers}")
     # Training: the loader workers augment while the net computes, so the net gets the other cores.
@@ -168,6 +170,8 @@ def run(output_dir: str | os.PathLike = "demo_run", *, quick: bool = False, epoc
         threads = max(1, (os.cpu_count() or 1) - workers)
     if threads < 1:
         raise UserError(f"--threads must be >= 1, got {threads}")
+    import torch
+
     torch.set_num_threads(threads)
     out = Path(output_dir)
     if force and out.exists():
@@ -290,7 +294,7 @@ def run(output_dir: str | os.PathLike = "demo_run", *, quick: bool = False, epoc
           f"evaluation {_fmt(timings['evaluate'])}, localisation {_fmt(timings['localisation'])}, "
           f"transfer {_fmt(timings['transfer'])})")
     record = {
-        "format": "vggnet.demo-run", "settings": record_settings(quick, seed, epochs=epochs),
+        "format": "vggnet.demo-run", "settings": json.loads(json.dumps(p)),
         "results": {"top1_accuracy": _round(o["top1_accuracy"]), "top1_error": _round(o["top1_error"]),
                     "top5_error": _round(o["top5_error"]),
                     "localisation_protocol1_error": _round(localisation["protocol1_error"]),
@@ -322,23 +326,21 @@ def _fmt(seconds: float) -> str:
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--output-dir", default="demo_run", metavar="DIR", help="run folder (default: %(default)s)")
+    # demo_run: the folder README.md's walk-through reads (the one exception to runs/<command>)
+    add_output_dir_argument(parser, "demo", default="demo_run", help="run folder")
     parser.add_argument("--quick", action="store_true", help="a tiny version that runs in seconds (smoke test)")
-    parser.add_argument("--epochs", type=int, default=None, help=f"training epochs (default: {DEMO['epochs']})")
-    parser.add_argument("--workers", type=int, default=None, help="data-loading processes (default: 1 on <= 2 cores)")
-    parser.add_argument("--threads", type=int, default=None, help="compute threads of every stage (default: cores - workers while training, all cores "
-                        "while evaluating)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the dataset and the training (default: 0)")
+    parser.add_argument("--epochs", type=positive_int, default=None, help=f"training epochs (default: {DEMO['epochs']})")
+    add_workers_argument(parser)
+    add_execution_arguments(parser)  # --threads: default cores - workers while training, all cores evaluating
+    add_seed_argument(parser, help="seed of the dataset and the training")
     parser.add_argument("--force", action="store_true", help="start over: rewrite the dataset, retrain")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    add_progress_argument(parser)
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    if args.epochs is not None and args.epochs < 1:
-        raise UserError(f"--epochs must be >= 1, got {args.epochs}")
     result = run(args.output_dir, quick=args.quick, epochs=args.epochs, workers=args.workers, threads=args.threads,
-                 device=args.device, seed=args.seed, force=args.force, progress=args.progress)
+                 device=args.device, seed=args.seed, force=args.force, progress=args.progress, amp=args.amp,
+                 channels_last=args.channels_last)
     return 130 if result.get("interrupted") else 0
 
 

@@ -39,11 +39,14 @@ import torch
 
 from vggnet import distributed
 from vggnet.engine.config import TrainConfig, parse_init
-from vggnet.engine.outputs import RunOutputs, duration
+from vggnet.engine.outputs import RunOutputs, duration, metric
 from vggnet.engine.setup import TrainerSetup
 from vggnet.engine.state import StopRequest, agree_on_resume, capture_rng, claim_run_folder, link_or_copy, plain
 from vggnet.engine.task import Task
 from vggnet.errors import CheckpointError, UserError
+
+# the parts of a training checkpoint only a resumed run needs (best.pt goes without them)
+RESUME_ONLY = ("optimizer", "scheduler", "warmup", "scaler", "rng", "sampler")
 
 __all__ = ["Trainer", "TrainingError", "train"]
 
@@ -152,6 +155,7 @@ class Trainer(TrainerSetup):
             "epoch_totals": dict(self.totals),
             "finished": finished,
             "stopped": self.stopped,
+            **({"batch_reduced_from": self.batch_given} if self.batch_given != cfg.batch_size else {}),
         }
         last = self.history[-1] if self.history else {}
         meta = {"task": self.task.name, "task_settings": plain(self.task.settings()), "scale": cfg.scale,
@@ -166,8 +170,11 @@ class Trainer(TrainerSetup):
         with self.writing(self.out / "last.pt"):
             link_or_copy(path, self.out / "last.pt")
         if best:
+            # what inference and --init from: need (weights, EMA, settings, history), not the optimizer's
+            # state: a file of the model's size, where the resumable checkpoint is twice that with SGD momentum
+            light = {**ckpt, "train": {k: v for k, v in train_state.items() if k not in RESUME_ONLY}}
             with self.writing(self.out / "best.pt"):
-                link_or_copy(path, self.out / "best.pt")
+                save_checkpoint(self.out / "best.pt", light)
         if self.ema is not None:
             # the averaged weights as a net of their own, for vgg eval / predict
             with self.writing(self.out / "ema.pt"):
@@ -373,7 +380,7 @@ class Trainer(TrainerSetup):
             "lr": lr,
             "train_loss": loss_total / done if done else float("nan"),
             "val_loss": float(metrics["loss"]),
-            **{f"val_{m}": float(metrics[m]) for m in task.metrics},
+            **{f"val_{m}": metric(metrics[m]) for m in task.metrics},
             "train_images_per_s": done * cfg.batch_size / elapsed if elapsed > 0 else float("nan"),
             "epoch_time_s": elapsed + val_time,
             "bad_images": bad,
@@ -381,7 +388,7 @@ class Trainer(TrainerSetup):
         }
         if ema_metrics is not None:
             row.update({"val_ema_loss": float(ema_metrics["loss"]),
-                        **{f"val_ema_{m}": float(ema_metrics[m]) for m in task.metrics}})
+                        **{f"val_ema_{m}": metric(ema_metrics[m]) for m in task.metrics}})
         self.history.append(row)
         value = float(metrics[task.monitor])
         improved = self.best is None or (value < self.best if task.lower_is_better else value > self.best)

@@ -41,7 +41,7 @@ from typing import Any, Mapping, Sequence
 from vggnet.errors import UserError
 from vggnet.experiments.grid import (EXECUTION_SETTINGS, PAPER_CROP, Cell, Grid, digest, needs_command)
 
-__all__ = ["Plan", "PlannedCell", "plan_grid", "run_plan", "dry_run_lines", "cell_status", "Overrides"]
+__all__ = ["Plan", "PlannedCell", "plan_grid", "run_plan", "dry_run_lines", "cell_status", "Overrides", "grid_px"]
 
 # The training settings a grid may be shrunk by, alike in every cell (vgg experiment's flags)
 SHRINK_SETTINGS = ("width", "fc_width", "crop_size", "epochs", "batch_size", "micro_batch_size", "batch_norm",
@@ -103,7 +103,7 @@ class Plan:
 # --------------------------------------------------------------------------- planning
 
 
-def _px(value: int | float, factor: float) -> int:
+def grid_px(value: int | float, factor: float) -> int:
     """A pixel size written for the paper's 224 crop, at this grid's crop."""
     return max(1, int(round(float(value) * factor)))
 
@@ -115,7 +115,7 @@ def _scale_px(value: Any, factor: float, where: str) -> int | list[int]:
         lo, hi = parse_scale(value)
     except ValueError as exc:
         raise UserError(f"{where}: {exc}") from None
-    lo, hi = _px(lo, factor), _px(hi, factor)
+    lo, hi = grid_px(lo, factor), grid_px(hi, factor)
     return lo if lo == hi else [lo, hi]
 
 
@@ -124,7 +124,7 @@ def _scales_list(value: Any, factor: float, where: str) -> list[int]:
     if isinstance(values, str):
         values = values.split(",")
     try:
-        return sorted({_px(int(v), factor) for v in values})
+        return sorted({grid_px(int(v), factor) for v in values})
     except (TypeError, ValueError):
         raise UserError(f"{where}: test_scales must be integers such as [256, 384, 512], got {value!r}") from None
 
@@ -221,7 +221,9 @@ def _plan_train(cell: Cell, grid: Grid, planned: Mapping[str, PlannedCell], *, d
         init = f"from:{dep.run_dir / 'best.pt'}"
     # every setting checked now, before any cell runs (the initial checkpoint does not exist yet)
     probe = {k: v for k, v in settings.items() if k not in EXECUTION_SETTINGS}
-    probe.update(data=data, init="glorot" if dep is not None else settings.get("init", "glorot"))
+    # (a dry run plans for another machine's data: a folder missing here is not checked)
+    probe.update(data=data if Path(data).is_dir() else None,
+                 init="glorot" if dep is not None else settings.get("init", "glorot"))
     try:
         config = TrainConfig.from_dict(probe).validate()
     except UserError as exc:
@@ -252,7 +254,7 @@ def _plan_train(cell: Cell, grid: Grid, planned: Mapping[str, PlannedCell], *, d
 def _eval_common(cell: Cell, overrides: Overrides) -> list[str]:
     argv: list[str] = []
     ex = overrides.execution
-    for key in ("workers", "device"):
+    for key in ("workers", "device", "threads", "channels_last"):  # every inference command takes these
         value = cell.settings.get(key, ex.get(key))
         if value is not None:
             argv += [_flag(key), str(value)]
@@ -266,8 +268,8 @@ def _plan_eval(cell: Cell, planned: Mapping[str, PlannedCell], *, data: str, roo
         raise UserError(f"{where}: an eval cell needs settings.test_scales (pixels at the paper's 224 crop)")
     scales = _scales_list(s["test_scales"], factor, where)
     method = s.get("method", "dense")
-    if method not in ("dense", "multi-crop", "both"):
-        raise UserError(f"{where}: method must be dense, multi-crop or both, got {method!r}")
+    if method not in ("dense", "multi-crop", "both", "center"):
+        raise UserError(f"{where}: method must be dense, multi-crop, both or center, got {method!r}")
     nets = [planned[n] for n in cell.nets]
     hashed = {"kind": "eval", "data": data, "nets": [n.hash for n in nets], "test_scales": scales, "method": method,
               "flip": bool(s.get("flip", True)), "grid": int(s.get("grid", 5)), "amp": s.get("amp", "off")}
@@ -313,8 +315,14 @@ def _plan_localize_eval(cell: Cell, planned: Mapping[str, PlannedCell], *, data:
                         f"the classes)")
     scales = _scales_list(s["test_scales"], factor, where) if "test_scales" in s else None
     nets, cls = [planned[n] for n in cell.nets], [planned[n] for n in cell.classifiers]
+    cls_method = s.get("classifier_method", "dense")
+    if cls_method not in ("dense", "multi-crop", "both", "center"):
+        raise UserError(f"{where}: classifier_method must be dense, multi-crop, both or center, got {cls_method!r}")
+    cls_scales = _scales_list(s["classifier_scales"], factor, where) if "classifier_scales" in s else None
     hashed = {"kind": "localize-eval", "data": data, "nets": [n.hash for n in nets],
               "classifiers": [c.hash for c in cls], "protocol": protocol, "test_scales": scales}
+    if cls and (cls_method != "dense" or cls_scales):  # (absent when default: earlier cells keep their hash)
+        hashed.update({"classifier_method": cls_method, "classifier_scales": cls_scales})
     h = digest(hashed)
     cdir = root / "cells" / f"localize-eval-{h[:12]}"
     argv = ["localize", "eval"]
@@ -325,6 +333,10 @@ def _plan_localize_eval(cell: Cell, planned: Mapping[str, PlannedCell], *, data:
     argv += ["--data", data, "--protocol", protocol]
     if scales:
         argv += ["--test-scales", ",".join(map(str, scales))]
+    if cls and cls_method != "dense":
+        argv += ["--classifier-method", cls_method]
+    if cls and cls_scales:
+        argv += ["--classifier-scales", ",".join(map(str, cls_scales))]
     argv += _eval_common(cell, overrides) + ["--output", str(cdir / "result.json")]
     return PlannedCell(cell=cell, hash=h, dir=cdir, argv=argv, settings=hashed)
 
@@ -519,7 +531,7 @@ def run_plan(plan: Plan, *, quiet: bool = False, say=print) -> dict[str, dict[st
     if missing:
         raise UserError(f"grid {plan.grid.name} needs " + "; ".join(
             f"`vgg {c}` ({why})" for c, why in sorted(missing.items())) + ": merge the branch that adds it, or run "
-            f"`--dry-run` to see the commands")
+            "`--dry-run` to see the commands")
     plan.root.mkdir(parents=True, exist_ok=True)
     records: dict[str, dict[str, Any]] = {}
     bad: set[str] = set()

@@ -8,7 +8,7 @@
     vgg localize eval --checkpoint runs/loc/best.pt --classifier runs/cls/best.pt --data DIR \\
         --protocol full --test-scales 256,384
     # five boxes per image, drawn
-    vgg localize predict --checkpoint runs/loc/best.pt --classifier runs/cls/best.pt photos/ --out boxes/
+    vgg localize predict --checkpoint runs/loc/best.pt --classifier runs/cls/best.pt photos/ --output-dir boxes/
 
 Training is the engine's (`vggnet.engine.train`) with a `LocalisationTask`:
 every flag of `vgg train` works here, under torchrun too.
@@ -18,17 +18,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-import numpy as np
-import torch
-
+from vggnet.arguments import (BOX_MODES, HEADS, METHODS, TARGETS, add_batch_size_argument, add_checkpoint_argument,
+                              add_data_argument, add_execution_arguments, add_json_argument, add_output_argument,
+                              add_output_dir_argument, add_progress_argument, add_workers_argument, non_negative_int,
+                              output_dir_default, parse_test_scales, positive_int, resolve_workers)
 from vggnet.errors import DataError, UserError
-from vggnet.execution import add_threads_argument, set_threads
-from vggnet.inference import parse_test_scales, resolve_device
-from vggnet.localisation.task import (BOX_MODES, HEADS, TARGETS, count_images_without_boxes, load_classifier_checkpoint,
-                             load_localiser, mean_box, mean_box_error, protocol1)
+
+# torch, numpy and the task's modules are imported where they are used, so that the parsers are built
+# (and a wrong flag refused) without them
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["add_localize_arguments", "run_localize", "localize_train", "evaluate_localisation", "predict_localisation",
            "report_table", "demo_localize"]
@@ -72,6 +76,8 @@ def localize_train(config: Any, *, head: str = "pcr", finetune: str = "all", box
 
 def _check_boxes(config: Any) -> None:
     """Images without boxes are an error before training starts, naming how many and where."""
+    from vggnet.localisation.task import count_images_without_boxes
+
     from vggnet.data.datasets import build_dataset
 
     root = Path(config.data)
@@ -93,6 +99,8 @@ def _check_boxes(config: Any) -> None:
 
 
 def _val_dataset(data: str, classes: Sequence[str], labels_file: str | None = None) -> Any:
+    from vggnet.localisation.task import count_images_without_boxes
+
     from vggnet.data.datasets import build_dataset
 
     ds = build_dataset(data, split="val", classes=classes, labels_file=labels_file, strict=True, boxes=True)
@@ -105,6 +113,8 @@ def _val_dataset(data: str, classes: Sequence[str], labels_file: str | None = No
 
 def _mean_box_row(data: str, val: Any, classes: Sequence[str], sample: int) -> dict[str, Any] | None:
     """The mean training box, scored on the validation images (None without DATA/train)."""
+    from vggnet.localisation.task import mean_box, mean_box_error
+
     from vggnet.data.datasets import build_dataset
     from vggnet.localisation.task import raw_boxes
 
@@ -121,14 +131,17 @@ def _mean_box_row(data: str, val: Any, classes: Sequence[str], sample: int) -> d
 
 def evaluate_localisation(checkpoints: Sequence[str], data: str, *, protocol: str = "central",
                           classifiers: Sequence[str] = (), scales: Sequence[int] | None = None,
-                          cls_method: str = "dense", merge_iou: float = 0.5, nms_iou: float = 0.5,
-                          device: str | torch.device = "auto", batch_size: int = 32, workers: int = 0,
+                          cls_method: str = "dense", cls_scales: Sequence[int] | None = None,
+                          merge_iou: float = 0.5, nms_iou: float = 0.5, device: str | torch.device = "auto", batch_size: int = 32, workers: int = 0,
                           mean_box_sample: int = 1000, max_images: int | None = None,
-                          progress: bool = False) -> dict[str, Any]:
+                          progress: bool = False, amp: str = "off", channels_last: bool = False) -> dict[str, Any]:
     """Protocol 1 ("central") or the full protocol ("full") on DATA's validation split.
 
     Returns the report: `{"protocol", "localisation_error" (percent; the first net at its
     first scale for "central", the greedy merge for "full"), "rows", "mean_box", ...}`."""
+    from vggnet.localisation.task import load_classifier_checkpoint, load_localiser, protocol1
+    from vggnet.inference import resolve_device
+
     if protocol not in ("central", "full"):
         raise UserError(f"--protocol: expected central or full, got {protocol!r}")
     if not checkpoints:
@@ -160,7 +173,7 @@ def evaluate_localisation(checkpoints: Sequence[str], data: str, *, protocol: st
         for loc in locs:
             for q in (scales or [loc.default_scale()]):
                 r = protocol1(loc.model.to(dev), val, head=loc.head, preprocessing=loc.preprocessing, scale=q,
-                              device=dev, batch_size=batch_size, workers=workers)
+                              device=dev, batch_size=batch_size, workers=workers, amp=amp)
                 rows.append({"net": f"{loc.name} {loc.head.upper()}", "test_scale": str(q), "method": "central crop",
                              "localisation_error": r["localisation_error"]})
         report["localisation_error"] = rows[0]["localisation_error"]
@@ -168,14 +181,16 @@ def evaluate_localisation(checkpoints: Sequence[str], data: str, *, protocol: st
         from vggnet.localisation.full_protocol import MERGE_LABELS, MERGE_METHODS, localise_images
 
         qs = scales or sorted({loc.default_scale() for loc in locs})
-        res = localise_images(locs, list(classifiers), val, scales=qs, cls_method=cls_method, merge_iou=merge_iou,
-                              nms_iou=nms_iou, device=dev, workers=workers, batch_size=batch_size, progress=progress)
+        res = localise_images(locs, list(classifiers), val, scales=qs, cls_scales=cls_scales, cls_method=cls_method,
+                              merge_iou=merge_iou, nms_iou=nms_iou, device=dev, workers=workers, batch_size=batch_size,
+                              progress=progress, amp=amp, channels_last=channels_last)
         name = " + ".join(f"{l.name} {l.head.upper()}" for l in locs)
         for m in MERGE_METHODS:
             rows.append({"net": name, "test_scale": ",".join(map(str, qs)), "method": MERGE_LABELS[m],
                          "localisation_error": res.error(m)})
         report.update({"localisation_error": res.error("merge"), "merge_iou": merge_iou, "nms_iou": nms_iou,
                        "classifiers": list(classifiers), "classification_method": cls_method,
+                       "classification_scales": list(cls_scales or qs),
                        "classification_top5_error": res.classification_top5_error, "test_scales": qs,
                        "seconds": res.seconds, "windows": res.windows})
     mb = _mean_box_row(data, val, classes, mean_box_sample)
@@ -231,14 +246,51 @@ def _image_files(items: Sequence[str]) -> list[str]:
     return files
 
 
-def predict_localisation(checkpoints: Sequence[str], classifiers: Sequence[str], images: Sequence[str], out: str, *,
-                         scales: Sequence[int] | None = None, cls_method: str = "dense", merge_iou: float = 0.5,
-                         device: str | torch.device = "auto", workers: int = 0) -> list[dict[str, Any]]:
-    """Five (class, box, score) per image (full protocol, greedy merge); writes OUT/<stem>.png with
-    the boxes drawn and OUT/predictions.json. Returns the predictions."""
-    from torchvision.utils import draw_bounding_boxes
+def ground_truth(files: Sequence[str], annotations: str | None = None) -> list[list[tuple[str, list[float]]] | None]:
+    """Each image's annotated boxes [(class, XYXY pixels)], None where it has none.
 
-    from vggnet.data.images import load_image
+    `annotations`: a folder of PASCAL VOC XML files (found by the image's name) or a
+    LOC_<split>_solution.csv. Without it, an image of a dataset laid out as `vgg synth`
+    writes it (ROOT/<split>/<class>/<stem>.jpg) finds ROOT/annotations/<split>/[<class>/]<stem>.xml,
+    or <stem>.xml beside the image."""
+    from vggnet.data.annotations import read_loc_solution, read_voc_xml
+
+    table: dict[str, Any] | None = None
+    xmls: dict[str, Path] = {}
+    if annotations is not None:
+        source = Path(annotations)
+        if source.is_file():
+            table = read_loc_solution(source)
+        elif source.is_dir():
+            xmls = {f.stem: f for f in sorted(source.rglob("*.xml"))}
+        else:
+            raise UserError(f"--annotations {annotations}: no such folder of VOC XML files or LOC_*_solution.csv")
+    out: list[list[tuple[str, list[float]]] | None] = []
+    for f in files:
+        p = Path(f).resolve()
+        if table is not None:
+            found = table.get(p.stem)
+        else:
+            near = [p.with_suffix(".xml")]
+            if len(p.parents) > 2:  # ROOT/<split>/<class>/<stem>.jpg or ROOT/<split>/<stem>.jpg
+                near = [p.parents[2] / "annotations" / p.parents[1].name / p.parent.name / f"{p.stem}.xml",
+                        p.parents[1] / "annotations" / p.parent.name / f"{p.stem}.xml", *near]
+            xml = xmls.get(p.stem) if annotations is not None else next((c for c in near if c.is_file()), None)
+            found = read_voc_xml(xml) if xml is not None else None
+        out.append(None if found is None else [(str(n), [float(v) for v in b]) for b, n in zip(found[0], found[1])])
+    return out
+
+
+def predict_localisation(checkpoints: Sequence[str], classifiers: Sequence[str], images: Sequence[str], out: str, *,
+                         scales: Sequence[int] | None = None, cls_method: str = "dense",
+                         cls_scales: Sequence[int] | None = None, merge_iou: float = 0.5,
+                         device: str | torch.device = "auto", workers: int = 0, amp: str = "off",
+                         channels_last: bool = False, annotations: str | None = None) -> list[dict[str, Any]]:
+    """Five (class, box, score) per image (full protocol, greedy merge); writes OUT/<stem>.png with
+    the boxes drawn (and the ground truth, green and dashed, where the image has an annotation:
+    see `ground_truth`) and OUT/predictions.json. Returns the predictions."""
+    from vggnet.localisation.task import load_classifier_checkpoint, load_localiser
+    from vggnet.inference import resolve_device
     from vggnet.localisation.full_protocol import ImageFiles, localise_images
     from vggnet.checkpoint import atomic_write
 
@@ -247,31 +299,29 @@ def predict_localisation(checkpoints: Sequence[str], classifiers: Sequence[str],
     for c in classifiers:
         load_classifier_checkpoint(c)
     files = _image_files(images)
+    truths = ground_truth(files, annotations)
     locs = [load_localiser(c) for c in checkpoints]
     dev = resolve_device(device)
     qs = scales or sorted({loc.default_scale() for loc in locs})
     res = localise_images(locs, list(classifiers), ImageFiles(files, locs[0].classes), scales=qs, cls_method=cls_method,
-                          merge_iou=merge_iou, device=dev, workers=workers)
+                          cls_scales=cls_scales, merge_iou=merge_iou, device=dev, workers=workers, amp=amp,
+                          channels_last=channels_last)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = []
     for i, path in enumerate(files):
         preds = res.predictions["merge"][i]
-        img = torch.from_numpy(np.array(load_image(path), dtype=np.uint8)).permute(2, 0, 1).contiguous()
-        h, w = img.shape[-2:]
-        sy, sx = h / res.sizes[i][0], w / res.sizes[i][1]   # predictions are in the decoded image's pixels
-        boxes = torch.tensor([[b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy] for _, b, _ in preds]).reshape(-1, 4)
-        labels = [f"{k + 1}. {res.classes[c]} {s:.2f}" for k, (c, _, s) in enumerate(preds)]
-        colors = ["red", "orange", "yellow", "cyan", "magenta"][:len(preds)]
-        drawn = draw_bounding_boxes(img, boxes.clamp_min(0), labels=labels, colors=colors, width=2)
-        png = out_dir / f"{Path(path).stem}.png"
-        from PIL import Image
-
-        Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(png)
-        results.append({"image": path, "drawn": str(png),
+        ph, pw = res.sizes[i]
+        # a merged box may reach past the image (the regressor is unconstrained): clip it, in the drawing and the JSON
+        preds = [(c, [min(max(b[0], 0.0), pw), min(max(b[1], 0.0), ph), min(max(b[2], 0.0), pw),
+                      min(max(b[3], 0.0), ph)], sc) for c, b, sc in preds]
+        drawn = _draw_predictions(path, preds, (ph, pw), res.classes, out_dir, truth=truths[i])
+        results.append({"image": path, "drawn": str(drawn),
                         "predictions": [{"rank": k + 1, "class": res.classes[c], "index": c,
                                          "box": [round(v, 2) for v in b], "score": s}
                                         for k, (c, b, s) in enumerate(preds)]})
+        if truths[i] is not None:
+            results[-1]["ground_truth"] = [{"class": n, "box": [round(v, 2) for v in b]} for n, b in truths[i]]
     text = json.dumps({"localisation_nets": list(checkpoints), "classifiers": list(classifiers), "test_scales": qs,
                        "merge_iou": merge_iou, "box_format": "XYXY pixels of the original image",
                        "images": results}, indent=2) + "\n"
@@ -279,110 +329,184 @@ def predict_localisation(checkpoints: Sequence[str], classifiers: Sequence[str],
     return results
 
 
+DRAWING_MIN_SIDE = 384  # small images are upscaled for the drawing, so that labels stay legible
+
+
+TRUTH_COLOUR = (40, 200, 60)  # the ground truth: green, dashed, labelled "truth"
+
+
+def _draw_predictions(path: str, preds: Sequence[tuple[int, Sequence[float], float]], size: tuple[int, int],
+                      classes: Sequence[str], out_dir: Path,
+                      truth: Sequence[tuple[str, Sequence[float]]] | None = None) -> Path:
+    """OUT/<stem>.png: the rank-1 box thick and labelled with its class and score, ranks 2-5 thin, light and
+    numbered only (they are listed in predictions.json); the image upscaled to a smallest side of
+    DRAWING_MIN_SIDE when smaller, so that the label is legible whatever the image's size."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    from vggnet.data.images import load_image
+
+    img = load_image(path)
+    h, w = size  # predictions are in the decoded image's pixels
+    zoom = max(1.0, DRAWING_MIN_SIDE / min(img.size))
+    img = img.resize((round(img.width * zoom), round(img.height * zoom)), Image.BILINEAR) if zoom > 1 else img.copy()
+    sx, sy = img.width / w, img.height / h
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.load_default(size=max(14, img.height // 24))
+    for name, b in truth or []:  # under the predictions: dashed, so a prediction on it still shows
+        x0, y0, x1, y1 = b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy
+        dash, width = max(6, img.height // 40), max(2, img.height // 160)
+        for a, b_, fixed, horizontal in ((x0, x1, y0, True), (x0, x1, y1, True), (y0, y1, x0, False),
+                                         (y0, y1, x1, False)):
+            for start in range(int(a), int(b_), 2 * dash):
+                end = min(start + dash, b_)
+                draw.line([(start, fixed), (end, fixed)] if horizontal else [(fixed, start), (fixed, end)],
+                          fill=TRUTH_COLOUR, width=width)
+        text_h = draw.textbbox((0, 0), "truth", font=font)[3]
+        draw.text((x0 + 3, max(0, y1 - text_h - 4)), f"truth: {name}", fill=TRUTH_COLOUR, font=font)
+    for rank in range(len(preds), 0, -1):  # rank 1 drawn last, on top
+        c, b, score = preds[rank - 1]
+        box = [b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy]
+        if rank > 1:
+            draw.rectangle(box, outline=(255, 230, 140), width=1)
+            draw.text((box[0] + 2, box[1] + 1), str(rank), fill=(255, 230, 140), font=font)
+            continue
+        width = max(3, img.height // 120)
+        draw.rectangle(box, outline=(230, 20, 20), width=width)
+        label = f"1. {classes[c]} {score:.2f}"
+        left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
+        tx = min(max(box[0], 0), max(0, img.width - (right - left) - 4))
+        ty = box[1] - (bottom - top) - 6 if box[1] >= (bottom - top) + 6 else box[1] + width
+        draw.rectangle([tx, ty, tx + right - left + 4, ty + bottom + 4], fill=(230, 20, 20))
+        draw.text((tx + 2, ty + 2), label, fill=(255, 255, 255), font=font)
+    png = out_dir / f"{Path(path).stem}.png"
+    img.save(png)
+    return png
+
+
 # --------------------------------------------------------------------------- command line
 
 
 def _eval_arguments(p: argparse.ArgumentParser) -> None:
-    from vggnet.classification.evaluate import METHODS
-
-    p.add_argument("--checkpoint", action="append", required=True, metavar="LOC",
-                   help="localisation checkpoint; repeat it for several nets (the union of their boxes)")
-    p.add_argument("--classifier", action="append", default=[], metavar="CLS",
-                   help="classification checkpoint that ranks the classes (full protocol); repeat it to fuse")
-    p.add_argument("--test-scales", default=None, metavar="Q,Q,...",
+    add_checkpoint_argument(p, multiple=True, required=True, metavar="LOC",
+                            help="localisation checkpoint (the union of several nets' boxes)")
+    p.add_argument("--test-scales", type=parse_test_scales, default=None, metavar="Q,Q,...",
                    help="test scales Q (default: each localisation net's training S, the middle of [Smin, Smax])")
     p.add_argument("--classifier-method", dest="cls_method", choices=METHODS, default="dense",
                    help="how the classifier ranks the classes, as `vgg eval --method` (default: %(default)s)")
+    p.add_argument("--classifier-scales", dest="cls_scales", type=parse_test_scales, default=None, metavar="Q,Q,...",
+                   help="the classifiers' test scales, as `vgg eval --test-scales` (default: --test-scales); "
+                        "the paper ranks with its best classification system (Table 6: D and E, Q = 256,384,512, "
+                        "--classifier-method both)")
     p.add_argument("--merge-iou", type=float, default=0.5,
                    help="greedy merge: merge the closest pair while its IoU >= this (default: %(default)s)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: %(default)s)")
-    add_threads_argument(p)
-    p.add_argument("--workers", type=int, default=2, help="data-loading processes (default: %(default)s)")
+    add_execution_arguments(p)
+    add_workers_argument(p)
 
 
 def add_localize_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="train|eval|predict", required=True)
     t = sub.add_parser("train", help="fine-tune a classification net into a box regressor (Appendix A.1)",
                        description="Every flag of `vgg train`; lr defaults to 1e-3.")
-    try:
-        from vggnet.engine import add_train_arguments
-    except ImportError:  # a vggnet without the shared training engine: eval and predict still work
-        add_train_arguments = None
-    if add_train_arguments is not None:
-        add_train_arguments(t, lr=1e-3)
+    from vggnet.engine.config import add_train_arguments
+
+    add_train_arguments(t, lr=1e-3, output_dir=output_dir_default("localize train"))
     _task_arguments(t)
     e = sub.add_parser("eval", help="localisation error: protocol 1 (central) or the full protocol")
     _eval_arguments(e)
-    e.add_argument("--data", required=True, metavar="DIR", help="dataset root (DIR/val, boxes; DIR/train for the mean box)")
+    e.add_argument("--classifier", action="append", default=[], metavar="CLS",
+                   help="classification checkpoint that ranks the classes (--protocol full); repeat it to fuse")
+    add_data_argument(e, required=True, help="dataset root (DIR/val, boxes; DIR/train for the mean box)")
     e.add_argument("--protocol", choices=("central", "full"), default="central",
                    help="central: the central crop's box for the true class (Table 8); full: dense, top-5 classes, "
                         "greedy merge (Table 9) (default: %(default)s)")
     e.add_argument("--nms-iou", type=float, default=0.5, help="the NMS reference row's IoU (default: %(default)s)")
-    e.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: %(default)s)")
-    e.add_argument("--mean-box-sample", type=int, default=1000,
+    add_batch_size_argument(e)
+    e.add_argument("--mean-box-sample", type=non_negative_int, default=1000,
                    help="training images read for the mean-box baseline (default: %(default)s)")
-    e.add_argument("--max-images", type=int, default=None,
+    e.add_argument("--max-images", type=positive_int, default=None,
                    help="evaluate on this many validation images, evenly spaced (default: all)")
-    e.add_argument("--json", action="store_true", help="print the report as JSON")
-    e.add_argument("--output", metavar="FILE", help="also write the report: FILE.md or FILE.json")
+    add_json_argument(e, help="print the report as JSON")
+    add_progress_argument(e)
+    add_output_argument(e, help="also write the report: FILE.md or FILE.json")
     p = sub.add_parser("predict", help="five boxes per image, drawn, and one JSON")
     _eval_arguments(p)
+    p.add_argument("--classifier", action="append", required=True, metavar="CLS",
+                   help="classification checkpoint that ranks the classes; repeat it to fuse")
     p.add_argument("images", nargs="+", metavar="IMAGE|DIR", help="image files or folders")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder for the PNGs and predictions.json")
+    add_output_dir_argument(p, "localize predict", old="--out", help="folder for the PNGs and predictions.json")
+    p.add_argument("--annotations", default=None, metavar="DIR|CSV",
+                   help="ground-truth boxes to draw (green, dashed): a folder of VOC XML files or a "
+                        "LOC_*_solution.csv (default: a dataset's ROOT/annotations/<split>/ or XML beside the image)")
 
 
-def _apply_config_file(args: argparse.Namespace, parser_defaults: dict[str, Any]) -> None:
-    """`--config-file` for `vgg localize train`: YAML values for the settings left at their defaults."""
+def _apply_config_file(args: argparse.Namespace, parser_defaults: dict[str, Any]) -> set[str]:
+    """`--config-file` for `vgg localize train`: YAML values for the settings left at their defaults;
+    returns the settings the file gives."""
     from vggnet.arguments import load_config_file
 
     values = load_config_file(args.config_file)
+    given = set()
     for key, value in values.items():
         dest = key.replace("-", "_")
         if dest not in parser_defaults or dest == "config_file":
             raise UserError(f"{args.config_file}: unknown setting {key!r}")
+        given.add(dest)
         if getattr(args, dest) == parser_defaults[dest]:
             setattr(args, dest, value)
+    return given
 
 
 def run_localize(args: argparse.Namespace) -> int:
     if args.action == "train":
-        try:
-            from vggnet.engine import TrainConfig
-        except ImportError:
-            raise UserError("`vgg localize train` needs the training engine (vggnet.engine), "
-                            "which this version of vggnet lacks") from None
+        from vggnet.engine.config import TrainConfig
+        from vggnet.engine.state import settings_from_init
 
+        explicit = set(getattr(args, "_explicit", ()))
         if getattr(args, "config_file", None):
             probe = argparse.ArgumentParser()
-            from vggnet.engine import add_train_arguments
+            from vggnet.engine.config import add_train_arguments
 
-            add_train_arguments(probe, lr=1e-3)
+            add_train_arguments(probe, lr=1e-3, output_dir=output_dir_default("localize train"))
             _task_arguments(probe)
-            _apply_config_file(args, {a.dest: a.default for a in probe._actions})
-        result = localize_train(TrainConfig.from_args(args), head=args.head, finetune=args.finetune,
-                                box_mode=args.box_mode, target=args.target)
+            explicit |= _apply_config_file(args, {a.dest: a.default for a in probe._actions})
+        config = TrainConfig.from_args(args)
+        taken = settings_from_init(config, explicit)  # the classification net's shape, scale and preprocessing
+        if taken and os.environ.get("RANK", "0") == "0":
+            print(f"vgg localize train: {taken}", file=sys.stderr)
+        result = localize_train(config, head=args.head, finetune=args.finetune, box_mode=args.box_mode,
+                                target=args.target)
         return 130 if result.get("signal") else 0
+    if args.action == "eval" and args.output and Path(args.output).suffix.lower() not in (".md", ".json"):
+        raise UserError(f"--output {args.output}: expected a .md or .json file name")
+    # every flag is checked: now torch
+    from vggnet.execution import choose_execution, set_threads
+    from vggnet.inference import resolve_device
+
     set_threads(args.threads)
-    scales = parse_test_scales(args.test_scales) if args.test_scales else None
-    if args.workers < 0:
-        raise UserError(f"--workers must be >= 0, got {args.workers}")
+    scales = args.test_scales
+    workers = resolve_workers(args.workers)
     try:
+        chosen = choose_execution(args.amp, args.channels_last, resolve_device(args.device))
+        print(f"vgg localize {args.action}: {chosen.reason}", file=sys.stderr)
         if args.action == "predict":
-            results = predict_localisation(args.checkpoint, args.classifier, args.images, args.out, scales=scales,
-                                           cls_method=args.cls_method, merge_iou=args.merge_iou, device=args.device,
-                                           workers=args.workers)
+            results = predict_localisation(args.checkpoint, args.classifier, args.images, args.output_dir,
+                                           scales=scales, cls_method=args.cls_method, cls_scales=args.cls_scales,
+                                           merge_iou=args.merge_iou, device=args.device, workers=workers,
+                                           amp=chosen.amp, channels_last=chosen.channels_last,
+                                           annotations=args.annotations)
             for r in results:
                 top = r["predictions"][0] if r["predictions"] else None
                 print(f"{r['image']}: " + (f"{top['class']} {top['box']} -> {r['drawn']}" if top else "no box"))
-            print(f"predictions: {Path(args.out) / 'predictions.json'}")
+            print(f"predictions: {Path(args.output_dir) / 'predictions.json'}")
             return 0
-        if args.output and Path(args.output).suffix.lower() not in (".md", ".json"):
-            raise UserError(f"--output {args.output}: expected a .md or .json file name")
         report = evaluate_localisation(args.checkpoint, args.data, protocol=args.protocol, classifiers=args.classifier,
-                                       scales=scales, cls_method=args.cls_method, merge_iou=args.merge_iou,
+                                       scales=scales, cls_method=args.cls_method,
+                                       cls_scales=args.cls_scales,
+                                       merge_iou=args.merge_iou,
                                        nms_iou=args.nms_iou, device=args.device, batch_size=args.batch_size,
-                                       workers=args.workers, mean_box_sample=args.mean_box_sample,
-                                       max_images=args.max_images, progress=True)  # drawn on a terminal only
+                                       workers=workers, mean_box_sample=args.mean_box_sample,
+                                       max_images=args.max_images, progress=args.progress,  # drawn on a terminal only
+                                       amp=chosen.amp, channels_last=chosen.channels_last)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     if args.json:
