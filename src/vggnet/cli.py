@@ -15,7 +15,7 @@ import sys
 from typing import Sequence
 
 from vggnet.arguments import parse_args_with_config
-from vggnet.errors import UserError
+from vggnet.errors import UserError, plain_message
 
 __all__ = ["COMMANDS", "main", "load_command"]
 
@@ -101,7 +101,7 @@ def _main(argv: Sequence[str] | None) -> int:
         args = parse_args_with_config(parser, argv[1:])
         return int(run(args) or 0)
     except UserError as exc:
-        print(f"vgg {name}: error: {exc}", file=sys.stderr)
+        print(f"vgg {name}: error: {plain_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"vgg {name}: interrupted", file=sys.stderr)

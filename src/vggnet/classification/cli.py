@@ -30,6 +30,7 @@ from typing import Sequence
 
 
 from vggnet.errors import UserError
+from vggnet.paths import check_output
 from vggnet.classification.evaluate import CROP_PCT, METHODS, evaluate
 from vggnet.inference import parse_test_scales, resolve_device
 from vggnet.execution import add_threads_argument, choose_execution, set_threads
@@ -128,6 +129,7 @@ def run_eval(args: argparse.Namespace) -> int:
         raise UserError(f"--workers must be >= 0, got {args.workers}")
     if args.grid < 1:
         raise UserError(f"--grid must be >= 1, got {args.grid}")
+    _check_eval_outputs(args)
     if args.posteriors:
         if args.checkpoint:
             raise UserError("give either --checkpoint (run the nets) or --posteriors (reuse saved posteriors), "
@@ -186,6 +188,18 @@ def run_eval(args: argparse.Namespace) -> int:
         if not args.json:
             print("confusion matrix: " + ", ".join(map(str, written)))
     return 0
+
+
+def _check_eval_outputs(args: argparse.Namespace) -> None:
+    """Every file `vgg eval` writes: checked before any work (see `vggnet.paths`)."""
+    inputs = [*(args.checkpoint or []), *(args.posteriors or []), args.val_dir or args.data, args.labels_file]
+    for flag, value in (("--output", args.output), ("--save-posteriors", args.save_posteriors),
+                        ("--confusion-matrix", args.confusion_matrix)):
+        if value:
+            check_output(value, flag=flag, inputs=inputs)
+    if args.confusion_matrix:
+        check_output(Path(args.confusion_matrix).with_suffix(".png"), flag="--confusion-matrix (its drawing)",
+                     inputs=inputs)
 
 
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:

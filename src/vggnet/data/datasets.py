@@ -282,7 +282,12 @@ class ImageDataset(Dataset):
             boxes = None
             if self.box_sources is not None:
                 w, h = displayed_size(img)
-                arr, _ = self.raw_boxes(index)
+                try:
+                    arr, _ = self.raw_boxes(index)
+                except BadImageError:
+                    raise
+                except DataError as exc:  # a broken annotation is a bad sample, like a broken image
+                    raise BadImageError(None, f"its annotation cannot be used: {exc}") from None
                 boxes = tv_tensors.BoundingBoxes(torch.as_tensor(arr, dtype=torch.float32).reshape(-1, 4),
                                                  format="XYXY", canvas_size=(h, w))
             if self.transform is None or not hasattr(self.transform, "decode_side"):

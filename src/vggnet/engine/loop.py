@@ -39,6 +39,7 @@ import torch
 
 from vggnet import distributed
 from vggnet.engine.config import TrainConfig, parse_init
+from vggnet.engine.data import close_loader
 from vggnet.engine.outputs import RunOutputs, duration
 from vggnet.engine.setup import TrainerSetup
 from vggnet.engine.state import StopRequest, agree_on_resume, capture_rng, claim_run_folder, link_or_copy, plain
@@ -307,7 +308,10 @@ class Trainer(TrainerSetup):
                 if save_flag or every_due:
                     self.save()
         finally:
-            del batches  # shuts the loader workers down now, also when an exception passes
+            # shut the loader workers down now, also when an exception passes (its traceback would keep
+            # the iterator, and so the workers, alive until exit, where they ignore multiprocessing's SIGTERM)
+            close_loader(batches)
+            del batches
             self.outputs.close_bar()
         return False
 

@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from vggnet.errors import UserError
+from vggnet.paths import check_output_dir
 
 __all__ = ["add_experiment_arguments", "run_experiment"]
 
@@ -133,6 +134,7 @@ def run_experiment(args: argparse.Namespace) -> int:
         raise UserError(f"--data {args.data}: no such directory")
     if args.nproc_per_node < 1:
         raise UserError(f"--nproc-per-node must be >= 1, got {args.nproc_per_node}")
+    check_output_dir(args.output_dir, flag="--output-dir", inputs=[args.data, grid.path])
     only = [c.strip() for c in args.cells.split(",") if c.strip()] if args.cells else None
     plan = plan_grid(grid, data=args.data, root=args.output_dir, overrides=_overrides(args), only=only)
     if args.dry_run:

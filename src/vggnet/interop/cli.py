@@ -8,6 +8,8 @@ import sys
 
 from vggnet.checkpoint import save_checkpoint
 from vggnet.errors import UserError
+from vggnet.interop.safetensors import sidecar_path
+from vggnet.paths import check_output
 from vggnet.interop import (
     EXPORT_FORMATS,
     IMPORT_FORMATS,
@@ -51,6 +53,7 @@ def add_import_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_import(args: argparse.Namespace) -> int:
     build = {"width": args.width, "fc_width": args.fc_width, "crop_size": args.crop_size, "dropout": args.dropout}
+    check_output(args.out, flag="--out", inputs=[args.file, args.classes])
     if args.format is None:
         args.format = detect_format(args.file)
         print(f"detected format: {args.format}")
@@ -103,6 +106,10 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    inputs = [args.checkpoint, args.calibration, args.val]
+    check_output(args.out, flag="--out", inputs=inputs)
+    if args.format == "safetensors":  # and its JSON sidecar
+        check_output(sidecar_path(args.out), flag="--out (its JSON sidecar)", inputs=inputs)
     ckpt = load_weights(args.checkpoint)
     if args.format != "onnx" and (args.dense or args.dynamo):
         raise UserError(f"--dense and --dynamo apply to ONNX exports only, not {args.format}")

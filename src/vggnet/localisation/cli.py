@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from vggnet.errors import DataError, UserError
+from vggnet.paths import check_output_dir, distinct_outputs
 from vggnet.execution import add_threads_argument, set_threads
 from vggnet.inference import parse_test_scales, resolve_device
 from vggnet.localisation.task import (BOX_MODES, HEADS, TARGETS, count_images_without_boxes, load_classifier_checkpoint,
@@ -248,6 +249,8 @@ def predict_localisation(checkpoints: Sequence[str], classifiers: Sequence[str],
     for c in classifiers:
         load_classifier_checkpoint(c)
     files = _image_files(images)
+    check_output_dir(out, flag="--out", inputs=[*checkpoints, *classifiers, *files])
+    drawings = distinct_outputs(files, out, ".png")  # a/x.jpg and b/x.jpg: two drawings
     locs = [load_localiser(c) for c in checkpoints]
     dev = resolve_device(device)
     qs = scales or sorted({loc.default_scale() for loc in locs})
@@ -265,7 +268,7 @@ def predict_localisation(checkpoints: Sequence[str], classifiers: Sequence[str],
         labels = [f"{k + 1}. {res.classes[c]} {s:.2f}" for k, (c, _, s) in enumerate(preds)]
         colors = ["red", "orange", "yellow", "cyan", "magenta"][:len(preds)]
         drawn = draw_bounding_boxes(img, boxes.clamp_min(0), labels=labels, colors=colors, width=2)
-        png = out_dir / f"{Path(path).stem}.png"
+        png = drawings[i]
         from PIL import Image
 
         Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(png)

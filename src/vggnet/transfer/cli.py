@@ -21,6 +21,7 @@ from pathlib import Path
 from vggnet.transfer.descriptors import AGGREGATIONS, DescriptorExtractor, list_images
 from vggnet.distributed import process_group
 from vggnet.errors import UserError
+from vggnet.paths import check_output, check_output_dir
 from vggnet.inference import parse_test_scales
 from vggnet.execution import add_threads_argument, set_threads
 from vggnet.transfer.pipeline import C_GRID, fit_transfer, transfer_descriptors, predict_transfer
@@ -69,6 +70,7 @@ def run_features(args: argparse.Namespace) -> int:
     """`vgg features`. Under torchrun every process computes its shard of every chunk (gathered on
     all of them); rank 0 alone writes the chunks and the file and prints."""
     set_threads(args.threads)
+    check_output(args.out, flag="--out", inputs=[*args.checkpoints, args.data])
     with process_group(args.device) as info:
         images = list_images(args.data, args.split, exclude=args.exclude_class)
         extractor = DescriptorExtractor(args.checkpoints, scales=args.test_scales, flip=args.flip,
@@ -131,6 +133,8 @@ def run_transfer(args: argparse.Namespace) -> int:
         return 0
     if not args.data:
         raise UserError("--data DIR is required")
+    check_output_dir(args.output_dir, flag="--output-dir",
+                     inputs=[*args.items, args.data, args.train_features, args.test_features])
     try:
         grid = [float(c) for c in args.c_grid.split(",") if c.strip()]
     except ValueError:
