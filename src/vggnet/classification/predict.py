@@ -56,7 +56,7 @@ class Predictor:
         amp, channels_last = inference_execution(amp, channels_last, dev)
         self.device, self.amp, self.method, self.flip, self.batch_size = dev, amp, method, flip, batch_size
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        model, ckpt = model_from_checkpoint(checkpoint)
+        model, ckpt = model_from_checkpoint(checkpoint, kinds=("classifier",), use="vgg predict")
         pre = Preprocessing.from_dict(ckpt["preprocessing"])
         self.classes = list(ckpt["classes"])
         where = "checkpoint" if isinstance(checkpoint, Mapping) else str(checkpoint)

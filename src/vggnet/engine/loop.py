@@ -500,12 +500,15 @@ class Trainer(TrainerSetup):
         init_ckpt = None
         scheme, init_path = parse_init(cfg.init)
         if resume is None and init_path is not None:
-            from vggnet.checkpoint import load_checkpoint
+            from vggnet.checkpoint import check_finite, load_checkpoint
 
             try:
                 init_ckpt = load_checkpoint(init_path)
             except CheckpointError as exc:
                 raise CheckpointError(f"--init from:{init_path}: {exc}") from None
+            # NaN weights would make the first loss NaN, which would be blamed on the learning rate
+            check_finite(init_ckpt["state_dict"], f"--init from:{init_path}",
+                         advice="the run that wrote it had diverged: start from an earlier checkpoint")
             self.task.check_checkpoint(init_ckpt, init_path, purpose="init")
         if self.info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)

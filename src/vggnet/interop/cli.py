@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vggnet.checkpoint import save_checkpoint
+from vggnet.checkpoint import check_finite, require_kind, save_checkpoint
 from vggnet.errors import UserError
 from vggnet.interop.safetensors import sidecar_path
 from vggnet.paths import check_output
@@ -69,6 +69,8 @@ def run_import(args: argparse.Namespace) -> int:
                 ckpt["meta"]["class_descriptions"] = descriptions
     else:
         ckpt = import_weights(args.format, args.file, name=args.model, classes=args.classes, **build)
+    check_finite(ckpt["state_dict"], f"{args.file}", advice="a net with them answers nothing; import the "
+                                                              "weights of a run that had not diverged")
     out = save_checkpoint(args.out, ckpt)
     b, p = ckpt["build"], ckpt["preprocessing"]
     print(f"imported {args.format} {args.file}: {describe_build(b)}")
@@ -150,6 +152,8 @@ def _run_int8(args: argparse.Namespace, ckpt: dict) -> int:
         raise UserError("--int8 needs --calibration DIR (images to calibrate on), and --calibration needs --int8")
     if args.dense or args.dynamo:
         raise UserError("--int8 quantises the crop classifier: drop --dense and --dynamo")
+    require_kind(ckpt, args.checkpoint, ("classifier",), use="--int8 (a crop classifier checked by its top-1 "
+                                                             "accuracy)")
     try:
         from vggnet.interop.quantize import quantize_onnx
     except ImportError as exc:

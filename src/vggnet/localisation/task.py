@@ -378,8 +378,10 @@ def load_localiser(checkpoint: Any, *, flag: str = "--checkpoint") -> Localiser:
         raise CheckpointError(f"{flag} {where} is a {task} checkpoint, not a localisation net; "
                               f"train one with `vgg localize train --init from:{where}`"
                               + ("; give classification nets with --classifier" if task == "classification" else ""))
+    from vggnet.checkpoint import checkpoint_kind
+
     settings = _task_settings(ckpt)
-    head = settings.get("head")
+    head = settings.get("head") or checkpoint_kind(ckpt).removeprefix("localiser-")  # older files: their kind
     if head not in HEADS:
         raise CheckpointError(f"{where}: localisation checkpoint without a valid head (meta.task_settings.head = "
                               f"{head!r}; expected one of {', '.join(HEADS)})")

@@ -221,7 +221,8 @@ class DescriptorExtractor:
         if batch_size < 1 or workers < 0:
             raise UserError(f"--batch-size must be >= 1 and --workers >= 0, got {batch_size} and {workers}")
         self.device = resolve_device(device)
-        self.nets = load_nets(list(checkpoints), preprocessing=None, device=self.device, channels_last=False)
+        self.nets = load_nets(list(checkpoints), preprocessing=None, device=self.device, channels_last=False,
+                              use="descriptors (vgg features, vgg transfer)")
         crop = max(net.crop_size for net in self.nets)
         self.scales = sorted(set(scales)) if scales else default_scales(crop)
         if self.scales[0] < crop:
