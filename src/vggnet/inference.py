@@ -40,7 +40,7 @@ from vggnet.execution import choose_execution
 from vggnet.models import VGG
 
 __all__ = [
-    "Net", "amp_context", "available_bytes", "check_net", "check_scales_fit", "dense_pass_bytes",
+    "Net", "TestScalesError", "amp_context", "available_bytes", "check_net", "check_scales_fit", "dense_pass_bytes",
     "dense_posterior", "distinct_names", "identity_preprocessing", "inference_execution", "load_nets", "multi_crop_posterior",
     "parse_test_scales", "resolve_device", "run_pass", "sample_paths", "scale_value", "train_scale",
     "with_transform",
@@ -83,6 +83,11 @@ def multi_crop_posterior(model: VGG, crops: torch.Tensor, *, batch_size: int | N
     return post[0] if single else post
 
 
+class TestScalesError(UserError, argparse.ArgumentTypeError):
+    """Bad test scales: argparse names the flag when it parses them; called by a command (a grid's
+    list, a flag read as text), it is a `UserError`: a message, exit status 2, no traceback."""
+
+
 def parse_test_scales(value: str | int | Sequence[int]) -> list[int]:
     """`--test-scales 256,384,512` (or a YAML list) -> [256, 384, 512]."""
     if isinstance(value, str):
@@ -94,9 +99,10 @@ def parse_test_scales(value: str | int | Sequence[int]) -> list[int]:
     try:
         scales = [int(p) for p in parts]
     except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 256,384,512, got {value!r}")
+        raise TestScalesError(f"test scales: expected comma-separated integers such as 256,384,512, got {value!r}") \
+            from None
     if not scales or min(scales) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers such as 256,384,512, got {value!r}")
+        raise TestScalesError(f"test scales: expected positive integers such as 256,384,512, got {value!r}")
     return sorted(set(scales))
 
 

@@ -21,7 +21,7 @@ from typing import Iterable, Sequence
 
 from vggnet.errors import UserError
 
-__all__ = ["check_output", "check_output_dir", "inside", "distinct_outputs", "same_or_inside"]
+__all__ = ["check_output", "check_output_dir", "inside", "distinct_outputs", "same_or_inside", "fingerprint", "folder_fingerprint"]
 
 
 def same_or_inside(path: str | os.PathLike, other: str | os.PathLike) -> bool:
@@ -108,3 +108,34 @@ def distinct_outputs(inputs: Sequence[str | os.PathLike], folder: str | os.PathL
         seen[name] = n + 1
         out.append(Path(folder) / (f"{name}{suffix}" if n == 0 else f"{name}_{n + 1}{suffix}"))
     return out
+
+
+def fingerprint(paths: Iterable[str | os.PathLike]) -> str:
+    """SHA-256 of a list of files as they are now: each path with its size and modification time
+    (nanoseconds), in the order given; a file missing now counts as missing.
+
+    A cache keyed by it is not reused after a file is added, removed, replaced or
+    rewritten (the usual ways a dataset changes), without reading the files.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    for p in paths:
+        try:
+            st = os.stat(p)
+            digest.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+        except OSError:
+            digest.update(f"{p}|missing\n".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
+
+
+def folder_fingerprint(folder: str | os.PathLike) -> str:
+    """`fingerprint` of every file under `folder` (links followed, sorted): a dataset's identity as
+    a cache key; deleting, adding or rewriting an image changes it."""
+    files: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames.sort()
+        files.extend(os.path.join(dirpath, f) for f in sorted(filenames))
+        if len(files) > 50_000_000:
+            break
+    return fingerprint(files)

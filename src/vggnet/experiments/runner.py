@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from vggnet.errors import UserError
+from vggnet.paths import folder_fingerprint
 from vggnet.experiments.grid import (EXECUTION_SETTINGS, PAPER_CROP, Cell, Grid, digest, needs_command)
 
 __all__ = ["Plan", "PlannedCell", "plan_grid", "run_plan", "dry_run_lines", "cell_status", "Overrides"]
@@ -153,10 +154,23 @@ def _train_argv(settings: Mapping[str, Any]) -> list[str]:
     return argv
 
 
+_FINGERPRINTS: dict[str, str] = {}
+
+
+def _data_files(folder: str) -> str:
+    """The dataset's files as they are now (`vggnet.paths.folder_fingerprint`), part of every cell's
+    hash: a cell is not "done (cached)" after its data changed. Computed once per plan."""
+    if folder not in _FINGERPRINTS:
+        _FINGERPRINTS[folder] = folder_fingerprint(folder)
+    return _FINGERPRINTS[folder]
+
+
 def plan_grid(grid: Grid, *, data: str | Path, root: str | Path, overrides: Overrides | None = None,
               only: Sequence[str] | None = None) -> Plan:
     """Resolve every cell of `grid` (or of `only` and what they need) into its command and cache directory."""
     from vggnet.engine.config import TrainConfig
+
+    _FINGERPRINTS.clear()  # the files as they are for this plan
 
     overrides = overrides or Overrides()
     data = str(Path(data).resolve())
@@ -229,7 +243,7 @@ def _plan_train(cell: Cell, grid: Grid, planned: Mapping[str, PlannedCell], *, d
     resolved = {k: v for k, v in config.to_dict().items() if k not in EXECUTION_SETTINGS}
     resolved["init"] = f"from:cell:{dep.hash}" if dep is not None else resolved["init"]
     resolved.pop("data")
-    hashed = {"kind": cell.kind, "data": data, "train": resolved, **extra}
+    hashed = {"kind": cell.kind, "data": data, "data_files": _data_files(data), "train": resolved, **extra}
     h = digest(hashed)
     model = str(config.model)
     cdir = root / "cells" / f"{cell.kind}-{model}-{h[:12]}"
@@ -269,7 +283,7 @@ def _plan_eval(cell: Cell, planned: Mapping[str, PlannedCell], *, data: str, roo
     if method not in ("dense", "multi-crop", "both"):
         raise UserError(f"{where}: method must be dense, multi-crop or both, got {method!r}")
     nets = [planned[n] for n in cell.nets]
-    hashed = {"kind": "eval", "data": data, "nets": [n.hash for n in nets], "test_scales": scales, "method": method,
+    hashed = {"kind": "eval", "data": data, "data_files": _data_files(data), "nets": [n.hash for n in nets], "test_scales": scales, "method": method,
               "flip": bool(s.get("flip", True)), "grid": int(s.get("grid", 5)), "amp": s.get("amp", "off")}
     h = digest(hashed)
     cdir = root / "cells" / f"eval-{h[:12]}"
@@ -313,7 +327,7 @@ def _plan_localize_eval(cell: Cell, planned: Mapping[str, PlannedCell], *, data:
                         f"the classes)")
     scales = _scales_list(s["test_scales"], factor, where) if "test_scales" in s else None
     nets, cls = [planned[n] for n in cell.nets], [planned[n] for n in cell.classifiers]
-    hashed = {"kind": "localize-eval", "data": data, "nets": [n.hash for n in nets],
+    hashed = {"kind": "localize-eval", "data": data, "data_files": _data_files(data), "nets": [n.hash for n in nets],
               "classifiers": [c.hash for c in cls], "protocol": protocol, "test_scales": scales}
     h = digest(hashed)
     cdir = root / "cells" / f"localize-eval-{h[:12]}"
@@ -340,7 +354,7 @@ def _plan_transfer(cell: Cell, planned: Mapping[str, PlannedCell], *, root: Path
     aggregate = s.get("aggregate", "average")
     nets = [planned[n] for n in cell.nets]
     extra = [str(x) for x in s.get("extra") or []]
-    hashed = {"kind": "transfer", "data": tdata, "nets": [n.hash for n in nets], "test_scales": scales,
+    hashed = {"kind": "transfer", "data": tdata, "data_files": _data_files(tdata), "nets": [n.hash for n in nets], "test_scales": scales,
               "aggregate": aggregate, "extra": extra}
     h = digest(hashed)
     cdir = root / "cells" / f"transfer-{h[:12]}"

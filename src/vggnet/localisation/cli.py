@@ -28,7 +28,7 @@ import torch
 from vggnet.errors import DataError, UserError
 from vggnet.paths import check_output_dir, distinct_outputs
 from vggnet.execution import add_threads_argument, set_threads
-from vggnet.inference import parse_test_scales, resolve_device
+from vggnet.inference import check_scales_fit, parse_test_scales, resolve_device
 from vggnet.localisation.task import (BOX_MODES, HEADS, TARGETS, count_images_without_boxes, load_classifier_checkpoint,
                              load_localiser, mean_box, mean_box_error, protocol1)
 
@@ -146,6 +146,10 @@ def evaluate_localisation(checkpoints: Sequence[str], data: str, *, protocol: st
         load_classifier_checkpoint(c)  # a localisation checkpoint given as --classifier: named, before any work
     dev = resolve_device(device)
     locs = [load_localiser(c) for c in checkpoints]
+    for loc in locs:  # a Q that cannot fit is refused with the estimate, before any work
+        check_scales_fit(loc.model, scales or [loc.default_scale()], dev,
+                         method="dense" if protocol == "full" else "central crop", flip=protocol == "full",
+                         amp="off", where=f"localisation net {loc.name}")
     classes = locs[0].classes
     val = _val_dataset(data, classes)
     if max_images and max_images < len(val):   # evenly spaced, so every class keeps its share
