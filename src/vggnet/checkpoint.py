@@ -153,9 +153,12 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
                 os.close(dfd)
         except OSError:
             pass
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno is not None and exc.filename is None:
+            # a failed write names no file (File too large, No space left): name the one being written
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
         raise
     return path
 

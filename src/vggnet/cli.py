@@ -106,6 +106,16 @@ def _main(argv: Sequence[str] | None) -> int:
     except KeyboardInterrupt:
         print(f"vgg {name}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        raise  # main's: the reader has gone
+    except OSError as exc:
+        # what the system refused (a file too large for `ulimit -f`, a full disk, a read-only folder): the
+        # file and the reason, not a traceback; the commands name their inputs' problems before this
+        if exc.errno is None:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"vgg {name}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

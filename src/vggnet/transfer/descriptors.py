@@ -398,6 +398,8 @@ class DescriptorExtractor:
         images, else the chunks of `parts` whose images are these chunks' (by index)."""
         from safetensors import SafetensorError, safe_open
 
+        from vggnet.checkpoint import weights_checksum
+
         if out.is_file():
             try:
                 existing = load_features(out)
