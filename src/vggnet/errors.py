@@ -7,6 +7,8 @@ would be right. The `vgg` command prints the message without a traceback.
 
 from __future__ import annotations
 
+import re
+
 
 class UserError(Exception):
     """A mistake in what the user asked for: a flag, a setting, a name."""
@@ -31,9 +33,5 @@ def plain_message(exc: BaseException) -> str:
     text = str(exc)
     if text.startswith("Caught ") and "Original Traceback" in text:
         last = next((line for line in reversed(text.splitlines()) if line.strip()), text)
-        name = type(exc).__name__
-        for prefix in (f"{type(exc).__module__}.{name}: ", f"{name}: "):
-            if last.startswith(prefix):
-                return last[len(prefix):]
-        return last
+        return re.sub(r"^[\w.]*(Error|Exception): ", "", last, count=1)  # "vggnet.errors.DataError: "
     return text

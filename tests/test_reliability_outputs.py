@@ -1,0 +1,344 @@
+"""Reliability of the newer commands: where they write, how loader workers report bad data, what
+kind of net a checkpoint holds, checksums through export and import, content-aware caches.
+
+Tiny untrained nets (net A at 1/16 width, 32-pixel crops) and synthetic data: what is tested is
+what the commands refuse and name, not what the nets learn.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from vggnet.checkpoint import (CAFFE_PREPROCESSING, checkpoint_kind, load_checkpoint, make_checkpoint,
+                               save_checkpoint)
+from vggnet.cli import main
+from vggnet.data.synthetic import write_synthetic
+from vggnet.errors import CheckpointError, UserError, plain_message
+from vggnet.models import vgg
+from vggnet.paths import check_output, distinct_outputs, folder_fingerprint, inside
+
+TINY = dict(width=1 / 16, fc_width=16, crop_size=32)
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A synthetic dataset with boxes, a classifier of its classes, SCR and PCR localisers, and a PCR
+    localiser as older vggnet wrote them (no task, no kind)."""
+    from vggnet.localisation.task import make_localisation_checkpoint
+
+    root = tmp_path_factory.mktemp("world")
+    data = root / "data"
+    classes = write_synthetic(data, classes=4, train=8, val=4, seed=0, force=True, image_size=(32, 48))["classes"]
+    torch.manual_seed(0)
+    cls = save_checkpoint(root / "cls.pt", make_checkpoint(vgg("A", num_classes=4, **TINY),
+                                                           preprocessing=CAFFE_PREPROCESSING, classes=classes))
+    scr = save_checkpoint(root / "scr.pt", make_localisation_checkpoint(
+        vgg("A", num_classes=4, **TINY), head="scr", classes=classes, preprocessing=CAFFE_PREPROCESSING))
+    pcr_ckpt = make_localisation_checkpoint(vgg("A", num_classes=16, **TINY), head="pcr", classes=classes,
+                                            preprocessing=CAFFE_PREPROCESSING)
+    pcr = save_checkpoint(root / "pcr.pt", pcr_ckpt)
+    old = dict(pcr_ckpt, meta={})
+    torch.save(old, root / "old_pcr.pt")  # no meta task, no kind, no checksum: as older files are
+    return dict(root=root, data=data, classes=classes, cls=cls, scr=scr, pcr=pcr, old_pcr=root / "old_pcr.pt")
+
+
+def run(argv, capsys):
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def vgg_process(argv, *, timeout, cwd=None):
+    env = {**os.environ, "PYTHONPATH": SRC}
+    return subprocess.run([sys.executable, "-m", "vggnet.cli", *map(str, argv)], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=cwd)
+
+
+def flip_a_weight_byte(path: Path, out: Path) -> Path:
+    blob = torch.load(path, weights_only=True)
+    w = blob["state_dict"]["classifier.0.weight"]
+    w.view(torch.uint8)[0] ^= 0x10
+    torch.save(blob, out)  # the stored weights_sha256 no longer matches
+    return out
+
+
+# --------------------------------------------------------------------------- 1: loader workers
+
+
+def test_a_malformed_annotation_with_loader_workers_exits_naming_the_file(world, tmp_path):
+    """It used to block forever in multiprocessing's exit join (the worker's DataError, workers that
+    ignore SIGTERM). Now a broken XML is a bad sample: named, skipped, counted."""
+    import shutil
+
+    data = shutil.copytree(world["data"], tmp_path / "data")
+    bad = sorted((data / "annotations" / "train").rglob("*.xml"))[0]
+    bad.write_text("<annotation><object>\n")
+    result = vgg_process(["localize", "train", "--data", data, "--init", f"from:{world['cls']}", "--model", "A",
+                          "--width", "0.0625", "--fc-width", "16", "--crop-size", "32", "--scale", "32:48",
+                          "--epochs", "1", "--batch-size", "4", "--workers", "2", "--stats-sample", "8",
+                          "--device", "cpu", "--amp", "off", "--no-progress", "--output-dir", tmp_path / "run"],
+                         timeout=120)
+    assert result.returncode == 2, result.stderr
+    said = result.stdout + result.stderr
+    assert f"{bad.name}: not a readable PASCAL VOC XML file" in said and "could not be decoded" in result.stderr
+    assert "Traceback" not in said
+
+
+def test_a_worker_error_is_shown_as_its_own_message():
+    wrapped = UserError("Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call "
+                        "last):\n  File \"x.py\", line 1\nvggnet.errors.DataError: a.xml: not readable")
+    assert plain_message(wrapped) == "a.xml: not readable"
+    assert plain_message(UserError("plain")) == "plain"
+
+
+# --------------------------------------------------------------------------- 2: memory estimate
+
+
+def test_features_and_localize_eval_refuse_test_scales_that_cannot_fit(world, tmp_path, capsys):
+    code, _, err = run(["features", world["cls"], "--data", world["data"] / "val", "--out", tmp_path / "f.safetensors",
+                        "--test-scales", "200000", "--device", "cpu", "--workers", "0"], capsys)
+    assert code == 2 and "--test-scales: Q=200000 needs at least" in err and "use test scales up to" in err
+    code, _, err = run(["localize", "eval", "--checkpoint", world["pcr"], "--data", world["data"],
+                        "--test-scales", "200000", "--device", "cpu", "--workers", "0"], capsys)
+    assert code == 2 and "--test-scales: Q=200000 needs at least" in err
+
+
+def test_bad_test_scales_in_localize_eval_are_a_message(world, capsys):
+    code, _, err = run(["localize", "eval", "--checkpoint", world["pcr"], "--data", world["data"],
+                        "--test-scales", "0,abc"], capsys)
+    assert code == 2 and "expected comma-separated integers" in err
+
+
+# --------------------------------------------------------------------------- 3-5: where commands write
+
+
+def test_a_grid_name_cannot_leave_the_output_folder(world, tmp_path, capsys):
+    for name in ("../../x", "/abs/path", "a/b"):
+        grid = tmp_path / "g.yaml"
+        grid.write_text(f"name: {name}\ncells:\n  A: {{settings: {{model: A, scale: 32}}}}\n")
+        code, _, err = run(["experiment", grid, "--data", world["data"], "--output-dir", tmp_path / "out",
+                            "--dry-run"], capsys)
+        assert code == 2 and "name" in err and repr(name) in err, err
+    with pytest.raises(UserError, match="leads out of"):
+        os.symlink("/tmp", tmp_path / "link")
+        inside(tmp_path, "link", what="name")
+
+
+def test_an_output_equal_to_an_input_is_refused_and_the_input_kept(world, tmp_path, capsys):
+    ck = tmp_path / "ck.pt"
+    ck.write_bytes(world["cls"].read_bytes())
+    before = ck.read_bytes()
+    for argv in (["features", ck, "--data", world["data"] / "val", "--out", ck],
+                 ["export", "onnx", ck, "--out", ck],
+                 ["export", "safetensors", ck, "--out", tmp_path / "ck.safetensors"],  # fine: another file
+                 ["eval", "--checkpoint", ck, "--data", world["data"], "--confusion-matrix", ck],
+                 ["import", ck, "--out", ck]):
+        code, _, err = run(argv, capsys)
+        if argv[1] == "safetensors":
+            assert code == 0, err
+            continue
+        assert code == 2 and f"{ck}: is the input {ck}" in err, (argv, err)
+        assert ck.read_bytes() == before
+    st = tmp_path / "ck.safetensors"
+    before = st.read_bytes()
+    code, _, err = run(["import", st, "--out", st], capsys)
+    assert code == 2 and "is the input" in err and st.read_bytes() == before
+
+
+def test_outputs_under_a_file_or_onto_a_folder_are_named(tmp_path):
+    note = tmp_path / "file.txt"
+    note.write_text("x")
+    with pytest.raises(UserError, match=r"--out .*file\.txt/x\.safetensors: .*file\.txt is a file, not a folder"):
+        check_output(note / "x.safetensors", flag="--out")
+    with pytest.raises(UserError, match="is a folder; give the name of the file"):
+        check_output(tmp_path, flag="--confusion-matrix")
+    with pytest.raises(UserError, match="is inside the input"):
+        check_output(tmp_path / "data" / "f.safetensors", flag="--out", inputs=[tmp_path])
+
+
+def test_localize_predict_gives_same_name_images_distinct_drawings(world, tmp_path, capsys):
+    src = sorted((world["data"] / "val").rglob("*.jpg"))[:2]
+    a, b = tmp_path / "a" / "x.jpg", tmp_path / "b" / "x.jpg"
+    for s, d in zip(src, (a, b)):
+        d.parent.mkdir()
+        d.write_bytes(s.read_bytes())
+    assert distinct_outputs([a, b], "D", ".png") == [Path("D/a_x.png"), Path("D/b_x.png")]
+    assert distinct_outputs(["a/x.jpg", "a/x.png"], "D", ".png") == [Path("D/a_x.png"), Path("D/a_x_2.png")]
+    code, _, err = run(["localize", "predict", "--checkpoint", world["pcr"], "--classifier", world["cls"],
+                        "--out", tmp_path / "D", a, b, "--device", "cpu"], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "D").glob("*.png")) == ["a_x.png", "b_x.png"]
+    note = tmp_path / "note.txt"
+    note.write_text("x")
+    code, _, err = run(["localize", "predict", "--checkpoint", world["pcr"], "--classifier", world["cls"],
+                        "--out", note, a], capsys)
+    assert code == 2 and "is a file, not a folder" in err
+
+
+# --------------------------------------------------------------------------- 6: CSV
+
+
+def test_confusion_matrix_csv_cells_are_never_formulas(tmp_path):
+    from vggnet.classification.results import EvalResult
+
+    classes = ["=1+2", "+cmd", "-x", "@SUM(A1)", "plain"]
+    result = EvalResult(classes=classes, labels=torch.arange(5), paths=[f"{i}.jpg" for i in range(5)],
+                        nets=[{"name": "A", "train_scale": None, "test_scales": [32]}], methods=["dense"], method="dense", flip=False,
+                        posteriors={(0, "dense", 32): torch.eye(5)})
+    result.write_confusion_matrix(tmp_path / "cm.csv", max_plot_classes=0)
+    rows = list(csv.reader((tmp_path / "cm.csv").open()))
+    assert rows[0][1:] == ["'=1+2", "'+cmd", "'-x", "'@SUM(A1)", "plain"]
+    assert [r[0] for r in rows[1:]] == ["'=1+2", "'+cmd", "'-x", "'@SUM(A1)", "plain"]
+
+
+# --------------------------------------------------------------------------- 7: boxes
+
+
+def test_an_image_never_takes_the_annotation_of_another_class_folder(tmp_path):
+    from vggnet.data.datasets import build_dataset
+
+    write_synthetic(tmp_path, classes=2, train=4, val=2, seed=0, force=True, image_size=(32, 48))
+    train = tmp_path / "train"
+    first, second = sorted(p.name for p in train.iterdir())
+    img = sorted((train / first).glob("*.jpg"))[0]
+    moved = train / second / img.name  # e.g. train/square/circle_00000.jpg, its XML under circle/
+    img.rename(moved)
+    ds = build_dataset(tmp_path, split="train", boxes=True)
+    i = [p for p, _ in ds.samples].index(str(moved))
+    assert ds.box_sources[i] is None
+
+
+# --------------------------------------------------------------------------- 8: checksums and NaN
+
+
+def test_export_and_import_verify_checksums(world, tmp_path, capsys):
+    flipped = flip_a_weight_byte(world["cls"], tmp_path / "flipped.pt")
+    for fmt, out in (("safetensors", "f.safetensors"), ("onnx", "f.onnx"), ("torchvision", "f.pth")):
+        code, _, err = run(["export", fmt, flipped, "--out", tmp_path / out], capsys)
+        assert code == 2 and "do not match the checksum" in err and not (tmp_path / out).exists(), (fmt, err)
+    code, _, err = run(["export", "safetensors", world["cls"], "--out", tmp_path / "ok.safetensors"], capsys)
+    assert code == 0, err
+    # a weight changed inside the safetensors export (its sidecar removed): the header's checksum refuses it
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "ok.safetensors"), framework="pt") as f:
+        header = f.metadata()
+    state = load_file(tmp_path / "ok.safetensors")
+    state["classifier.0.weight"][0, 0] += 1
+    save_file(state, tmp_path / "edited.safetensors", metadata=header)
+    code, _, err = run(["import", "safetensors", tmp_path / "edited.safetensors", "--out", tmp_path / "e.pt"], capsys)
+    assert code == 2 and "checksum stored in its header" in err and not (tmp_path / "e.pt").exists()
+
+
+def test_nan_weights_are_refused_on_import_and_on_init(world, tmp_path, capsys):
+    state = {k: v.clone() for k, v in load_checkpoint(world["cls"])["state_dict"].items()}
+    state["features.0.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(state, tmp_path / "nan.pth")
+    code, _, err = run(["import", "torchvision", tmp_path / "nan.pth", "--out", tmp_path / "nan.pt", "--model", "A",
+                        "--width", "0.0625", "--fc-width", "16", "--crop-size", "32"], capsys)
+    assert code == 2 and "NaN or infinite" in err and "features.0.weight" in err
+    ckpt = load_checkpoint(world["cls"])
+    ckpt["state_dict"]["features.0.weight"][0, 0, 0, 0] = float("nan")
+    save_checkpoint(tmp_path / "nan_init.pt", ckpt)
+    code, _, err = run(["train", "--data", world["data"], "--init", f"from:{tmp_path / 'nan_init.pt'}", "--model",
+                        "A", "--width", "0.0625", "--fc-width", "16", "--crop-size", "32", "--scale", "40",
+                        "--epochs", "1", "--workers", "0", "--device", "cpu", "--no-progress", "--output-dir",
+                        tmp_path / "run"], capsys)
+    assert code == 2 and "--init from:" in err and "NaN or infinite" in err and "learning rate" not in err
+
+
+# --------------------------------------------------------------------------- 9: kinds
+
+
+def test_checkpoints_carry_their_kind_and_older_files_are_inferred(world):
+    assert load_checkpoint(world["cls"])["kind"] == "classifier"
+    assert load_checkpoint(world["scr"])["kind"] == "localiser-scr"
+    assert load_checkpoint(world["pcr"])["kind"] == "localiser-pcr"
+    old = load_checkpoint(world["old_pcr"])
+    assert "kind" not in old and checkpoint_kind(old) == "localiser-pcr"
+
+
+def test_a_kind_entry_that_contradicts_the_contents_is_refused(world, tmp_path):
+    blob = torch.load(world["scr"], weights_only=True)
+    blob["kind"] = "classifier"
+    torch.save(blob, tmp_path / "lie.pt")
+    with pytest.raises(CheckpointError, match="kind entry says 'classifier'.*say 'localiser-scr'"):
+        load_checkpoint(tmp_path / "lie.pt")
+
+
+@pytest.mark.parametrize("which", ["scr", "pcr", "old_pcr"])
+def test_eval_predict_and_features_refuse_a_localiser_naming_it(world, which, tmp_path, capsys):
+    img = sorted((world["data"] / "val").rglob("*.jpg"))[0]
+    head = "SCR" if which == "scr" else "PCR"
+    for argv in (["eval", "--checkpoint", world[which], "--data", world["data"], "--workers", "0"],
+                 ["predict", "--checkpoint", world[which], img],
+                 ["features", world[which], "--data", world["data"] / "val", "--out", tmp_path / "f.safetensors"]):
+        code, _, err = run(argv, capsys)
+        assert code == 2 and f"is a {head} localisation net" in err and "vgg localize" in err, (argv, err)
+
+
+def test_int8_export_refuses_a_localiser(world, tmp_path, capsys):
+    code, _, err = run(["export", "onnx", world["pcr"], "--out", tmp_path / "x.onnx", "--int8", "--calibration",
+                        world["data"] / "val"], capsys)
+    assert code == 2 and "PCR localisation net" in err and "--int8" in err and not (tmp_path / "x.onnx").exists()
+
+
+# --------------------------------------------------------------------------- 10-11: caches
+
+
+def test_experiment_cells_are_keyed_by_the_datas_files(world, tmp_path):
+    import shutil
+
+    from vggnet.experiments.grid import load_grid
+    from vggnet.experiments.runner import plan_grid
+
+    data = shutil.copytree(world["data"], tmp_path / "data")
+    grid = tmp_path / "g.yaml"
+    grid.write_text("name: g\ndefaults: {crop_size: 32, width: 0.0625, fc_width: 16}\n"
+                    "cells:\n  A: {settings: {model: A, scale: 256}}\n"
+                    "  A-eval: {kind: eval, nets: [A], settings: {test_scales: [256]}}\n")
+    before = {n: c.hash for n, c in plan_grid(load_grid(grid), data=data, root=tmp_path / "out").cells.items()}
+    assert before == {n: c.hash for n, c in plan_grid(load_grid(grid), data=data, root=tmp_path / "out").cells.items()}
+    fp = folder_fingerprint(data)
+    sorted((data / "val").rglob("*.jpg"))[0].unlink()
+    assert folder_fingerprint(data) != fp
+    after = {n: c.hash for n, c in plan_grid(load_grid(grid), data=data, root=tmp_path / "out").cells.items()}
+    assert all(before[n] != after[n] for n in before)
+
+
+def test_a_damaged_descriptor_chunk_is_computed_again(world, tmp_path, monkeypatch):
+    from vggnet.transfer.descriptors import DescriptorExtractor, list_images
+
+    images = list_images(world["data"], "val")
+    ex = DescriptorExtractor([world["cls"]], scales=[32], device="cpu", workers=0)
+    whole = ex.extract(images, tmp_path / "whole.safetensors", chunk_size=2)
+    real, calls = DescriptorExtractor._chunk, []
+
+    def dying(self, imgs, rows, **kw):
+        calls.append(rows[0])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, imgs, rows, **kw)
+
+    monkeypatch.setattr(DescriptorExtractor, "_chunk", dying)
+    out = tmp_path / "resumed.safetensors"
+    with pytest.raises(KeyboardInterrupt):
+        ex.extract(images, out, chunk_size=2)
+    chunk = next(tmp_path.glob("resumed.safetensors.parts-*/chunk_000000.safetensors"))
+    raw = bytearray(chunk.read_bytes())
+    raw[-3] ^= 0x40  # a byte of the descriptors
+    chunk.write_bytes(bytes(raw))
+    calls.clear()
+    with pytest.warns(UserWarning, match="do not match their checksum"):
+        resumed = ex.extract(images, out, chunk_size=2)
+    assert calls == [0, 2]  # chunk 0 computed again
+    assert torch.equal(torch.from_numpy(resumed.descriptors), torch.from_numpy(whole.descriptors))
