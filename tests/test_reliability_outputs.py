@@ -25,7 +25,7 @@ from vggnet.models import vgg
 from vggnet.paths import check_output, distinct_outputs, folder_fingerprint, inside
 
 TINY = dict(width=1 / 16, fc_width=16, crop_size=32)
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(vgg.__code__.co_filename).resolve().parents[1])  # the vggnet this test imports
 
 
 @pytest.fixture(scope="module")
@@ -342,3 +342,90 @@ def test_a_damaged_descriptor_chunk_is_computed_again(world, tmp_path, monkeypat
         resumed = ex.extract(images, out, chunk_size=2)
     assert calls == [0, 2]  # chunk 0 computed again
     assert torch.equal(torch.from_numpy(resumed.descriptors), torch.from_numpy(whole.descriptors))
+
+
+# --------------------------------------------------------------------------- every command, hostile inputs
+
+
+@pytest.fixture(scope="module")
+def hostile(world, tmp_path_factory):
+    """Paths that are wrong for what a flag expects: a file, a folder, a path no one can write, a VOC
+    list and a class list that are not UTF-8."""
+    from vggnet.data.synthetic import write_multilabel
+
+    root = tmp_path_factory.mktemp("hostile")
+    (root / "file.txt").write_text("not a folder\n")
+    (root / "folder").mkdir()
+    voc = root / "voc"
+    write_multilabel(voc, classes=3, trainval=4, test=2, seed=0, force=True, image_size=(32, 48))
+    main_sets = next(voc.rglob("ImageSets/Main"))
+    (main_sets / "latin.txt").write_bytes(b"caf\xe9\n\xff\xfe\n")
+    (root / "latin_classes.txt").write_bytes(b"caf\xe9\nna\xefve\n")
+    (root / "latin.yaml").write_bytes(b"model: A\n# caf\xe9\n")
+    grid = root / "g.yaml"
+    grid.write_text("name: g\ndefaults: {crop_size: 32}\ncells:\n  A: {settings: {model: A, scale: 256}}\n")
+    state = {k: v for k, v in load_checkpoint(world["cls"])["state_dict"].items()}
+    torch.save(state, root / "tv.pth")
+    img = sorted((world["data"] / "val").rglob("*.jpg"))[0]
+    return dict(world, F=root / "file.txt", DIR=root / "folder", NOWRITE=Path("/proc/vggnet-no-such/x"),
+                voc=voc.parent if (voc / "VOC2007").exists() else voc, voc_root=main_sets.parents[1],
+                latin_classes=root / "latin_classes.txt", latin_yaml=root / "latin.yaml", grid=grid,
+                tv=root / "tv.pth", img=img, T=root)
+
+
+CK, D = "{cls}", "{data}"
+HOSTILE = {
+    # a file where a folder is expected
+    "train --data FILE": ["train", "--data", "{F}", "--epochs", "1", "--device", "cpu"],
+    "eval --data FILE": ["eval", "--checkpoint", CK, "--data", "{F}"],
+    "features --data FILE": ["features", CK, "--data", "{F}", "--out", "{T}/o.safetensors"],
+    "transfer --data FILE": ["transfer", CK, "--data", "{F}", "--output-dir", "{T}/tr"],
+    "transfer --output-dir FILE": ["transfer", CK, "--data", D, "--output-dir", "{F}"],
+    "localize eval --data FILE": ["localize", "eval", "--checkpoint", "{pcr}", "--data", "{F}"],
+    "localize predict --out FILE": ["localize", "predict", "--checkpoint", "{pcr}", "--classifier", CK, "--out",
+                                    "{F}", "{img}"],
+    "experiment --data FILE": ["experiment", "{grid}", "--data", "{F}", "--output-dir", "{T}/ex"],
+    "experiment --output-dir FILE": ["experiment", "{grid}", "--data", D, "--output-dir", "{F}"],
+    "stats FILE": ["stats", "{F}"],
+    "localize train --data FILE": ["localize", "train", "--data", "{F}", "--init", f"from:{CK}"],
+    # a folder where a file is expected
+    "eval --checkpoint DIR": ["eval", "--checkpoint", "{DIR}", "--data", D],
+    "predict --checkpoint DIR": ["predict", "--checkpoint", "{DIR}", "{img}"],
+    "export --checkpoint DIR": ["export", "onnx", "{DIR}", "--out", "{T}/x.onnx"],
+    "import DIR": ["import", "{DIR}", "--out", "{T}/x.pt"],
+    "features --out DIR": ["features", CK, "--data", D + "/val", "--out", "{DIR}"],
+    "eval --confusion-matrix DIR": ["eval", "--checkpoint", CK, "--data", D, "--confusion-matrix", "{DIR}"],
+    "export --out DIR": ["export", "safetensors", CK, "--out", "{DIR}"],
+    "train --init from:DIR": ["train", "--data", D, "--init", "from:{DIR}", "--epochs", "1", "--device", "cpu"],
+    # an output equal to an input
+    "features --out CKPT": ["features", CK, "--data", D + "/val", "--out", CK],
+    "export --out CKPT": ["export", "torchvision", CK, "--out", CK],
+    "eval --confusion-matrix CKPT": ["eval", "--checkpoint", CK, "--data", D, "--confusion-matrix", CK],
+    "import --out FILE": ["import", "torchvision", "{tv}", "--out", "{tv}"],
+    # an output no one can write
+    "import --out unwritable": ["import", "torchvision", "{tv}", "--out", "{NOWRITE}.pt", "--model", "A",
+                                "--width", "0.0625", "--fc-width", "16", "--crop-size", "32"],
+    "export --out unwritable": ["export", "safetensors", CK, "--out", "{NOWRITE}.safetensors"],
+    "features --out unwritable": ["features", CK, "--data", D + "/val", "--out", "{NOWRITE}.safetensors",
+                                  "--device", "cpu", "--workers", "0"],
+    "localize predict --out unwritable": ["localize", "predict", "--checkpoint", "{pcr}", "--classifier", CK,
+                                          "--out", "{NOWRITE}", "{img}", "--device", "cpu"],
+    "transfer --output-dir unwritable": ["transfer", CK, "--data", D, "--output-dir", "{NOWRITE}"],
+    # list files that are not UTF-8
+    "features --split latin1": ["features", CK, "--data", "{voc_root}", "--split", "latin", "--out",
+                                "{T}/v.safetensors"],
+    "import --classes latin1": ["import", "torchvision", "{tv}", "--out", "{T}/c.pt", "--classes",
+                                "{latin_classes}", "--model", "A", "--width", "0.0625", "--fc-width", "16",
+                                "--crop-size", "32"],
+    "train --config latin1": ["train", "--config", "{latin_yaml}"],
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_every_command_names_a_hostile_input_with_exit_status_2(hostile, case, capsys):
+    argv = [a.format(**hostile) for a in HOSTILE[case]]
+    before = {p: p.read_bytes() for p in (hostile["cls"], hostile["tv"])}
+    code, _, err = run(argv, capsys)
+    assert code == 2, f"{case}: exit {code}: {err}"
+    assert err.startswith("vgg ") and ": error: " in err and "Traceback" not in err, f"{case}: {err}"
+    assert all(p.read_bytes() == b for p, b in before.items()), f"{case}: an input was changed"
