@@ -74,6 +74,8 @@ def read_synsets(path: str | Path) -> list[str]:
 
 def _voc_box(obj: ET.Element, path: Path) -> tuple[str, list[float]]:
     name = (obj.findtext("name") or "").strip()
+    if not name:  # an empty name would become a class of its own
+        raise DataError(f"{path}: an <object> has no <name> (the class of its box)")
     bb = obj.find("bndbox")
     if bb is None:
         raise DataError(f"{path}: <object> {name!r} has no <bndbox>")

@@ -125,9 +125,12 @@ def _scales_list(value: Any, factor: float, where: str) -> list[int]:
     if isinstance(values, str):
         values = values.split(",")
     try:
-        return sorted({_px(int(v), factor) for v in values})
+        ints = [int(v) for v in values]
     except (TypeError, ValueError):
         raise UserError(f"{where}: test_scales must be integers such as [256, 384, 512], got {value!r}") from None
+    if not ints or min(ints) < 1:  # scaled, 0 and -5 would have become Q = 1
+        raise UserError(f"{where}: test_scales must be positive integers such as [256, 384, 512], got {value!r}")
+    return sorted({_px(q, factor) for q in ints})
 
 
 def _flag(key: str) -> str:

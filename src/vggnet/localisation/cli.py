@@ -142,6 +142,11 @@ def evaluate_localisation(checkpoints: Sequence[str], data: str, *, protocol: st
         raise UserError(f"--merge-iou and --nms-iou must be in (0, 1], got {merge_iou} and {nms_iou}")
     if not Path(data).exists():
         raise UserError(f"--data {data}: no such directory")
+    if max_images is not None and max_images < 1:
+        raise UserError(f"--max-images must be >= 1 (leave it out for every image), got {max_images}")
+    if mean_box_sample < 1:
+        raise UserError(f"--mean-box-sample must be >= 1 (training images the mean box is taken over), "
+                        f"got {mean_box_sample}")
     for c in classifiers:
         load_classifier_checkpoint(c)  # a localisation checkpoint given as --classifier: named, before any work
     dev = resolve_device(device)

@@ -452,11 +452,13 @@ def central_pass(model: nn.Module, dataset: Any, indices: Sequence[int], *, head
     ds = with_transform(dataset, CentralCropPreset(scale=scale, crop_size=crop, preprocessing=pre))
     loader = DataLoader(Subset(ds, list(indices)), batch_size=batch_size, shuffle=False, num_workers=workers,
                         collate_fn=collate_skip_bad)
-    sums = {"images": 0.0, "correct": 0.0, "loss": 0.0, "loss_crops": 0.0, "no_boxes": 0.0}
+    sums = {"images": 0.0, "correct": 0.0, "loss": 0.0, "loss_crops": 0.0, "no_boxes": 0.0, "bad_images": 0.0}
     was_training = net.training
     net.eval()
     try:
         for batch in loader:
+            # a non-strict dataset's unreadable files (a training run's validation) are counted, as classification's
+            sums["bad_images"] += getattr(batch, "skipped", 0)
             if not batch:
                 continue
             if len(batch) < 3:
@@ -499,15 +501,15 @@ def protocol1(model: nn.Module, dataset: Any, *, head: str, preprocessing: Any, 
     s = central_pass(model, dataset, range(rank, len(dataset), world), head=head, preprocessing=preprocessing,
                      scale=scale, device=dev, batch_size=batch_size, workers=workers, amp=amp, box_mode=box_mode,
                      target=target)
-    images, correct, loss, crops, no_boxes = all_reduce_sum(
-        [s["images"], s["correct"], s["loss"], s["loss_crops"], s["no_boxes"]])
+    images, correct, loss, crops, no_boxes, bad = all_reduce_sum(
+        [s["images"], s["correct"], s["loss"], s["loss_crops"], s["no_boxes"], s["bad_images"]])
     if no_boxes:
         raise DataError(f"{int(no_boxes)} validation image(s) have no usable box (none annotated, or only "
                         f"zero-area ones); protocol 1 needs a ground-truth box for every image")
     if images == 0:
         raise DataError("protocol 1: the validation set has no images")
     return {"localisation_error": 100.0 * (images - correct) / images, "loss": loss / crops if crops else 0.0,
-            "images": int(images)}
+            "images": int(images), "bad_images": int(bad)}
 
 
 # --------------------------------------------------------------------------- datasets and the mean box

@@ -128,6 +128,8 @@ def list_images(data: str | os.PathLike, split: str | None = None, *, classes: S
         raise UserError(f"--exclude-class {unknown[0]}: no such class in {ds.root} (classes: {', '.join(names[:8])}"
                         f"{' ...' if len(names) > 8 else ''})")
     kept = [c for c in names if c not in exclude]
+    if not kept:
+        raise UserError(f"--exclude-class leaves no class of {ds.root} (it names all {len(names)}); exclude fewer")
     remap = {names.index(c): i for i, c in enumerate(kept)}
     samples = [(p, remap[t]) for p, t in ds.samples if t in remap]
     return ImageSet([p for p, _ in samples], np.array([t for _, t in samples], dtype=np.int64), kept,
