@@ -429,3 +429,57 @@ def test_every_command_names_a_hostile_input_with_exit_status_2(hostile, case, c
     assert code == 2, f"{case}: exit {code}: {err}"
     assert err.startswith("vgg ") and ": error: " in err and "Traceback" not in err, f"{case}: {err}"
     assert all(p.read_bytes() == b for p, b in before.items()), f"{case}: an input was changed"
+
+
+# --------------------------------------------------------------------------- 12-13: silently wrong, misleading
+
+
+def test_what_used_to_pass_silently_is_named(world, tmp_path, capsys):
+    from vggnet.data.annotations import read_voc_xml
+    from vggnet.experiments.grid import load_grid
+    from vggnet.experiments.runner import plan_grid
+    from vggnet.interop.common import read_classes
+    from vggnet.transfer.descriptors import list_images
+
+    xml = tmp_path / "x.xml"
+    xml.write_text("<annotation><object><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>5</xmax><ymax>5</ymax>"
+                   "</bndbox></object></annotation>")
+    with pytest.raises(UserError, match=r"x\.xml: an <object> has no <name>"):
+        read_voc_xml(xml)
+    with pytest.raises(UserError, match="--exclude-class leaves no class"):
+        list_images(world["data"] / "val", None, exclude=world["classes"])
+    grid = tmp_path / "g.yaml"
+    grid.write_text("name: g\ndefaults: {crop_size: 32}\ncells:\n  A: {settings: {model: A, scale: 256}}\n"
+                    "  E: {kind: eval, nets: [A], settings: {test_scales: [0, -5]}}\n")
+    with pytest.raises(UserError, match=r"test_scales must be positive integers.*\[0, -5\]"):
+        plan_grid(load_grid(grid), data=world["data"], root=tmp_path / "out")
+    (tmp_path / "classes.txt").write_text("cat\ndog\ncat\n")
+    with pytest.raises(UserError, match="repeated: cat"):
+        read_classes(tmp_path / "classes.txt")
+    for flag in ("--max-images", "--mean-box-sample"):
+        code, _, err = run(["localize", "eval", "--checkpoint", world["pcr"], "--data", world["data"], flag, "0"],
+                           capsys)
+        assert code == 2 and f"{flag} must be >= 1" in err
+
+
+def test_localisation_validation_counts_unreadable_images(world, tmp_path):
+    import shutil
+
+    from vggnet.data.datasets import build_dataset
+    from vggnet.localisation.task import load_localiser, protocol1
+
+    data = shutil.copytree(world["data"], tmp_path / "data")
+    sorted((data / "val").rglob("*.jpg"))[0].write_bytes(b"")
+    loc = load_localiser(world["pcr"])
+    val = build_dataset(data, split="val", classes=world["classes"], strict=False, boxes=True)
+    with pytest.warns(UserWarning):
+        result = protocol1(loc.model, val, head="pcr", preprocessing=loc.preprocessing, scale=40, device="cpu")
+    assert result["bad_images"] == 1 and result["images"] == len(val) - 1
+
+
+def test_a_fifo_given_to_localize_predict_is_named_as_one(world, tmp_path, capsys):
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    code, _, err = run(["localize", "predict", "--checkpoint", world["pcr"], "--classifier", world["cls"],
+                        "--out", tmp_path / "D", fifo], capsys)
+    assert code == 2 and "FIFO" in err and "no such file" not in err

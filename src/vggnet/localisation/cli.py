@@ -233,10 +233,13 @@ def _image_files(items: Sequence[str]) -> list[str]:
         p = Path(item)
         if p.is_dir():
             files += sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in _IMAGE_SUFFIXES)
-        elif p.is_file():
+        else:  # the one rule of training and predict: a FIFO is named as one, not "no such file"
+            from vggnet.data.datasets import image_file_problem
+
+            problem = image_file_problem(p)
+            if problem is not None:
+                raise UserError(f"{item}: {'no such file or directory' if problem == 'no such file' else problem}")
             files.append(str(p))
-        else:
-            raise UserError(f"{item}: no such file or directory")
     if not files:
         raise UserError(f"no image files in {', '.join(items)}")
     return files
