@@ -483,3 +483,32 @@ def test_a_fifo_given_to_localize_predict_is_named_as_one(world, tmp_path, capsy
     code, _, err = run(["localize", "predict", "--checkpoint", world["pcr"], "--classifier", world["cls"],
                         "--out", tmp_path / "D", fifo], capsys)
     assert code == 2 and "FIFO" in err and "no such file" not in err
+
+
+def test_a_truncated_validation_image_with_a_loader_worker_is_a_message(world, tmp_path):
+    import shutil
+
+    data = shutil.copytree(world["data"], tmp_path / "data")
+    img = sorted((data / "val").rglob("*.jpg"))[0]
+    img.write_bytes(img.read_bytes()[:300])
+    result = vgg_process(["localize", "eval", "--checkpoint", world["pcr"], "--data", data, "--workers", "1",
+                          "--device", "cpu"], timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert f"{img.name}:" in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_a_file_size_limit_while_writing_is_a_named_error(world, tmp_path):
+    import resource
+
+    def limit():  # `ulimit -f`: Python ignores SIGXFSZ, so a write past the limit fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (256, 256))
+
+    out = tmp_path / "f.safetensors"
+    env = {**os.environ, "PYTHONPATH": SRC}
+    result = subprocess.run([sys.executable, "-m", "vggnet.cli", "features", str(world["cls"]), "--data",
+                             str(world["data"] / "val"), "--out", str(out), "--test-scales", "32", "--device", "cpu",
+                             "--workers", "0"], capture_output=True, text=True, timeout=120, env=env,
+                            preexec_fn=limit)
+    assert result.returncode == 2, result.stderr
+    assert "File too large" in result.stderr and "f.safetensors" in result.stderr
+    assert "Traceback" not in result.stderr and not out.exists()
