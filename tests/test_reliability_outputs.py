@@ -512,3 +512,33 @@ def test_a_file_size_limit_while_writing_is_a_named_error(world, tmp_path):
     assert result.returncode == 2, result.stderr
     assert "File too large" in result.stderr and "f.safetensors" in result.stderr
     assert "Traceback" not in result.stderr and not out.exists()
+
+
+def test_transfer_with_no_positive_in_the_test_set_is_an_error_not_nan(hostile, tmp_path, capsys):
+    import re
+    import shutil
+
+    root = shutil.copytree(hostile["voc_root"], tmp_path / "VOC")
+    ids = (root / "ImageSets" / "Main" / "test.txt").read_text().split()
+    for i in ids:
+        xml = root / "Annotations" / f"{i}.xml"
+        xml.write_text(re.sub(r"<object>.*?</object>", "", xml.read_text(), flags=re.S))
+    code, out, err = run(["transfer", hostile["cls"], "--data", root, "--output-dir", tmp_path / "run",
+                          "--test-scales", "32", "--device", "cpu", "--workers", "0"], capsys)
+    assert code == 2 and f"none of the {len(ids)} test images has an object" in err and "nan" not in out
+
+
+def test_training_boxes_all_outside_their_images_stop_the_run(world, tmp_path, capsys):
+    import re
+    import shutil
+
+    data = shutil.copytree(world["data"], tmp_path / "data")
+    for xml in (data / "annotations" / "train").rglob("*.xml"):
+        text = re.sub(r"<xmin>\d+</xmin>", "<xmin>900</xmin>", xml.read_text())
+        text = re.sub(r"<xmax>\d+</xmax>", "<xmax>950</xmax>", text)
+        xml.write_text(text)
+    code, _, err = run(["localize", "train", "--data", data, "--init", f"from:{world['cls']}", "--model", "A",
+                        "--width", "0.0625", "--fc-width", "16", "--crop-size", "32", "--scale", "32:48",
+                        "--epochs", "1", "--batch-size", "4", "--workers", "0", "--stats-sample", "8",
+                        "--device", "cpu", "--amp", "off", "--no-progress", "--output-dir", tmp_path / "run"], capsys)
+    assert code == 2 and "training crops" in err and "held no part of its box" in err, err

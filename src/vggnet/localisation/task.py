@@ -298,6 +298,10 @@ class LocalisationTask(Task):
                            box_mode=self.box_mode, target=self.target)
         crops, empty = all_reduce_sum([self._crops, self._empty])
         self._crops = self._empty = 0
+        if crops and empty == crops:  # every box outside its crop: a loss of 0 that trains nothing
+            raise DataError(f"every one of the {int(crops)} training crops since the last validation held no part "
+                            f"of its box (loss 0, nothing learnt): are the training boxes inside their images "
+                            f"(VOC XML pixels, 1-based, of the displayed image)?")
         result["empty_crops"] = 100.0 * empty / crops if crops else 0.0
         return result
 
