@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from vggnet.errors import DataError, UserError
-from vggnet.paths import check_output_dir, distinct_outputs
+from vggnet.paths import check_output, check_output_dir, distinct_outputs
 from vggnet.execution import add_threads_argument, set_threads
 from vggnet.inference import check_scales_fit, parse_test_scales, resolve_device
 from vggnet.localisation.task import (BOX_MODES, HEADS, TARGETS, count_images_without_boxes, load_classifier_checkpoint,
@@ -263,6 +263,8 @@ def predict_localisation(checkpoints: Sequence[str], classifiers: Sequence[str],
     files = _image_files(images)
     check_output_dir(out, flag="--out", inputs=[*checkpoints, *classifiers, *files])
     drawings = distinct_outputs(files, out, ".png")  # a/x.jpg and b/x.jpg: two drawings
+    for png in drawings:  # --out D D/x.png: the drawing would replace its own image
+        check_output(png, flag="--out", inputs=files)
     locs = [load_localiser(c) for c in checkpoints]
     dev = resolve_device(device)
     qs = scales or sorted({loc.default_scale() for loc in locs})
