@@ -542,3 +542,32 @@ def test_training_boxes_all_outside_their_images_stop_the_run(world, tmp_path, c
                         "--epochs", "1", "--batch-size", "4", "--workers", "0", "--stats-sample", "8",
                         "--device", "cpu", "--amp", "off", "--no-progress", "--output-dir", tmp_path / "run"], capsys)
     assert code == 2 and "training crops" in err and "held no part of its box" in err, err
+
+
+def test_an_error_raised_in_a_training_loader_worker_ends_the_process(world, tmp_path):
+    """The workers ignore SIGTERM (the main process turns it into a checkpoint), and an exception's
+    traceback kept them alive until exit, where multiprocessing's join waited for them forever."""
+    script = f"""
+import sys
+import torch.utils.data
+from vggnet.data.datasets import ImageDataset
+from vggnet.errors import DataError
+
+read = ImageDataset.__getitem__
+
+def broken(self, index):
+    if torch.utils.data.get_worker_info() is None:
+        return read(self, index)
+    raise DataError("item " + str(index) + ": broken on purpose")
+
+ImageDataset.__getitem__ = broken  # the forked loader workers inherit it
+from vggnet.cli import main
+sys.exit(main(["train", "--data", {str(world['data'])!r}, "--model", "A", "--width", "0.0625", "--fc-width", "16",
+               "--crop-size", "32", "--scale", "40", "--epochs", "1", "--batch-size", "4", "--workers", "2",
+               "--stats-sample", "4", "--device", "cpu", "--amp", "off", "--no-progress",
+               "--output-dir", {str(tmp_path / 'run')!r}]))
+"""
+    env = {**os.environ, "PYTHONPATH": SRC}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=90, env=env)
+    assert result.returncode == 2, result.stderr
+    assert "broken on purpose" in result.stderr and "Traceback" not in result.stderr
