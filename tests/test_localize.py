@@ -409,6 +409,13 @@ def test_cli_eval_central_full_and_predict(tmp_path, synthetic, capsys):
     assert main(["localize", "eval", *base, "--protocol", "full", "--classifier", str(cls_path),
                  "--max-images", "3", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["images"] == 3
+    # Table 9's ranking: the classifiers at their own scales and method (the best classification system)
+    assert main(["localize", "eval", *base, "--protocol", "full", "--classifier", str(cls_path), "--classifier",
+                 str(cls_path), "--classifier-method", "both", "--classifier-scales", "40,56", "--test-scales", "48",
+                 "--max-images", "3", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["classification_scales"] == [40, 56] and report["classification_method"] == "both"
+    assert report["test_scales"] == [48] and len(report["classifiers"]) == 2
 
     out = tmp_path / "pred"
     assert main(["localize", "predict", "--checkpoint", str(loc_path), "--classifier", str(cls_path),
@@ -417,5 +424,59 @@ def test_cli_eval_central_full_and_predict(tmp_path, synthetic, capsys):
     assert len(written["images"]) == 2
     for item in written["images"]:
         assert len(item["predictions"]) == 3 and Path(item["drawn"]).is_file()
-        assert Image.open(item["drawn"]).size == Image.open(item["image"]).size
+        drawn, source = Image.open(item["drawn"]).size, Image.open(item["image"]).size
+        assert min(drawn) >= 384 and abs(drawn[0] / drawn[1] - source[0] / source[1]) < 0.02  # upscaled, legible
+        for p in item["predictions"]:  # clipped to the image
+            x0, y0, x1, y1 = p["box"]
+            assert 0 <= x0 <= x1 <= source[0] and 0 <= y0 <= y1 <= source[1], p
         assert sorted(p["class"] for p in item["predictions"]) == sorted(classes)
+
+
+def test_predict_clips_boxes_past_the_image_and_draws_the_ground_truth(tmp_path, synthetic, monkeypatch):
+    import numpy as np
+
+    import vggnet.localisation.full_protocol as full_protocol
+    from vggnet.data.annotations import read_voc_xml
+
+    classes = json.loads((synthetic / "synthetic.json").read_text())["classes"]
+    cls_path, loc_path = _checkpoints(tmp_path, classes, scale=40)
+    real = full_protocol.localise_images
+
+    def past_the_image(*args, **kwargs):  # the regressor is unconstrained: push rank 1 past every edge
+        res = real(*args, **kwargs)
+        for i, preds in enumerate(res.predictions["merge"]):
+            h, w = res.sizes[i]
+            c, _, score = preds[0]
+            preds[0] = (c, [-2.08, -2.42, w + 7.5, h + 3.25], score)
+        return res
+
+    monkeypatch.setattr(full_protocol, "localise_images", past_the_image)
+    folder = synthetic / "val" / classes[0]
+    out = tmp_path / "pred"
+    assert main(["localize", "predict", "--checkpoint", str(loc_path), "--classifier", str(cls_path),
+                 str(folder), "--out", str(out), "--workers", "0"]) == 0
+    written = json.loads((out / "predictions.json").read_text())
+    for item in written["images"]:
+        w, h = Image.open(item["image"]).size
+        assert item["predictions"][0]["box"] == [0.0, 0.0, w, h]  # clipped: the raw box was outside
+        stem = Path(item["image"]).stem
+        boxes, names = read_voc_xml(synthetic / "annotations" / "val" / classes[0] / f"{stem}.xml")
+        assert item["ground_truth"] == [{"class": n, "box": [round(float(v), 2) for v in b]}
+                                        for b, n in zip(boxes, names)]
+        drawn = np.asarray(Image.open(item["drawn"]).convert("RGB")).astype(int)
+        green = (np.abs(drawn - np.array([40, 200, 60])).sum(-1) < 30)
+        assert green.sum() > 50  # the truth's dashes (and its label)
+    # an image outside any dataset has no ground truth; --annotations names where it is
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    image = next(folder.iterdir())
+    (lone / image.name).write_bytes(image.read_bytes())
+    assert main(["localize", "predict", "--checkpoint", str(loc_path), "--classifier", str(cls_path),
+                 str(lone), "--out", str(tmp_path / "p2"), "--workers", "0"]) == 0
+    assert "ground_truth" not in json.loads((tmp_path / "p2" / "predictions.json").read_text())["images"][0]
+    assert main(["localize", "predict", "--checkpoint", str(loc_path), "--classifier", str(cls_path),
+                 str(lone), "--out", str(tmp_path / "p3"), "--workers", "0",
+                 "--annotations", str(synthetic / "annotations" / "val")]) == 0
+    assert json.loads((tmp_path / "p3" / "predictions.json").read_text())["images"][0]["ground_truth"]
+    assert main(["localize", "predict", "--checkpoint", str(loc_path), "--classifier", str(cls_path),
+                 str(lone), "--out", str(tmp_path / "p4"), "--annotations", str(tmp_path / "nowhere")]) == 2

@@ -68,6 +68,7 @@ def test_int8_export_is_per_channel_qdq_and_reports_accuracy_and_speed(setup, tm
     printed = capsys.readouterr().out
     assert "int8 check on 16 images (16 calibration images)" in printed
     assert "fp32 ONNX 100.00%" in printed and "images/s: int8 ONNX" in printed and "PyTorch fp32" in printed
+    assert "top-5 n/a (5 classes or fewer)" in printed and "top-5 100.00%" not in printed  # 4 classes
     proto = onnx.load(str(out))
     ops = [n.op_type for n in proto.graph.node]
     assert ops.count("QuantizeLinear") > 0 and ops.count("DequantizeLinear") > ops.count("QuantizeLinear")

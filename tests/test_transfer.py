@@ -1,6 +1,7 @@
 """Transfer (Appendix B): descriptors, resumable descriptor files, SVMs, VOC/Caltech metrics and protocols."""
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -424,3 +425,31 @@ def test_features_of_a_dataset_root_need_a_split(ckpt, tmp_path, capsys):
     assert main(["features", str(ckpt), "--data", str(tmp_path / "d"), "--out", str(tmp_path / "f.safetensors"),
                  "--workers", "0"]) == 2
     assert "has split folders (train); name one with --split" in capsys.readouterr().err
+
+
+def test_transfer_predict_is_a_sub_command_and_outputs_are_readable(ckpt, scenes, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["transfer", "predict", "--help"])
+    assert exit_.value.code == 0
+    usage = capsys.readouterr().out
+    assert usage.startswith("usage: vgg transfer predict") and "OUT" in usage and "--top" in usage
+    assert "--data" not in usage  # its own parser, not the training command's
+    out = tmp_path / "out"
+    assert main(["transfer", str(ckpt), "--data", str(scenes), "--test-scales", "32", "--workers", "0",
+                 "--C-grid", "1", "--output-dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    saved = json.loads((out / "results.json").read_text())
+    lines = printed.splitlines()
+    assert lines[1] == "per-class AP (%, 11-point):"  # under the mAP line, every class with its AP
+    shown = dict(re.findall(r"(\w+) (\d+\.\d|n/a)", " ".join(lines[2:4])))
+    assert shown == {c: "n/a" if saved["ap"][c] is None else f"{saved['ap'][c]:.1f}" for c in CLASSES}
+    image = str(scenes / "JPEGImages" / "000025.jpg")
+    assert main(["transfer", "predict", str(out), image, "--top", "3"]) == 0
+    plain = capsys.readouterr().out.splitlines()
+    assert main(["transfer", "predict", str(out), image, "--json"]) == 0
+    (pred,) = json.loads(capsys.readouterr().out)
+    ranked = sorted(pred["scores"].items(), key=lambda kv: -kv[1])[:3]
+    assert plain[0] == f"{image}: {', '.join(pred['labels']) or '(no class: every SVM score is negative)'}"
+    assert plain[1] == "  " + "  ".join(f"{c} {s:+.3f}" for c, s in ranked)
+    assert main(["transfer", "predict", str(out), image, "--top", "0"]) == 2
+    assert "--top must be >= 1" in capsys.readouterr().err

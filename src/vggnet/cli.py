@@ -3,7 +3,11 @@
 `main(argv)` takes an argument list, so tests drive the real command line. Each
 sub-command lives with the code it runs: `COMMANDS` maps its name to a module
 that defines `add_<name>_arguments(parser)` and `run_<name>(args) -> int`, and
-only that module is imported (so `vgg info` does not load scikit-learn).
+only that module is imported (so `vgg info` does not load scikit-learn). A
+command whose first argument is a word may have a sub-command of that name
+with its own parser and `--help`: `vgg transfer predict` is
+`add_transfer_predict_arguments` / `run_transfer_predict` of the same module,
+while `vgg transfer CKPT ...` stays the command itself.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "transfer": ("vggnet.transfer.cli", "Appendix B: linear SVMs on descriptors; VOC mAP, Caltech accuracy; predict"),
     "import": ("vggnet.interop.cli", "torchvision/timm .pth, Keras .h5, Caffe .caffemodel, safetensors -> checkpoint"),
     "export": ("vggnet.interop.cli", "checkpoint -> safetensors, torchvision .pth, ONNX"),
+    "serve": ("vggnet.serve.cli", "a trained net as an HTTP service with a page to try it (batched, bounded)"),
     "experiment": ("vggnet.experiments.cli", "the paper's tables as cached, resumable experiment grids"),
     "demo": ("vggnet.demo", "the main job end to end on the synthetic dataset"),
 }
@@ -48,8 +53,9 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
-def load_command(name: str):
-    """`(add_arguments, run, help)` of command `name`, importing only its module."""
+def load_command(name: str, sub: str | None = None):
+    """`(add_arguments, run, help)` of command `name` (or of its sub-command `sub`, None where the
+    module has no such sub-command), importing only its module."""
     module_name, help_ = COMMANDS[name]
     attr = name.replace("-", "_")
     try:
@@ -58,6 +64,12 @@ def load_command(name: str):
         if exc.name == module_name:
             raise UserError(f"`vgg {name}` is not available in this version of vggnet") from None
         raise
+    if sub is not None:
+        attr = f"{attr}_{sub.replace('-', '_')}"
+        add, run = getattr(module, f"add_{attr}_arguments", None), getattr(module, f"run_{attr}", None)
+        if add is None or run is None:
+            return None
+        return add, run, (run.__doc__ or help_).strip().splitlines()[0]
     add = getattr(module, f"add_{attr}_arguments", None)
     run = getattr(module, f"run_{attr}", None)
     if add is None or run is None:
@@ -95,10 +107,16 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"vgg: error: unknown command {name!r}; expected one of {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     try:
-        add, run, help_ = load_command(name)
+        rest = argv[1:]
+        # `vgg transfer predict ...`: a sub-command word (not a file of that name, such as a checkpoint)
+        found = (load_command(name, rest[0]) if rest and rest[0].isidentifier() and not os.path.exists(rest[0])
+                 else None)
+        if found is not None:
+            name, rest = f"{name} {rest[0]}", rest[1:]
+        add, run, help_ = found or load_command(name)
         parser = argparse.ArgumentParser(prog=f"vgg {name}", description=help_)
         add(parser)
-        args = parse_args_with_config(parser, argv[1:])
+        args = parse_args_with_config(parser, rest)
         return int(run(args) or 0)
     except UserError as exc:
         print(f"vgg {name}: error: {plain_message(exc)}", file=sys.stderr)

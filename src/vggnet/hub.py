@@ -9,7 +9,7 @@ Appendix A). `hubconf.py` at the repository root exposes the same through
 `torch.hub.load(..., source="local")`.
 
     >>> model = create_model("vgg16", pretrained="vgg16.pt", num_classes=20, freeze_features=True)
-    >>> model.pretrained_cfg["preprocessing"]  # what the inputs must look like
+    >>> model.pretrained_cfg["input_size"], model.pretrained_cfg["crop_pct"]  # timm's names: [3, 224, 224], 0.875
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from torch import nn
 from vggnet.errors import UserError
 from vggnet.models import VGG, resolve_name, vgg
 from vggnet.checkpoint import model_from_checkpoint
+from vggnet.data.transforms import deployment_config
 from vggnet.interop import load_weights
 
 __all__ = ["create_model", "replace_classifier_head", "freeze_conv_layers"]
@@ -45,8 +46,10 @@ def create_model(
     `freeze_features` stops gradients to the conv stack (BatchNorm statistics, if
     any, still update in train mode: call `model.features.eval()` to fix them).
 
-    A pretrained model carries `model.pretrained_cfg`: the source file, the
-    preprocessing its inputs need and its class names (`None` for a new head).
+    A pretrained model carries `model.pretrained_cfg`: timm's fields for its evaluation input
+    (`input_size`, `crop_pct`, `interpolation`, `mean`, `std` on the [0, 1] scale, `num_classes`,
+    `label_names`, ...), the source file, our `preprocessing` record and its class names
+    (`None` for a new head).
     """
     try:
         letter = resolve_name(name)
@@ -97,7 +100,10 @@ def create_model(
         if num_classes is not None and num_classes != model.num_classes:
             replace_classifier_head(model, num_classes)
             classes = None
-        model.pretrained_cfg = {"file": str(pretrained), "preprocessing": dict(ckpt["preprocessing"]),
+        # timm's field names (input_size, crop_pct, interpolation, mean, std, num_classes, label_names, ...)
+        # for the centre-crop evaluation, beside our own preprocessing record
+        model.pretrained_cfg = {**deployment_config(model.build_args, ckpt["preprocessing"], classes),
+                                "file": str(pretrained), "preprocessing": dict(ckpt["preprocessing"]),
                                 "classes": classes, "meta": dict(ckpt.get("meta", {}))}
     if freeze_features:
         freeze_conv_layers(model)

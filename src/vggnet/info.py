@@ -8,7 +8,7 @@ from typing import Any
 
 from vggnet.errors import UserError
 
-__all__ = ["add_info_arguments", "run_info", "describe"]
+__all__ = ["add_info_arguments", "run_info", "describe", "table1_lines"]
 
 
 def add_info_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,6 +43,37 @@ def describe(name: str, **build: Any) -> dict[str, Any]:
     }
 
 
+def table1_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Table 1 as the paper prints it: one column per net, rows aligned by stage.
+
+    Each stage (the layers up to a maxpool) takes as many rows as its longest
+    column, so a layer one net has and another lacks (A-LRN's LRN, C's 1x1
+    convs) leaves a gap in the others instead of shifting every row below it.
+    """
+    def stages(layers: list[str]) -> list[list[str]]:
+        blocks: list[list[str]] = [[]]
+        for layer in layers:
+            blocks[-1].append(layer)
+            if layer == "maxpool":
+                blocks.append([])
+        return blocks  # the last block is the FC head
+
+    columns = [stages(r["layers"]) for r in rows]
+    count = max(len(c) for c in columns)
+    columns = [c[:-1] + [[]] * (count - len(c)) + c[-1:] for c in columns]  # heads line up too
+    cells: list[list[str]] = [[r["name"], f"{r['weight_layers']} weight layers"] for r in rows]
+    for block in range(count):
+        height = max(len(c[block]) for c in columns)
+        for cell, column in zip(cells, columns):
+            layers = column[block]
+            if layers and layers[-1] == "maxpool" and len(layers) < height:
+                layers = layers[:-1] + [""] * (height - len(layers)) + ["maxpool"]  # pools on one row
+            cell.extend(layers + [""] * (height - len(layers)))
+    widths = [max(len(s) for s in c) for c in cells]
+    return ["  ".join(f"{c[i]:<{w}}" for c, w in zip(cells, widths)).rstrip()
+            for i in range(len(cells[0]))]
+
+
 def run_info(args: argparse.Namespace) -> int:
     from vggnet.models import CONFIGS, resolve_name
 
@@ -57,11 +88,8 @@ def run_info(args: argparse.Namespace) -> int:
         print(json.dumps({r["name"]: r for r in rows}, indent=2))
         return 0
     print(f"Table 1: ConvNet configurations (input {args.crop_size}x{args.crop_size} RGB image)")
-    columns = [[f"{r['name']}", f"{r['weight_layers']} weight layers"] + r["layers"] for r in rows]
-    height = max(len(c) for c in columns)
-    widths = [max(len(s) for s in c) for c in columns]
-    for i in range(height):
-        print("  ".join(f"{c[i] if i < len(c) else '':<{w}}" for c, w in zip(columns, widths)).rstrip())
+    for line in table1_lines(rows):
+        print(line)
     print()
     print("Table 2: number of parameters" + (" (with BatchNorm)" if args.batch_norm else ""))
     print(f"{'net':<6} {'weight layers':>13} {'parameters':>14} {'GMACs':>8}")

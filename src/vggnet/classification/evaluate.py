@@ -28,7 +28,6 @@ The `vgg eval` and `vgg predict` commands live in `vggnet.classification.cli`.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from typing import Any, Callable, Sequence
@@ -38,6 +37,7 @@ from torch import nn
 from torch.utils.data import Subset
 
 from vggnet.classification.results import METHOD_LABELS
+from vggnet.data.transforms import CROP_PCT, center_resize  # re-exported: their home is the data presets
 from vggnet.distributed import gather_shards, rank_world
 from vggnet.errors import DataError, UserError
 from vggnet.inference import (Net, check_scales_fit, dense_pass_bytes, dense_posterior, identity_preprocessing,
@@ -67,7 +67,6 @@ __all__ = [
 # What `--method` accepts: "both" = the average of the dense and multi-crop posteriors; "center" =
 # torchvision's single centre crop (an extension beyond the paper, to compare with published numbers).
 METHODS = ("dense", "multi-crop", "both", "center")
-CROP_PCT = 0.875  # torchvision's and timm's ImageNet evaluation: resize to 256, centre crop 224
 
 
 # --------------------------------------------------------------------------- posteriors
@@ -128,13 +127,6 @@ class CenterCropEvalPreset:
         from vggnet.data.images import ensure_decoded
 
         return self.transforms(ensure_decoded(image, None)).as_subclass(torch.Tensor)
-
-
-def center_resize(crop_size: int, crop_pct: float = CROP_PCT) -> int:
-    """The size the smallest side is resized to before the centre crop: floor(crop / crop_pct) (256 for 224)."""
-    if not 0 < crop_pct <= 1:
-        raise ValueError(f"--crop-pct must be in (0, 1], got {crop_pct}")
-    return int(math.floor(crop_size / crop_pct + 1e-9))
 
 
 # --------------------------------------------------------------------------- evaluate / validate
@@ -275,11 +267,12 @@ def validate(
     workers: int = 0,
     flip: bool = False,
     amp: str = "off",
-) -> dict[str, float | int]:
+) -> dict[str, float | int | None]:
     """One-scale dense validation, as the training loop runs it every epoch.
 
     Returns `{"top1_error", "top5_error" (percent), "loss" (mean NLL of the
-    posterior), "images", "bad_images" (files left out as unreadable)}`. `dataset` is a `vggnet.data` dataset (its transform
+    posterior), "images", "bad_images" (files left out as unreadable)}`; with 5
+    classes or fewer `top5_error` is None (n/a: every label is in the top 5). `dataset` is a `vggnet.data` dataset (its transform
     is replaced by the dense test transform at Q = `scale` in a copy). The flip
     is off by default (half the cost); `flip=True` gives the numbers of
     `vgg eval --method dense --test-scales Q`. Under torch.distributed the images
@@ -323,7 +316,8 @@ def validate(
     n, c1, c5, loss, bad = all_reduce_sum(sums)  # float64: counts stay exact
     if n == 0:
         raise DataError("validate: the validation set has no images")
-    return {"top1_error": 100.0 * (n - c1) / n, "top5_error": 100.0 * (n - c5) / n, "loss": loss / n,
+    top5 = 100.0 * (n - c5) / n if net_model.num_classes > 5 else None  # n/a, as in vgg eval
+    return {"top1_error": 100.0 * (n - c1) / n, "top5_error": top5, "loss": loss / n,
             "images": int(n), "bad_images": int(bad)}
 
 

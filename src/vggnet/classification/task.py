@@ -89,7 +89,9 @@ class ClassificationTask(Task):
         return ""  # the default head: the run's header line names no task
 
     def summary(self, metrics: Mapping[str, float]) -> str:
-        return f"top-1 err {metrics['top1_error']:5.2f}%  top-5 err {metrics['top5_error']:5.2f}%"
+        top5 = metrics.get("top5_error")
+        return (f"top-1 err {metrics['top1_error']:5.2f}%  "
+                f"top-5 err {'  n/a' if top5 is None else f'{top5:5.2f}%'}")  # n/a: 5 classes or fewer
 
     def validate(self, model: nn.Module, dataset: Any, *, preprocessing: Any, scale: int, device: torch.device,
                  batch_size: int, workers: int, amp: str) -> dict[str, float]:

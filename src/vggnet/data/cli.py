@@ -25,6 +25,9 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--multi-label", action="store_true",
                         help="write multi-label scenes (one to three shapes each) in the PASCAL VOC devkit layout "
                              "instead: --train images for trainval, --val images for test (Appendix B)")
+    parser.add_argument("--action", action="store_true",
+                        help="write stick persons doing one of four actions in the VOC-2012 action layout instead "
+                             "(Table 12): --train and --val images, --min-size their height")
 
 
 def run_synth(args: argparse.Namespace) -> int:
@@ -32,6 +35,16 @@ def run_synth(args: argparse.Namespace) -> int:
 
     if args.min_size > args.max_size:
         raise UserError(f"--min-size {args.min_size} is larger than --max-size {args.max_size}")
+    if args.multi_label and args.action:
+        raise UserError("--multi-label and --action: choose one layout")
+    if args.action:
+        from vggnet.data.synthetic_action import write_actions
+
+        params = write_actions(args.out, train=args.train, val=args.val, seed=args.seed, force=args.force,
+                               image_size=args.min_size, quality=args.quality)
+        print(f"wrote {params['train']} train and {params['val']} val images of persons doing "
+              f"{', '.join(params['actions'])} in the VOC-2012 action layout to {args.out}")
+        return 0
     if args.multi_label:
         params = write_multilabel(args.out, classes=args.classes, trainval=args.train, test=args.val, seed=args.seed,
                                   force=args.force, image_size=(args.min_size, args.max_size), quality=args.quality)

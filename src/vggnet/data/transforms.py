@@ -52,6 +52,7 @@ __all__ = [
     "rescaled_size", "rescale_smallest_side", "parse_scale",
     "RescaleSmallestSide", "RandomRescaleCrop", "PCALighting", "ToFloat01", "ToNormalizedTensor",
     "TrainPreset", "DenseEvalPreset", "grid_crops", "MultiCropEvalPreset",
+    "CROP_PCT", "center_resize", "deployment_config",
 ]
 
 # Mean RGB (0-255) of the ILSVRC-2012 training set as released with the VGG Caffe
@@ -61,6 +62,7 @@ CAFFE_MEAN = (123.68, 116.779, 103.939)
 TORCHVISION_MEAN = (0.485, 0.456, 0.406)
 TORCHVISION_STD = (0.229, 0.224, 0.225)
 
+CROP_PCT = 0.875  # torchvision's and timm's ImageNet evaluation: resize to 256, centre crop 224
 DIRECT = True  # images without boxes skip v2.Compose (same kernels, same random draws); False: always Compose
 
 
@@ -517,3 +519,48 @@ class MultiCropEvalPreset(Preset):
             raise ValueError("MultiCropEvalPreset does not transform boxes; use DenseEvalPreset")
         crops = grid_crops(self.dense(image), self.crop_size, self.grid)
         return torch.cat([crops, crops.flip(-1)]) if self.flip else crops
+
+
+def center_resize(crop_size: int, crop_pct: float = CROP_PCT) -> int:
+    """The size the smallest side is resized to before the centre crop: floor(crop / crop_pct) (256 for 224)."""
+    if not 0 < crop_pct <= 1:
+        raise ValueError(f"--crop-pct must be in (0, 1], got {crop_pct}")
+    return int(math.floor(crop_size / crop_pct + 1e-9))
+
+
+def deployment_config(
+    build: Mapping[str, Any],
+    preprocessing: Mapping[str, Any],
+    classes: Sequence[str] | None,
+    *,
+    crop_pct: float = CROP_PCT,
+) -> dict[str, Any]:
+    """The centre-crop evaluation (`vgg predict --method center`) spelled out in timm's `pretrained_cfg`
+    field names, so that an exported file can be run without vggnet.
+
+    Decode to RGB; resize the smallest side to `resize` (= floor(crop / crop_pct); the other side
+    int(resize * long / short)) with Pillow's antialiased bilinear filter; take the central
+    `input_size` square (top = round((h - crop) / 2), left likewise); scale to [0, 1]; subtract
+    `mean` and divide by `std` (both on that [0, 1] scale, RGB order); lay out as NCHW float32.
+    """
+    pre = Preprocessing.from_dict(preprocessing)
+    crop = int(build.get("crop_size", 224))
+    s = pre.pixel_scale
+    return {
+        "architecture": f"vgg_{build.get('name', '?')}" + ("_bn" if build.get("batch_norm") else ""),
+        "input_size": [3, crop, crop],
+        "fixed_input_size": True,  # the crop classifier; the dense ONNX form takes any size >= crop
+        "crop_pct": float(crop_pct),
+        "crop_mode": "center",
+        "resize": center_resize(crop, crop_pct),
+        "resize_rule": "smallest side to resize, aspect kept (other side truncated to an integer)",
+        "interpolation": "bilinear",
+        "antialias": True,
+        "mean": [m / s for m in pre.mean],
+        "std": [d / s for d in pre.std],
+        "channel_order": "RGB",
+        "layout": "NCHW",
+        "num_classes": int(build.get("num_classes", len(classes or []))),
+        "label_names": list(classes) if classes is not None else None,
+        "output": "logits (apply softmax for probabilities)",
+    }

@@ -40,7 +40,7 @@ import torch
 from vggnet import distributed
 from vggnet.engine.config import TrainConfig, parse_init
 from vggnet.engine.data import close_loader
-from vggnet.engine.outputs import RunOutputs, duration
+from vggnet.engine.outputs import RunOutputs, duration, metric
 from vggnet.engine.setup import TrainerSetup
 from vggnet.engine.state import StopRequest, agree_on_resume, capture_rng, claim_run_folder, link_or_copy, plain
 from vggnet.engine.task import Task
@@ -377,7 +377,7 @@ class Trainer(TrainerSetup):
             "lr": lr,
             "train_loss": loss_total / done if done else float("nan"),
             "val_loss": float(metrics["loss"]),
-            **{f"val_{m}": float(metrics[m]) for m in task.metrics},
+            **{f"val_{m}": metric(metrics[m]) for m in task.metrics},
             "train_images_per_s": done * cfg.batch_size / elapsed if elapsed > 0 else float("nan"),
             "epoch_time_s": elapsed + val_time,
             "bad_images": bad,
@@ -385,7 +385,7 @@ class Trainer(TrainerSetup):
         }
         if ema_metrics is not None:
             row.update({"val_ema_loss": float(ema_metrics["loss"]),
-                        **{f"val_ema_{m}": float(ema_metrics[m]) for m in task.metrics}})
+                        **{f"val_ema_{m}": metric(ema_metrics[m]) for m in task.metrics}})
         self.history.append(row)
         value = float(metrics[task.monitor])
         improved = self.best is None or (value < self.best if task.lower_is_better else value > self.best)

@@ -4,7 +4,8 @@
   progress bar when there is one);
 - the tqdm progress bar on stderr (rank 0, `progress=True`);
 - `metrics.csv`, one row per epoch, rewritten whole from the history so that
-  after a resume it matches the checkpoint;
+  after a resume it matches the checkpoint; a metric that does not apply
+  (top-5 error with 5 classes or fewer) is an empty cell;
 - `config.yaml`, the resolved settings (`vgg train --config-file` reads it back);
 - TensorBoard scalars (optional: `tensorboard` may be missing);
 - `curves.png`: loss, validation metrics and learning rate per epoch.
@@ -21,7 +22,7 @@ from typing import Any, Mapping, Sequence
 
 from vggnet.checkpoint import atomic_write
 
-__all__ = ["RunOutputs", "plot_curves", "duration"]
+__all__ = ["RunOutputs", "plot_curves", "duration", "metric"]
 
 
 class RunOutputs:
@@ -84,6 +85,8 @@ class RunOutputs:
         if self.tb is None:
             return
         for key, value in values.items():
+            if value is None:
+                continue  # a metric that does not apply (top-5 with 5 classes or fewer) is not drawn
             self.tb.add_scalar(f"{prefix}/{key}", value, step)
         if flush:
             self.tb.flush()
@@ -118,6 +121,12 @@ class RunOutputs:
             plot_curves(history, self.out / "curves.png", metrics=metrics)
 
 
+def metric(value: Any) -> float | None:
+    """A validation metric as the history keeps it: a float, or None where it does not apply (top-5
+    error with 5 classes or fewer), which metrics.csv writes as an empty cell and curves.png leaves out."""
+    return None if value is None else float(value)
+
+
 def stderr_is_terminal() -> bool:
     """Whether progress bars can be drawn: stderr is a terminal, not a file, pipe or CI log."""
     return sys.stderr.isatty()
@@ -149,6 +158,7 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: str | os.PathLike,
     ax_loss.plot(epochs, [h["val_loss"] for h in history], "s-", label="validation")
     ax_loss.set(title="loss", xlabel="epoch")
     ax_loss.legend()
+    metrics = [m for m in metrics if any(h.get(f"val_{m}") is not None for h in history)]  # n/a: no curve
     for name, style in zip(metrics, ("o-", "s-", "^-", "v-")):
         ax_metric.plot(epochs, [h[f"val_{name}"] for h in history], style, label=_LABELS.get(name, name))
     errors = all(name.endswith("_error") for name in metrics)

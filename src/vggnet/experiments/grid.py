@@ -1,4 +1,4 @@
-"""Experiment grids: the paper's tables (3-6, §4.1, 8-9, Appendix B) as data.
+"""Experiment grids: the paper's tables (3-6, §4.1, 8-9, 11-12 of Appendix B) as data.
 
 A grid is a YAML file in `configs/experiments/`. Its *cells* are the runs that
 produce the table: training runs (`vgg train`), evaluations (`vgg eval`), fusions
@@ -70,7 +70,8 @@ _CELL_KEYS = {
 }
 _EVAL_SETTINGS = {"test_scales", "method", "flip", "grid", "batch_size", "workers", "device", "amp"}
 _FUSE_SETTINGS = {"method"}
-_LOCALIZE_EVAL_SETTINGS = {"protocol", "test_scales", "workers", "device"}
+_LOCALIZE_EVAL_SETTINGS = {"protocol", "test_scales", "classifier_method", "classifier_scales", "workers",
+                           "device"}
 _TRANSFER_SETTINGS = {"test_scales", "aggregate", "device", "workers", "extra"}
 _ROW_KEYS_FIXED = {"cell", "method", "paper", "note"}
 _METRICS = {"top1_error", "top5_error", "localisation_error", "mAP", "mean_class_accuracy", "accuracy"}

@@ -21,14 +21,22 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from vggnet.experiments.grid import Row
-from vggnet.experiments.runner import Plan, read_json, write_json, cell_status
+from vggnet.experiments.grid import PAPER_CROP, Row
+from vggnet.experiments.runner import Plan, PlannedCell, cell_status, grid_px, read_json, write_json
 
-__all__ = ["environment", "build_report", "write_report", "format_table", "METRIC_LABELS"]
+__all__ = ["environment", "build_report", "write_report", "format_table", "METRIC_LABELS", "PIXEL_COLUMNS",
+           "ran_labels", "label"]
 
 METRIC_LABELS = {"top1_error": "top-1 err (%)", "top5_error": "top-5 err (%)",
                  "localisation_error": "loc. err (%)", "mAP": "mAP (%)",
                  "mean_class_accuracy": "mean class acc (%)", "accuracy": "acc (%)"}
+
+#: table columns whose labels hold pixel sizes (S, Q) written at the paper's 224 crop: the report shows
+#: the sizes that ran (every 3-digit number x crop / 224, as the runner scales them) with the paper's beside
+PIXEL_COLUMNS = ("train S", "test Q", "combined ConvNet models")
+
+#: initialisation schemes by the names a reader of the paper knows (§3.1)
+INIT_LABELS = {"gaussian": "scratch, Gaussian", "glorot": "scratch, Glorot", "kaiming": "scratch, Kaiming"}
 
 #: weight layers of each configuration (Table 1), the x axis of the depth plot
 DEPTH = {"A": 11, "A-LRN": 11, "B": 13, "C": 16, "D": 16, "E": 19, "B-5x5": 8}
@@ -115,6 +123,58 @@ def per_scale_numbers(plan: Plan, name: str) -> dict[str, dict[int, float]]:
     return out
 
 
+def _sources(plan: Plan, pc: PlannedCell) -> list[PlannedCell]:
+    """The training cells whose nets a cell evaluates (through fusions and evaluations)."""
+    by_hash = {c.hash: c for c in plan.cells.values()}
+    if pc.cell.kind in ("train", "localize-train"):
+        return [pc]
+    out: list[PlannedCell] = []
+    for h in [*pc.settings.get("nets", []), *pc.settings.get("evals", [])]:
+        if h in by_hash:
+            out += [c for c in _sources(plan, by_hash[h]) if c not in out]
+    return out
+
+
+def _init_label(plan: Plan, pc: PlannedCell) -> str:
+    """How a training cell's net was initialised, as it ran: a scheme, or the cell it started from."""
+    train = pc.settings.get("train", {})
+    init = str(train.get("init", ""))
+    if init.startswith("from:cell:"):
+        source = next((c for c in plan.cells.values() if c.hash == init[len("from:cell:"):]), None)
+        net = source.settings.get("train", {}).get("model", source.name) if source is not None else "a cell"
+        rest = str(train.get("init_rest", "gaussian"))  # the layers the source net does not give
+        return f"from {net}" + (f", rest {rest.capitalize()}" if rest != "gaussian" else "")
+    return INIT_LABELS.get(init, init)
+
+
+def ran_labels(plan: Plan, row: Row) -> dict[str, str]:
+    """A row's labels as they ran: pixel columns at this grid's crop, the init column from the training
+    cells' settings. Columns that say nothing the run changes are returned as written."""
+    import re
+
+    labels = {c: str(v) for c, v in row.labels.items()}
+    pc = plan.cells.get(row.cell)
+    for column in PIXEL_COLUMNS:
+        if column in labels:
+            labels[column] = re.sub(r"\d{3,}", lambda m: str(grid_px(int(m.group()), plan.factor)), labels[column])
+    if pc is None:
+        return labels
+    scales = pc.settings.get("test_scales")
+    if "test Q" in labels and scales and re.fullmatch(r"[\d,\s]+", labels["test Q"]):
+        labels["test Q"] = ",".join(map(str, scales))  # what the evaluation ran (sizes that met are one)
+    if "init" in labels:
+        inits = list(dict.fromkeys(_init_label(plan, c) for c in _sources(plan, pc)))
+        if inits and not _words(" / ".join(inits)) <= _words(labels["init"]):  # the grid's says less: ours
+            labels["init"] = " / ".join(inits)
+    return labels
+
+
+def _words(text: str) -> set[str]:
+    import re
+
+    return set(re.findall(r"[\w-]+", text.lower()))
+
+
 def build_report(plan: Plan, records: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     grid = plan.grid
     records = dict(records or {})
@@ -132,7 +192,9 @@ def build_report(plan: Plan, records: Mapping[str, Mapping[str, Any]] | None = N
     rows = []
     for row in grid.rows:
         status = cells[row.cell]["status"] if row.cell in cells else "not run"
-        rows.append({**row.labels, "cell": row.cell, "method": row.method, "status": status,
+        ran = ran_labels(plan, row)
+        rows.append({**ran, "cell": row.cell, "method": row.method, "status": status,
+                     "paper_labels": {c: str(v) for c, v in row.labels.items() if str(v) != ran.get(c)},
                      "ours": row_numbers(plan, row) if row.cell in plan.cells else {m: None for m in grid.metrics},
                      "paper": row.paper, "note": row.note})
     return {"grid": grid.name, "title": grid.title, "paper_source": grid.paper_source,
@@ -170,16 +232,27 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def label(row: Mapping[str, Any], column: str) -> str:
+    """A row's label as it ran, with the grid's (the paper's) beside it where they differ:
+    `37 (paper 256)`, `Glorot (grid: scratch)`."""
+    ran, paper = str(row.get(column, "")), row.get("paper_labels", {}).get(column)
+    if paper is None or len(paper) > 40:  # a long label (Table 6's combinations): the paper's is in the CSV
+        return ran
+    if column not in PIXEL_COLUMNS and _words(paper) <= _words(ran):
+        return ran  # the grid's label said less ("scratch"), not something else
+    return f"{ran} (paper {paper})" if column in PIXEL_COLUMNS else f"{ran} (grid: {paper})"
+
+
 def format_table(report: Mapping[str, Any]) -> str:
     """The paper's layout: its columns, then for each metric ours and the paper's side by side."""
     head = list(report["columns"])
     for m in report["metrics"]:
-        label = METRIC_LABELS.get(m, m)
-        head += [f"ours {label}", f"paper {label}"]
+        name = METRIC_LABELS.get(m, m)
+        head += [f"ours {name}", f"paper {name}"]
     head.append("status")
     body = []
     for r in report["rows"]:
-        line = [str(r.get(c, "")) for c in report["columns"]]
+        line = [label(r, c) for c in report["columns"]]
         for m in report["metrics"]:
             paper = r["paper"].get(m)
             line += [_fmt(r["ours"].get(m)), "-" if paper is None else str(paper)]  # as the paper prints it
@@ -222,10 +295,13 @@ def to_csv(report: Mapping[str, Any]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
     metrics = report["metrics"]
-    w.writerow(list(report["columns"]) + ["cell", "method", "status"] + [f"ours_{m}" for m in metrics]
-               + [f"paper_{m}" for m in metrics])
+    pixels = [c for c in report["columns"] if c in PIXEL_COLUMNS]
+    w.writerow(list(report["columns"]) + [f"paper {c}" for c in pixels] + ["cell", "method", "status"]
+               + [f"ours_{m}" for m in metrics] + [f"paper_{m}" for m in metrics])
     for r in report["rows"]:
-        w.writerow([r.get(c, "") for c in report["columns"]] + [r["cell"], r["method"] or "", r["status"]]
+        w.writerow([r.get(c, "") for c in report["columns"]]
+                   + [r.get("paper_labels", {}).get(c, r.get(c, "")) for c in pixels]
+                   + [r["cell"], r["method"] or "", r["status"]]
                    + ["" if r["ours"].get(m) is None else r["ours"][m] for m in metrics]
                    + ["" if r["paper"].get(m) is None else r["paper"][m] for m in metrics])
     env = report["environment"]
@@ -263,7 +339,7 @@ def _plots(plan: Plan, report: Mapping[str, Any], out: Path) -> list[str]:
             net = r.get("net")
             if net not in ("A", "B", "D", "E") or r["ours"].get("top1_error") is None:
                 continue
-            series.setdefault(str(r.get("train S", "")), []).append(
+            series.setdefault(label(r, "train S"), []).append(
                 (DEPTH[net], r["ours"]["top1_error"], r["paper"].get("top1_error")))
         for i, (s, pts) in enumerate(sorted(series.items())):
             pts.sort(key=lambda p: (p[0], p[1]))  # the paper's value may be None
@@ -289,12 +365,15 @@ def _plots(plan: Plan, report: Mapping[str, Any], out: Path) -> list[str]:
             if not per_q:
                 continue
             qs = sorted(per_q)
-            label = f"{r.get('net', r['cell'])}, S={r.get('train S', '?')}"
-            line, = ax.plot(qs, [per_q[q] for q in qs], "o-", label=label)
+            name = f"{r.get('net', r['cell'])}, S={label(r, 'train S') if 'train S' in r else '?'}"
+            line, = ax.plot(qs, [per_q[q] for q in qs], "o-", label=name)
             all_q = r["ours"].get("top1_error")
             if all_q is not None and len(qs) > 1:
                 ax.axhline(all_q, color=line.get_color(), ls=":", lw=1)
-        ax.set_xlabel("test scale Q (pixels, ours)")
+        ax.set_xlabel(f"test scale Q (pixels, as run: crop {round(PAPER_CROP * plan.factor)})")
+        if plan.factor != 1:  # the paper's sizes beside ours: the same axis at the 224 crop
+            top = ax.secondary_xaxis("top", functions=(lambda q: q / plan.factor, lambda q: q * plan.factor))
+            top.set_xlabel(f"the paper's Q (crop {PAPER_CROP})", fontsize=8)
         ax.set_ylabel("top-1 error (%), dense")
         ax.set_title("Error against test scale (dotted: the scales averaged)", fontsize=10)
         ax.legend(fontsize=7)

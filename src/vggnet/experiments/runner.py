@@ -42,7 +42,7 @@ from vggnet.errors import UserError
 from vggnet.paths import folder_fingerprint
 from vggnet.experiments.grid import (EXECUTION_SETTINGS, PAPER_CROP, Cell, Grid, digest, needs_command)
 
-__all__ = ["Plan", "PlannedCell", "plan_grid", "run_plan", "dry_run_lines", "cell_status", "Overrides"]
+__all__ = ["Plan", "PlannedCell", "plan_grid", "run_plan", "dry_run_lines", "cell_status", "Overrides", "grid_px"]
 
 # The training settings a grid may be shrunk by, alike in every cell (vgg experiment's flags)
 SHRINK_SETTINGS = ("width", "fc_width", "crop_size", "epochs", "batch_size", "micro_batch_size", "batch_norm",
@@ -104,7 +104,7 @@ class Plan:
 # --------------------------------------------------------------------------- planning
 
 
-def _px(value: int | float, factor: float) -> int:
+def grid_px(value: int | float, factor: float) -> int:
     """A pixel size written for the paper's 224 crop, at this grid's crop."""
     return max(1, int(round(float(value) * factor)))
 
@@ -116,7 +116,7 @@ def _scale_px(value: Any, factor: float, where: str) -> int | list[int]:
         lo, hi = parse_scale(value)
     except ValueError as exc:
         raise UserError(f"{where}: {exc}") from None
-    lo, hi = _px(lo, factor), _px(hi, factor)
+    lo, hi = grid_px(lo, factor), grid_px(hi, factor)
     return lo if lo == hi else [lo, hi]
 
 
@@ -130,7 +130,7 @@ def _scales_list(value: Any, factor: float, where: str) -> list[int]:
         raise UserError(f"{where}: test_scales must be integers such as [256, 384, 512], got {value!r}") from None
     if not ints or min(ints) < 1:  # scaled, 0 and -5 would have become Q = 1
         raise UserError(f"{where}: test_scales must be positive integers such as [256, 384, 512], got {value!r}")
-    return sorted({_px(q, factor) for q in ints})
+    return sorted({grid_px(q, factor) for q in ints})
 
 
 def _flag(key: str) -> str:
@@ -283,8 +283,8 @@ def _plan_eval(cell: Cell, planned: Mapping[str, PlannedCell], *, data: str, roo
         raise UserError(f"{where}: an eval cell needs settings.test_scales (pixels at the paper's 224 crop)")
     scales = _scales_list(s["test_scales"], factor, where)
     method = s.get("method", "dense")
-    if method not in ("dense", "multi-crop", "both"):
-        raise UserError(f"{where}: method must be dense, multi-crop or both, got {method!r}")
+    if method not in ("dense", "multi-crop", "both", "center"):
+        raise UserError(f"{where}: method must be dense, multi-crop, both or center, got {method!r}")
     nets = [planned[n] for n in cell.nets]
     hashed = {"kind": "eval", "data": data, "data_files": _data_files(data), "nets": [n.hash for n in nets], "test_scales": scales, "method": method,
               "flip": bool(s.get("flip", True)), "grid": int(s.get("grid", 5)), "amp": s.get("amp", "off")}
@@ -330,8 +330,14 @@ def _plan_localize_eval(cell: Cell, planned: Mapping[str, PlannedCell], *, data:
                         f"the classes)")
     scales = _scales_list(s["test_scales"], factor, where) if "test_scales" in s else None
     nets, cls = [planned[n] for n in cell.nets], [planned[n] for n in cell.classifiers]
+    cls_method = s.get("classifier_method", "dense")
+    if cls_method not in ("dense", "multi-crop", "both", "center"):
+        raise UserError(f"{where}: classifier_method must be dense, multi-crop, both or center, got {cls_method!r}")
+    cls_scales = _scales_list(s["classifier_scales"], factor, where) if "classifier_scales" in s else None
     hashed = {"kind": "localize-eval", "data": data, "data_files": _data_files(data), "nets": [n.hash for n in nets],
               "classifiers": [c.hash for c in cls], "protocol": protocol, "test_scales": scales}
+    if cls and (cls_method != "dense" or cls_scales):  # (absent when default: earlier cells keep their hash)
+        hashed.update({"classifier_method": cls_method, "classifier_scales": cls_scales})
     h = digest(hashed)
     cdir = root / "cells" / f"localize-eval-{h[:12]}"
     argv = ["localize", "eval"]
@@ -342,6 +348,10 @@ def _plan_localize_eval(cell: Cell, planned: Mapping[str, PlannedCell], *, data:
     argv += ["--data", data, "--protocol", protocol]
     if scales:
         argv += ["--test-scales", ",".join(map(str, scales))]
+    if cls and cls_method != "dense":
+        argv += ["--classifier-method", cls_method]
+    if cls and cls_scales:
+        argv += ["--classifier-scales", ",".join(map(str, cls_scales))]
     argv += _eval_common(cell, overrides) + ["--output", str(cdir / "result.json")]
     return PlannedCell(cell=cell, hash=h, dir=cdir, argv=argv, settings=hashed)
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from vggnet.checkpoint import atomic_write, model_from_checkpoint
+from vggnet.data.transforms import deployment_config
 from vggnet.interop.common import as_checkpoint, describe_build
 from vggnet.models import VGG
 
@@ -59,7 +60,10 @@ def export_onnx(
     exports in well under a second, where torch 2.14's `torch.export`-based
     exporter (`dynamo=True`, also supported) spends several seconds tracing.
     Preprocessing, class names and build arguments go into the model's
-    metadata_props as JSON (keys 'vggnet.preprocessing', 'vggnet.classes', 'vggnet.build').
+    metadata_props as JSON (keys 'vggnet.preprocessing', 'vggnet.classes', 'vggnet.build'), and
+    'vggnet.pretrained_cfg' spells out the centre-crop evaluation in timm's field names (input_size,
+    resize, crop_pct, interpolation, antialias, mean/std on the [0, 1] scale, label_names): with it,
+    Pillow and numpy reproduce `vgg predict --method center` (docs/interop.md).
     """
     import onnx
 
@@ -102,11 +106,14 @@ def export_onnx(
             os.unlink(tmp)
     proto.doc_string = (f"vggnet VGG {describe_build(ckpt['build'])}, "
                         + ("dense (fully-convolutional) class-score map" if dense else "crop classifier")
-                        + "; input: RGB, (rgb01 * pixel_scale - mean) / std, see vggnet.preprocessing")
+                        + "; input: RGB NCHW float32, (rgb01 - mean) / std, see vggnet.pretrained_cfg")
+    cfg = deployment_config(ckpt["build"], ckpt["preprocessing"], ckpt["classes"])
+    cfg["fixed_input_size"] = not dense
     for key, value in (("vggnet.form", "dense" if dense else "crop"),
                        ("vggnet.build", json.dumps(ckpt["build"])),
                        ("vggnet.preprocessing", json.dumps(ckpt["preprocessing"])),
-                       ("vggnet.classes", json.dumps(ckpt["classes"]))):
+                       ("vggnet.classes", json.dumps(ckpt["classes"])),
+                       ("vggnet.pretrained_cfg", json.dumps(cfg))):
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     return atomic_write(path, lambda f: f.write(proto.SerializeToString()))

@@ -47,7 +47,7 @@ class QuantizationReport:
     images: int                          # validation images
     calibration_images: int
     top1: dict[str, float]               # percent, "fp32" (ONNX) and "int8"
-    top5: dict[str, float]
+    top5: dict[str, float] | None     # None with 5 classes or fewer (n/a: every label is in the top 5)
     images_per_s: dict[str, float]       # "int8", "fp32" (ONNX), "pytorch_fp32"
     top1_drop: float                     # percentage points, fp32 - int8
     max_drop: float
@@ -59,7 +59,9 @@ class QuantizationReport:
         return [
             f"int8 check on {self.images} images ({self.calibration_images} calibration images): "
             f"top-1 {self.top1['int8']:.2f}% (fp32 ONNX {self.top1['fp32']:.2f}%, drop {self.top1_drop:+.2f} points, "
-            f"allowed {self.max_drop:g}), top-5 {self.top5['int8']:.2f}% (fp32 {self.top5['fp32']:.2f}%)",
+            f"allowed {self.max_drop:g}), "
+            + (f"top-5 {self.top5['int8']:.2f}% (fp32 {self.top5['fp32']:.2f}%)" if self.top5 is not None
+               else "top-5 n/a (5 classes or fewer)"),
             f"images/s: int8 ONNX {ips['int8']:.1f}, fp32 ONNX {ips['fp32']:.1f}, PyTorch fp32 {ips['pytorch_fp32']:.1f} "
             f"(int8 {ips['int8'] / ips['fp32']:.2f}x fp32 ONNX, {ips['int8'] / ips['pytorch_fp32']:.2f}x PyTorch; "
             f"{self.settings.get('threads')} threads)",
@@ -217,7 +219,7 @@ def quantize_onnx(
         (t1f, t5f), (t1q, t5q) = _topk(scores["fp32"], labels), _topk(scores["int8"], labels)
         report = QuantizationReport(
             images=n, calibration_images=sum(len(b) for b in cal_batches), top1={"fp32": t1f, "int8": t1q},
-            top5={"fp32": t5f, "int8": t5q},
+            top5={"fp32": t5f, "int8": t5q} if scores["fp32"].shape[1] > 5 else None,
             images_per_s={k: n / statistics.median(v) for k, v in times.items()}, top1_drop=t1f - t1q,
             max_drop=max_drop,
             settings={"threads": threads, "format": "QDQ", "weights": "int8 per channel", "activations": "uint8",

@@ -3,7 +3,9 @@ names in the file's own header metadata, so that the file alone is enough.
 
 The header's `__metadata__` (string to string, as safetensors allows) holds
 `vggnet.format`, `vggnet.version`, and JSON texts `vggnet.build`,
-`vggnet.preprocessing`, `vggnet.classes`, `vggnet.meta`. A JSON sidecar
+`vggnet.preprocessing`, `vggnet.classes`, `vggnet.meta`, and `vggnet.pretrained_cfg`: the
+centre-crop evaluation in timm's field names (input_size, crop_pct, resize, interpolation,
+antialias, mean/std on the [0, 1] scale, label_names), enough to run the net without vggnet. A JSON sidecar
 (`NAME.json`, with the weights' sha256) is still written beside it, and is what
 older exports, whose header held the build arguments only, are read from.
 """
@@ -18,6 +20,7 @@ from typing import Any, Mapping, Sequence
 
 from vggnet.checkpoint import (SKIP_CHECKSUM_ENV, VERSION, atomic_write, checkpoint_from_state, checkpoint_kind,
                                weights_checksum)
+from vggnet.data.transforms import deployment_config
 from vggnet.errors import CheckpointError, UserError
 from vggnet.interop.common import as_checkpoint, check_state, class_names
 
@@ -143,16 +146,18 @@ def export_safetensors(ckpt: Mapping[str, Any] | str | os.PathLike, path: str | 
                         f"(the sidecar is written beside it as {sidecar_path(path).name})")
     state = {k: v.contiguous() for k, v in ckpt["state_dict"].items()}
     meta = jsonable(ckpt.get("meta", {}))
+    cfg = deployment_config(ckpt["build"], ckpt["preprocessing"], ckpt["classes"])
     header = {"format": "pt", "vggnet": json.dumps(ckpt["build"]),  # "vggnet": what older readers look at
               "vggnet.format": WEIGHTS_FORMAT, "vggnet.version": str(VERSION),
               "vggnet.build": json.dumps(ckpt["build"]), "vggnet.preprocessing": json.dumps(ckpt["preprocessing"]),
               "vggnet.classes": json.dumps(list(ckpt["classes"])), "vggnet.meta": json.dumps(meta),
+              "vggnet.pretrained_cfg": json.dumps(cfg),
               # the checkpoint's weights checksum travels with them: `vgg import` verifies it
               "vggnet.weights_sha256": weights_checksum(state), "vggnet.kind": checkpoint_kind(ckpt)}
     atomic_write(path, lambda f: f.write(save(state, metadata=header)))
     info = {"format": WEIGHTS_FORMAT, "version": VERSION, "weights": path.name, "sha256": _sha256(path),
             "build": ckpt["build"], "preprocessing": ckpt["preprocessing"], "classes": ckpt["classes"],
-            "meta": meta}
+            "meta": meta, "pretrained_cfg": cfg}
     sidecar = sidecar_path(path)
     atomic_write(sidecar, lambda f: f.write((json.dumps(info, indent=1) + "\n").encode("utf-8")))
     return path, sidecar

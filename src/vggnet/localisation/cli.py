@@ -22,7 +22,6 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 
 from vggnet.errors import DataError, UserError
@@ -123,8 +122,8 @@ def _mean_box_row(data: str, val: Any, classes: Sequence[str], sample: int) -> d
 
 def evaluate_localisation(checkpoints: Sequence[str], data: str, *, protocol: str = "central",
                           classifiers: Sequence[str] = (), scales: Sequence[int] | None = None,
-                          cls_method: str = "dense", merge_iou: float = 0.5, nms_iou: float = 0.5,
-                          device: str | torch.device = "auto", batch_size: int = 32, workers: int = 0,
+                          cls_method: str = "dense", cls_scales: Sequence[int] | None = None,
+                          merge_iou: float = 0.5, nms_iou: float = 0.5, device: str | torch.device = "auto", batch_size: int = 32, workers: int = 0,
                           mean_box_sample: int = 1000, max_images: int | None = None,
                           progress: bool = False) -> dict[str, Any]:
     """Protocol 1 ("central") or the full protocol ("full") on DATA's validation split.
@@ -179,7 +178,8 @@ def evaluate_localisation(checkpoints: Sequence[str], data: str, *, protocol: st
         from vggnet.localisation.full_protocol import MERGE_LABELS, MERGE_METHODS, localise_images
 
         qs = scales or sorted({loc.default_scale() for loc in locs})
-        res = localise_images(locs, list(classifiers), val, scales=qs, cls_method=cls_method, merge_iou=merge_iou,
+        res = localise_images(locs, list(classifiers), val, scales=qs, cls_scales=cls_scales, cls_method=cls_method,
+                              merge_iou=merge_iou,
                               nms_iou=nms_iou, device=dev, workers=workers, batch_size=batch_size, progress=progress)
         name = " + ".join(f"{l.name} {l.head.upper()}" for l in locs)
         for m in MERGE_METHODS:
@@ -187,6 +187,7 @@ def evaluate_localisation(checkpoints: Sequence[str], data: str, *, protocol: st
                          "localisation_error": res.error(m)})
         report.update({"localisation_error": res.error("merge"), "merge_iou": merge_iou, "nms_iou": nms_iou,
                        "classifiers": list(classifiers), "classification_method": cls_method,
+                       "classification_scales": list(cls_scales or qs),
                        "classification_top5_error": res.classification_top5_error, "test_scales": qs,
                        "seconds": res.seconds, "windows": res.windows})
     mb = _mean_box_row(data, val, classes, mean_box_sample)
@@ -245,14 +246,49 @@ def _image_files(items: Sequence[str]) -> list[str]:
     return files
 
 
-def predict_localisation(checkpoints: Sequence[str], classifiers: Sequence[str], images: Sequence[str], out: str, *,
-                         scales: Sequence[int] | None = None, cls_method: str = "dense", merge_iou: float = 0.5,
-                         device: str | torch.device = "auto", workers: int = 0) -> list[dict[str, Any]]:
-    """Five (class, box, score) per image (full protocol, greedy merge); writes OUT/<stem>.png with
-    the boxes drawn and OUT/predictions.json. Returns the predictions."""
-    from torchvision.utils import draw_bounding_boxes
+def ground_truth(files: Sequence[str], annotations: str | None = None) -> list[list[tuple[str, list[float]]] | None]:
+    """Each image's annotated boxes [(class, XYXY pixels)], None where it has none.
 
-    from vggnet.data.images import load_image
+    `annotations`: a folder of PASCAL VOC XML files (found by the image's name) or a
+    LOC_<split>_solution.csv. Without it, an image of a dataset laid out as `vgg synth`
+    writes it (ROOT/<split>/<class>/<stem>.jpg) finds ROOT/annotations/<split>/[<class>/]<stem>.xml,
+    or <stem>.xml beside the image."""
+    from vggnet.data.annotations import read_loc_solution, read_voc_xml
+
+    table: dict[str, Any] | None = None
+    xmls: dict[str, Path] = {}
+    if annotations is not None:
+        source = Path(annotations)
+        if source.is_file():
+            table = read_loc_solution(source)
+        elif source.is_dir():
+            xmls = {f.stem: f for f in sorted(source.rglob("*.xml"))}
+        else:
+            raise UserError(f"--annotations {annotations}: no such folder of VOC XML files or LOC_*_solution.csv")
+    out: list[list[tuple[str, list[float]]] | None] = []
+    for f in files:
+        p = Path(f).resolve()
+        if table is not None:
+            found = table.get(p.stem)
+        else:
+            near = [p.with_suffix(".xml")]
+            if len(p.parents) > 2:  # ROOT/<split>/<class>/<stem>.jpg or ROOT/<split>/<stem>.jpg
+                near = [p.parents[2] / "annotations" / p.parents[1].name / p.parent.name / f"{p.stem}.xml",
+                        p.parents[1] / "annotations" / p.parent.name / f"{p.stem}.xml", *near]
+            xml = xmls.get(p.stem) if annotations is not None else next((c for c in near if c.is_file()), None)
+            found = read_voc_xml(xml) if xml is not None else None
+        out.append(None if found is None else [(str(n), [float(v) for v in b]) for b, n in zip(found[0], found[1])])
+    return out
+
+
+def predict_localisation(checkpoints: Sequence[str], classifiers: Sequence[str], images: Sequence[str], out: str, *,
+                         scales: Sequence[int] | None = None, cls_method: str = "dense",
+                         cls_scales: Sequence[int] | None = None, merge_iou: float = 0.5,
+                         device: str | torch.device = "auto", workers: int = 0,
+                         annotations: str | None = None) -> list[dict[str, Any]]:
+    """Five (class, box, score) per image (full protocol, greedy merge); writes OUT/<stem>.png with
+    the boxes drawn (and the ground truth, green and dashed, where the image has an annotation:
+    see `ground_truth`) and OUT/predictions.json. Returns the predictions."""
     from vggnet.localisation.full_protocol import ImageFiles, localise_images
     from vggnet.checkpoint import atomic_write
 
@@ -261,40 +297,90 @@ def predict_localisation(checkpoints: Sequence[str], classifiers: Sequence[str],
     for c in classifiers:
         load_classifier_checkpoint(c)
     files = _image_files(images)
-    check_output_dir(out, flag="--out", inputs=[*checkpoints, *classifiers, *files])
+    check_output_dir(out, flag="--out", inputs=[*checkpoints, *classifiers, *files, annotations])
     drawings = distinct_outputs(files, out, ".png")  # a/x.jpg and b/x.jpg: two drawings
     for png in drawings:  # --out D D/x.png: the drawing would replace its own image
         check_output(png, flag="--out", inputs=files)
+    truths = ground_truth(files, annotations)
     locs = [load_localiser(c) for c in checkpoints]
     dev = resolve_device(device)
     qs = scales or sorted({loc.default_scale() for loc in locs})
     res = localise_images(locs, list(classifiers), ImageFiles(files, locs[0].classes), scales=qs, cls_method=cls_method,
-                          merge_iou=merge_iou, device=dev, workers=workers)
+                          cls_scales=cls_scales, merge_iou=merge_iou, device=dev, workers=workers)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = []
     for i, path in enumerate(files):
         preds = res.predictions["merge"][i]
-        img = torch.from_numpy(np.array(load_image(path), dtype=np.uint8)).permute(2, 0, 1).contiguous()
-        h, w = img.shape[-2:]
-        sy, sx = h / res.sizes[i][0], w / res.sizes[i][1]   # predictions are in the decoded image's pixels
-        boxes = torch.tensor([[b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy] for _, b, _ in preds]).reshape(-1, 4)
-        labels = [f"{k + 1}. {res.classes[c]} {s:.2f}" for k, (c, _, s) in enumerate(preds)]
-        colors = ["red", "orange", "yellow", "cyan", "magenta"][:len(preds)]
-        drawn = draw_bounding_boxes(img, boxes.clamp_min(0), labels=labels, colors=colors, width=2)
-        png = drawings[i]
-        from PIL import Image
-
-        Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(png)
-        results.append({"image": path, "drawn": str(png),
+        ph, pw = res.sizes[i]
+        # a merged box may reach past the image (the regressor is unconstrained): clip it, in the drawing and the JSON
+        preds = [(c, [min(max(b[0], 0.0), pw), min(max(b[1], 0.0), ph), min(max(b[2], 0.0), pw),
+                      min(max(b[3], 0.0), ph)], sc) for c, b, sc in preds]
+        drawn = _draw_predictions(path, preds, (ph, pw), res.classes, drawings[i], truth=truths[i])
+        results.append({"image": path, "drawn": str(drawn),
                         "predictions": [{"rank": k + 1, "class": res.classes[c], "index": c,
                                          "box": [round(v, 2) for v in b], "score": s}
                                         for k, (c, b, s) in enumerate(preds)]})
+        if truths[i] is not None:
+            results[-1]["ground_truth"] = [{"class": n, "box": [round(v, 2) for v in b]} for n, b in truths[i]]
     text = json.dumps({"localisation_nets": list(checkpoints), "classifiers": list(classifiers), "test_scales": qs,
                        "merge_iou": merge_iou, "box_format": "XYXY pixels of the original image",
                        "images": results}, indent=2) + "\n"
     atomic_write(out_dir / "predictions.json", lambda f: f.write(text.encode("utf-8")))
     return results
+
+
+DRAWING_MIN_SIDE = 384  # small images are upscaled for the drawing, so that labels stay legible
+
+
+TRUTH_COLOUR = (40, 200, 60)  # the ground truth: green, dashed, labelled "truth"
+
+
+def _draw_predictions(path: str, preds: Sequence[tuple[int, Sequence[float], float]], size: tuple[int, int],
+                      classes: Sequence[str], png: Path,
+                      truth: Sequence[tuple[str, Sequence[float]]] | None = None) -> Path:
+    """`png` (OUT/<stem>.png; `vggnet.paths.distinct_outputs`): the rank-1 box thick and labelled with its
+    class and score, ranks 2-5 thin, light and numbered only (they are listed in predictions.json); the image upscaled to a smallest side of
+    DRAWING_MIN_SIDE when smaller, so that the label is legible whatever the image's size."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    from vggnet.data.images import load_image
+
+    img = load_image(path)
+    h, w = size  # predictions are in the decoded image's pixels
+    zoom = max(1.0, DRAWING_MIN_SIDE / min(img.size))
+    img = img.resize((round(img.width * zoom), round(img.height * zoom)), Image.BILINEAR) if zoom > 1 else img.copy()
+    sx, sy = img.width / w, img.height / h
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.load_default(size=max(14, img.height // 24))
+    for name, b in truth or []:  # under the predictions: dashed, so a prediction on it still shows
+        x0, y0, x1, y1 = b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy
+        dash, width = max(6, img.height // 40), max(2, img.height // 160)
+        for a, b_, fixed, horizontal in ((x0, x1, y0, True), (x0, x1, y1, True), (y0, y1, x0, False),
+                                         (y0, y1, x1, False)):
+            for start in range(int(a), int(b_), 2 * dash):
+                end = min(start + dash, b_)
+                draw.line([(start, fixed), (end, fixed)] if horizontal else [(fixed, start), (fixed, end)],
+                          fill=TRUTH_COLOUR, width=width)
+        text_h = draw.textbbox((0, 0), "truth", font=font)[3]
+        draw.text((x0 + 3, max(0, y1 - text_h - 4)), f"truth: {name}", fill=TRUTH_COLOUR, font=font)
+    for rank in range(len(preds), 0, -1):  # rank 1 drawn last, on top
+        c, b, score = preds[rank - 1]
+        box = [b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy]
+        if rank > 1:
+            draw.rectangle(box, outline=(255, 230, 140), width=1)
+            draw.text((box[0] + 2, box[1] + 1), str(rank), fill=(255, 230, 140), font=font)
+            continue
+        width = max(3, img.height // 120)
+        draw.rectangle(box, outline=(230, 20, 20), width=width)
+        label = f"1. {classes[c]} {score:.2f}"
+        left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
+        tx = min(max(box[0], 0), max(0, img.width - (right - left) - 4))
+        ty = box[1] - (bottom - top) - 6 if box[1] >= (bottom - top) + 6 else box[1] + width
+        draw.rectangle([tx, ty, tx + right - left + 4, ty + bottom + 4], fill=(230, 20, 20))
+        draw.text((tx + 2, ty + 2), label, fill=(255, 255, 255), font=font)
+    img.save(png)
+    return png
 
 
 # --------------------------------------------------------------------------- command line
@@ -311,6 +397,10 @@ def _eval_arguments(p: argparse.ArgumentParser) -> None:
                    help="test scales Q (default: each localisation net's training S, the middle of [Smin, Smax])")
     p.add_argument("--classifier-method", dest="cls_method", choices=METHODS, default="dense",
                    help="how the classifier ranks the classes, as `vgg eval --method` (default: %(default)s)")
+    p.add_argument("--classifier-scales", dest="cls_scales", default=None, metavar="Q,Q,...",
+                   help="the classifiers' test scales, as `vgg eval --test-scales` (default: --test-scales); "
+                        "the paper ranks with its best classification system (Table 6: D and E, Q = 256,384,512, "
+                        "--classifier-method both)")
     p.add_argument("--merge-iou", type=float, default=0.5,
                    help="greedy merge: merge the closest pair while its IoU >= this (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: %(default)s)")
@@ -347,6 +437,12 @@ def add_localize_arguments(parser: argparse.ArgumentParser) -> None:
     _eval_arguments(p)
     p.add_argument("images", nargs="+", metavar="IMAGE|DIR", help="image files or folders")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the PNGs and predictions.json")
+    p.add_argument("--annotations", default=None, metavar="DIR|CSV",
+                   help="ground-truth boxes to draw (green, dashed): a folder of VOC XML files or a "
+                        "LOC_*_solution.csv (default: a dataset's ROOT/annotations/<split>/ or XML beside the image)")
+    for action in p._actions:  # the classifier ranks the classes: predict cannot run without it
+        if action.dest == "classifier":
+            action.required = True
 
 
 def _apply_config_file(args: argparse.Namespace, parser_defaults: dict[str, Any]) -> None:
@@ -388,7 +484,8 @@ def run_localize(args: argparse.Namespace) -> int:
         if args.action == "predict":
             results = predict_localisation(args.checkpoint, args.classifier, args.images, args.out, scales=scales,
                                            cls_method=args.cls_method, merge_iou=args.merge_iou, device=args.device,
-                                           workers=args.workers)
+                                           cls_scales=parse_test_scales(args.cls_scales) if args.cls_scales else None,
+                                           workers=args.workers, annotations=args.annotations)
             for r in results:
                 top = r["predictions"][0] if r["predictions"] else None
                 print(f"{r['image']}: " + (f"{top['class']} {top['box']} -> {r['drawn']}" if top else "no box"))
@@ -397,7 +494,9 @@ def run_localize(args: argparse.Namespace) -> int:
         if args.output and Path(args.output).suffix.lower() not in (".md", ".json"):
             raise UserError(f"--output {args.output}: expected a .md or .json file name")
         report = evaluate_localisation(args.checkpoint, args.data, protocol=args.protocol, classifiers=args.classifier,
-                                       scales=scales, cls_method=args.cls_method, merge_iou=args.merge_iou,
+                                       scales=scales, cls_method=args.cls_method,
+                                       cls_scales=parse_test_scales(args.cls_scales) if args.cls_scales else None,
+                                       merge_iou=args.merge_iou,
                                        nms_iou=args.nms_iou, device=args.device, batch_size=args.batch_size,
                                        workers=args.workers, mean_box_sample=args.mean_box_sample,
                                        max_images=args.max_images, progress=sys.stderr.isatty())

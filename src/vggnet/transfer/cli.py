@@ -26,7 +26,8 @@ from vggnet.inference import parse_test_scales
 from vggnet.execution import add_threads_argument, set_threads
 from vggnet.transfer.pipeline import C_GRID, fit_transfer, transfer_descriptors, predict_transfer
 
-__all__ = ["add_features_arguments", "run_features", "add_transfer_arguments", "run_transfer"]
+__all__ = ["add_features_arguments", "run_features", "add_transfer_arguments", "run_transfer",
+           "add_transfer_predict_arguments", "run_transfer_predict"]
 
 
 # --------------------------------------------------------------------------- command line
@@ -88,9 +89,8 @@ def run_features(args: argparse.Namespace) -> int:
 
 
 def add_transfer_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("items", nargs="+", metavar="CKPT",
-                        help="checkpoint(s) (descriptors stacked), or `predict OUT IMAGE|DIR...` to apply a "
-                             "trained classifier")
+    parser.epilog = "`vgg transfer predict --help`: apply a trained classifier to images."
+    parser.add_argument("items", nargs="+", metavar="CKPT", help="checkpoint(s) (descriptors stacked)")
     parser.add_argument("--data", metavar="DIR", help="VOC devkit folder, dataset root with train/ and test/ (or "
                                                       "val/), or with --train-per-class a folder of classes")
     parser.add_argument("--output-dir", default="transfer_run", metavar="DIR",
@@ -104,12 +104,56 @@ def add_transfer_arguments(parser: argparse.ArgumentParser) -> None:
                         help="at most M test images per class (Caltech-101: 50; default: all the others)")
     parser.add_argument("--splits", type=int, default=1, help="random splits (seeds 0..N-1), mean and std reported")
     parser.add_argument("--C-grid", dest="c_grid", default=",".join(f"{c:g}" for c in C_GRID), metavar="C,C,...",
-                        help="SVM C values tried by cross-validation (default: %(default)s)")
-    parser.add_argument("--folds", type=int, default=3, help="cross-validation folds (default: %(default)s)")
+                        help="SVM C values tried (default: %(default)s)")
+    parser.add_argument("--C-selection", dest="c_selection", choices=("holdout", "cv"), default="holdout",
+                        help="choose C on a hold-out of the training images (the paper's; one SVM fit per C) or by "
+                             "--folds cross-validation (folds x more fits) (default: %(default)s)")
+    parser.add_argument("--holdout", type=float, default=0.2, metavar="FRACTION",
+                        help="the hold-out's share of the training images (default: %(default)s)")
+    parser.add_argument("--folds", type=int, default=3,
+                        help="cross-validation folds, with --C-selection cv (default: %(default)s)")
     parser.add_argument("--train-features", metavar="FILE", help="training descriptors from `vgg features`")
     parser.add_argument("--test-features", metavar="FILE", help="test descriptors from `vgg features`")
+    parser.add_argument("--task", choices=("images", "action"), default="images",
+                        help="images: classify whole images (VOC, Caltech, class folders); action: VOC-2012 action "
+                             "classification of person boxes (ImageSets/Action, Table 12) (default: %(default)s)")
+    parser.add_argument("--action-setting", choices=("image", "image+box"), default="image+box",
+                        help="with --task action: the whole image's descriptor only, or stacked with the person "
+                             "box's (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     _common(parser)
+
+
+def _run_action(args: argparse.Namespace, grid: list[float]) -> int:
+    """`vgg transfer --task action`: Table 12 (train on --train-split, default train; test on
+    --test-split, default val)."""
+    from vggnet.transfer.action import action_descriptors, fit_action
+
+    caltech = [f for f, v in (("--train-per-class", args.train_per_class), ("--test-per-class", args.test_per_class),
+                              ("--train-features", args.train_features), ("--test-features", args.test_features))
+               if v is not None]
+    if caltech or args.splits != 1:
+        raise UserError(f"--task action: {(caltech or ['--splits'])[0]} does not apply (the action lists say "
+                        f"which person is trained on and which is tested)")
+    with process_group(args.device) as info:
+        work = action_descriptors(
+            args.items, args.data, output_dir=args.output_dir, setting=args.action_setting,
+            train_split=args.train_split, test_split=args.test_split, scales=args.test_scales, flip=args.flip,
+            aggregation=args.aggregate, device=info.device, amp=args.amp, batch_size=args.batch_size,
+            workers=args.workers, progress=info.is_main and sys.stderr.isatty())
+    if work is None:
+        return 0
+    report = fit_action(work, c_grid=grid, folds=args.folds, c_selection=args.c_selection, holdout=args.holdout)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"action classification ({report['setting']}): mAP {report['mAP']:.2f}% (VOC-2007 11-point AP); "
+          f"{report['mAP_area']:.2f}% (area under PR, VOC-2012's measure) over {len(report['actions'])} actions")
+    for line in per_class_lines(report):
+        print(line)
+    print(f"{report['protocol']}: {report['train_instances']} / {report['test_instances']} persons; C = {report['C']:g} "
+          f"(chosen on a {report['C_selection']}); results in {args.output_dir}/results.json")
+    return 0
 
 
 def run_transfer(args: argparse.Namespace) -> int:
@@ -117,20 +161,6 @@ def run_transfer(args: argparse.Namespace) -> int:
     the descriptors; the process group is then left, and rank 0 alone fits the SVMs (which can take
     longer than a collective's timeout), writes the files and prints; the other ranks exit with 0."""
     set_threads(args.threads)
-    if args.items[0] == "predict" and not Path("predict").is_file():
-        if len(args.items) < 3:
-            raise UserError("usage: vgg transfer predict OUT IMAGE|DIR... (OUT: a `vgg transfer` --output-dir)")
-        with process_group(args.device) as info:
-            results = predict_transfer(args.items[1], args.items[2:], device=info.device,
-                                       batch_size=args.batch_size)
-        if not info.is_main:
-            return 0
-        if args.json:
-            print(json.dumps(results, indent=2))
-        else:
-            for r in results:
-                print(f"{r['image']}: {', '.join(r['labels']) or '(no class)'}")
-        return 0
     if not args.data:
         raise UserError("--data DIR is required")
     check_output_dir(args.output_dir, flag="--output-dir",
@@ -139,6 +169,8 @@ def run_transfer(args: argparse.Namespace) -> int:
         grid = [float(c) for c in args.c_grid.split(",") if c.strip()]
     except ValueError:
         raise UserError(f"--C-grid: expected comma-separated numbers such as 0.1,1,10, got {args.c_grid!r}") from None
+    if args.task == "action":
+        return _run_action(args, grid)
     with process_group(args.device) as info:
         work = transfer_descriptors(
             args.items, args.data, output_dir=args.output_dir, scales=args.test_scales, flip=args.flip,
@@ -149,7 +181,7 @@ def run_transfer(args: argparse.Namespace) -> int:
             workers=args.workers, progress=info.is_main and sys.stderr.isatty())
     if work is None:  # a rank > 0: its share of the descriptors is done
         return 0
-    report = fit_transfer(work, c_grid=grid, folds=args.folds)
+    report = fit_transfer(work, c_grid=grid, folds=args.folds, c_selection=args.c_selection, holdout=args.holdout)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -160,5 +192,54 @@ def run_transfer(args: argparse.Namespace) -> int:
     else:
         print(f"accuracy {report['accuracy']:.2f}%{pm('accuracy')}; mean class accuracy "
               f"{report['mean_class_accuracy']:.2f}%{pm('mean_class_accuracy')}")
-    print(f"{report['protocol']}; C = {report['C']} (cross-validated); results in {args.output_dir}/results.json")
+    for line in per_class_lines(report):
+        print(line)
+    print(f"{report['protocol']}; C = {report['C']} (chosen on a {report['C_selection']}); results in "
+          f"{args.output_dir}/results.json")
+    return 0
+
+
+def per_class_lines(report: dict, per_line: int = 5) -> list[str]:
+    """The report's per-class numbers (VOC AP, or a class folder's accuracy), a few classes a line."""
+    if report.get("ap"):
+        title, values = "per-class AP (%, 11-point)", report["ap"]
+    elif report.get("per_class_accuracy"):
+        title, values = "per-class accuracy (%)", report["per_class_accuracy"]
+    else:
+        return []  # several splits: per split in results.json
+    cells = [f"{name} {'n/a' if v is None else f'{v:.1f}'}" for name, v in values.items()]
+    width = max(len(c) for c in cells)
+    return [f"{title}:"] + ["  " + "  ".join(f"{c:<{width}}" for c in cells[i:i + per_line]).rstrip()
+                            for i in range(0, len(cells), per_line)]
+
+
+def add_transfer_predict_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("classifier", metavar="OUT",
+                        help="what `vgg transfer` wrote: its --output-dir, or the classifier.safetensors in it")
+    parser.add_argument("images", nargs="+", metavar="IMAGE|DIR", help="image files and folders of images")
+    parser.add_argument("--top", type=int, default=5, metavar="K",
+                        help="SVM scores printed per image, highest first (default: %(default)s; --json has all)")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: %(default)s)")
+    parser.add_argument("--json", action="store_true", help="print every image's scores and labels as JSON")
+    add_threads_argument(parser)
+
+
+def run_transfer_predict(args: argparse.Namespace) -> int:
+    """apply a `vgg transfer` classifier to images: each image's classes and SVM scores (Appendix B)"""
+    if args.top < 1:
+        raise UserError(f"--top must be >= 1, got {args.top}")
+    set_threads(args.threads)
+    with process_group(args.device) as info:
+        results = predict_transfer(args.classifier, args.images, device=info.device, batch_size=args.batch_size)
+    if not info.is_main:
+        return 0
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for r in results:
+        ranked = sorted(r["scores"].items(), key=lambda kv: -kv[1])
+        labels = ", ".join(r["labels"]) or "(no class: every SVM score is negative)"
+        print(f"{r['image']}: {labels}")
+        print("  " + "  ".join(f"{name} {score:+.3f}" for name, score in ranked[:args.top]))
     return 0

@@ -44,8 +44,8 @@ from vggnet.distributed import rank_world
 
 __all__ = [
     "AGGREGATIONS", "ImageSet", "list_images", "split_per_class", "pooled_descriptor", "checkpoint_digest",
-    "DescriptorExtractor", "Features", "load_features", "LinearSVMs", "select_C", "voc07_ap", "voc_area_ap",
-    "multilabel_metrics", "singlelabel_metrics", "transfer", "predict_transfer", "pixel_descriptors",
+    "DescriptorExtractor", "Features", "load_features", "LinearSVMs", "C_SELECTIONS", "select_C", "voc07_ap", "voc_area_ap",
+    "multilabel_metrics", "singlelabel_metrics", "check_disjoint", "transfer", "predict_transfer", "pixel_descriptors",
     "demo_transfer",
 ]
 
@@ -113,19 +113,42 @@ class LinearSVMs:
         return self.decision_function(X).argmax(axis=1)
 
 
-def select_C(X: np.ndarray, Y: np.ndarray, *, multi_label: bool, grid: Sequence[float] = C_GRID, folds: int = 3,
-             seed: int = 0) -> tuple[float, dict[str, float]]:
-    """C by `folds`-fold cross-validation on the training data only: accuracy (single-label,
-    stratified folds) or mAP (multi-label, area under PR). Ties go to the smaller C."""
-    from sklearn.model_selection import KFold, StratifiedKFold
+C_SELECTIONS = ("holdout", "cv")
 
+
+def select_C(X: np.ndarray, Y: np.ndarray, *, multi_label: bool, grid: Sequence[float] = C_GRID, folds: int = 3,
+             seed: int = 0, selection: str = "holdout", holdout: float = 0.2) -> tuple[float, dict[str, float]]:
+    """C chosen on the training data only, scored by accuracy (single-label) or mAP (multi-label,
+    area under PR); ties go to the smaller C.
+
+    `selection="holdout"` (the paper's, Appendix B: "hyper-parameters ... selected on a hold-out
+    part of the training data") fits each C once on `1 - holdout` of the training images
+    (stratified by class when single-label) and scores it on the rest: len(grid) fits.
+    `selection="cv"`: `folds`-fold cross-validation, len(grid) x folds fits. Either way the
+    final SVMs are then fitted on all the training images."""
+    from sklearn.model_selection import KFold, StratifiedKFold, StratifiedShuffleSplit, ShuffleSplit
+
+    if selection not in C_SELECTIONS:
+        raise UserError(f"--C-selection: expected holdout or cv, got {selection!r}")
+    if not 0 < holdout < 1:
+        raise UserError(f"--holdout: expected a fraction in (0, 1), got {holdout}")
     grid = sorted(float(c) for c in grid)
-    if multi_label:
+    strata = None if multi_label else Y.argmax(axis=1)
+    splitter: Any = None
+    if selection == "holdout":
+        n_test = int(round(holdout * len(X)))
+        if multi_label:
+            if 1 <= n_test < len(X):
+                splitter = ShuffleSplit(1, test_size=n_test, random_state=seed)
+        else:
+            n_classes = int(strata.max()) + 1 if len(strata) else 0
+            # a stratified hold-out needs one image of every class on each side
+            if n_classes and np.bincount(strata).min() >= 2 and n_classes <= n_test <= len(X) - n_classes:
+                splitter = StratifiedShuffleSplit(1, test_size=n_test, random_state=seed)
+    elif multi_label:
         k = min(folds, len(X))
         splitter = KFold(k, shuffle=True, random_state=seed) if k >= 2 else None
-        strata = None
     else:
-        strata = Y.argmax(axis=1)
         k = min(folds, int(np.bincount(strata).min()))
         splitter = StratifiedKFold(k, shuffle=True, random_state=seed) if k >= 2 else None
     if splitter is None or len(grid) == 1:
@@ -221,6 +244,16 @@ def _evaluate(scores: np.ndarray, images: ImageSet) -> dict[str, Any]:
 # --------------------------------------------------------------------------- end to end
 
 
+def check_disjoint(train_set: ImageSet, test_set: ImageSet, what: str) -> None:
+    """Refuse to test on training images: `what` names the two sets in the error."""
+    shared = set(map(os.path.realpath, train_set.paths)) & set(map(os.path.realpath, test_set.paths))
+    if shared:
+        raise UserError(f"{what} share {len(shared)} image(s) (e.g. {sorted(shared)[0]}): a classifier must not be "
+                        f"tested on its training images; choose disjoint --train-split and --test-split (VOC: "
+                        f"trainval and test, or train and val), or split a folder of classes with "
+                        f"--train-per-class N --test-per-class M")
+
+
 def _save_classifier(path: Path, svm: LinearSVMs, settings: Mapping[str, Any]) -> Path:
     from safetensors.torch import save as st_save
 
@@ -293,6 +326,8 @@ def transfer(
     exclude: Sequence[str] = (),
     c_grid: Sequence[float] = C_GRID,
     folds: int = 3,
+    c_selection: str = "holdout",
+    holdout: float = 0.2,
     train_features: str | None = None,
     test_features: str | None = None,
     device: str | torch.device | None = None,
@@ -301,7 +336,9 @@ def transfer(
     workers: int = 0,
     progress: bool = False,
 ) -> dict[str, Any] | None:
-    """Appendix B end to end: descriptors, SVMs with C by cross-validation, the test metrics.
+    """Appendix B end to end: descriptors, SVMs with C chosen on a hold-out of the training images
+    (`c_selection="holdout"`, 20% by default, the paper's) or by `folds`-fold cross-validation
+    (`c_selection="cv"`), the test metrics. Train and test images never overlap (refused otherwise).
 
     Layouts: a VOC devkit folder (multi-label; `trainval` -> `test` when both lists
     exist, else `train` -> `val`); a folder of classes split per class
@@ -321,7 +358,8 @@ def transfer(
         test_per_class=test_per_class, splits=splits, exclude=exclude, c_grid=c_grid, folds=folds,
         train_features=train_features, test_features=test_features, device=device, amp=amp,
         batch_size=batch_size, workers=workers, progress=progress)
-    return None if work is None else fit_transfer(work, c_grid=c_grid, folds=folds)
+    return None if work is None else fit_transfer(work, c_grid=c_grid, folds=folds, c_selection=c_selection,
+                                                  holdout=holdout)
 
 
 def transfer_descriptors(
@@ -377,6 +415,8 @@ def transfer_descriptors(
             return None
         assert X is not None
         runs += [(everything.subset(tr), X[tr], everything.subset(te), X[te]) for tr, te in chosen]
+        for (tr_set, _, te_set, _), seed in zip(runs, range(splits)):
+            check_disjoint(tr_set, te_set, f"--data {data}, split {seed}")
         protocol = f"{train_per_class} train / {test_per_class or 'all other'} test images per class, {splits} splits"
     else:
         if is_voc_devkit(root):
@@ -384,10 +424,24 @@ def transfer_descriptors(
             tr_name = train_split or ("trainval" if "trainval" in have and "test" in have else "train")
             te_name = test_split or ("test" if "test" in have and tr_name == "trainval" else "val")
         else:
+            from vggnet.data.voc_action import is_voc_action
+
+            if is_voc_action(root):
+                raise UserError(f"--data {data} holds VOC action lists (ImageSets/Action) and no ImageSets/Main: "
+                                f"classify its persons' actions with --task action")
+            if not any((root / s).is_dir() for s in ("train", "val", "test")):
+                # class folders with no split: "train" and "test" would both be the whole folder
+                raise UserError(f"--data {data} is a folder of class folders with no train/ and test/ (or val/) "
+                                f"split, so it would be tested on its own training images: give "
+                                f"--train-per-class N (and --test-per-class M, --splits K) to split it per class "
+                                f"(the paper's Caltech protocol: 30 and 50, 3 splits), or point --data at a root "
+                                f"with train/ and test/ folders")
             tr_name = train_split or "train"
             te_name = test_split or ("test" if (root / "test").is_dir() else "val")
         train_set = list_images(root, tr_name, exclude=exclude)
         test_set = list_images(root, te_name, classes=train_set.classes, exclude=exclude)
+        check_disjoint(train_set, test_set, f"--data {data}: the training set ({tr_name}) and the test set "
+                                            f"({te_name})")
         X_tr = _features_for(extractor, train_set, tr_name, cache, train_features, progress)
         X_te = _features_for(extractor, test_set, te_name, cache, test_features, progress)
         if rank != 0:
@@ -398,9 +452,10 @@ def transfer_descriptors(
     return TransferWork(extractor, runs, protocol, str(data), out)
 
 
-def fit_transfer(work: TransferWork, *, c_grid: Sequence[float], folds: int) -> dict[str, Any]:
-    """The second half of `transfer` (one process: rank 0): C by cross-validation, the SVMs, the
-    test metrics; writes the classifier and results.json once."""
+def fit_transfer(work: TransferWork, *, c_grid: Sequence[float], folds: int, c_selection: str = "holdout",
+                 holdout: float = 0.2) -> dict[str, Any]:
+    """The second half of `transfer` (one process: rank 0): C on a hold-out or by cross-validation
+    (`select_C`), the SVMs, the test metrics; writes the classifier and results.json once."""
     from vggnet.checkpoint import atomic_write
 
     results = []
@@ -411,7 +466,8 @@ def fit_transfer(work: TransferWork, *, c_grid: Sequence[float], folds: int) -> 
             if images.multi_label and not (np.asarray(targets) > 0).any():  # every AP undefined: mAP nan
                 raise DataError(f"{work.data}: none of the {len(images.paths)} {name} images has an object of any "
                                 f"class (every annotation empty?); AP needs positives")
-        C, cv = select_C(X_tr, Y, multi_label=train_set.multi_label, grid=c_grid, folds=folds)
+        C, cv = select_C(X_tr, Y, multi_label=train_set.multi_label, grid=c_grid, folds=folds,
+                         selection=c_selection, holdout=holdout)
         svm = LinearSVMs(C).fit(X_tr, Y)
         first_svm = first_svm or svm
         results.append({"C": C, "cv": cv, "train_images": len(train_set.paths), "test_images": len(test_set.paths),
@@ -421,6 +477,8 @@ def fit_transfer(work: TransferWork, *, c_grid: Sequence[float], folds: int) -> 
     settings = {**work.extractor.settings(), "classes": first.classes, "multi_label": first.multi_label,
                 "C": results[0]["C"]}
     _save_classifier(work.out / "classifier.safetensors", first_svm, settings)
+    report["C_selection"] = (f"{holdout:.0%} hold-out of the training images" if c_selection == "holdout"
+                             else f"{folds}-fold cross-validation on the training images")
     report.update({"data": work.data, "protocol": work.protocol, "classes": first.classes,
                    "descriptor": work.extractor.settings(), "classifier": str(work.out / "classifier.safetensors")})
     text = json.dumps(report, indent=2) + "\n"
