@@ -478,6 +478,11 @@ def test_localisation_validation_counts_unreadable_images(world, tmp_path):
     assert result["bad_images"] == 1 and result["images"] == len(val) - 1
 
 
+def test_init_from_a_folder_says_so(world, tmp_path, capsys):
+    code, _, err = run(["train", "--data", world["data"], "--init", f"from:{tmp_path}", "--epochs", "1"], capsys)
+    assert code == 2 and "is a folder; give the checkpoint file in it" in err
+
+
 def test_a_fifo_given_to_localize_predict_is_named_as_one(world, tmp_path, capsys):
     fifo = tmp_path / "pipe.jpg"
     os.mkfifo(fifo)
