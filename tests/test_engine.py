@@ -88,7 +88,7 @@ if __name__ == "__main__":  # under torchrun: python toy.py OUTPUT_DIR MICRO_BAT
 
 SETTINGS = dict(model="A", width=1 / 16, fc_width=16, crop_size=32, scale=[32, 48], synthetic_classes=3,
                 synthetic_train=32, synthetic_val=5, synthetic_image_size=[32, 48], batch_size=16, epochs=2,
-                dropout=0.0, workers=0, stats_sample=16, device="cpu", checkpoint_every=1, amp="off", lr=0.003)
+                dropout=0.0, workers=0, stats_sample=16, device="cpu", checkpoint_every=1, amp="off", lr=0.003, keep=10)
 
 
 @pytest.fixture(scope="module")

@@ -151,8 +151,10 @@ def test_threads_are_applied_and_checked(folder_and_ckpt, capsys):
     try:
         assert main(["predict", str(ckpt), image, "--test-scales", "40", "--threads", "1", "--json"]) == 0
         assert torch.get_num_threads() == 1
-        assert main(["eval", "--checkpoint", str(ckpt), "--data", str(data), "--test-scales", "40", "--workers", "0",
-                     "--threads", "0"]) == 2
-        assert "--threads must be a positive integer, got 0" in capsys.readouterr().err
+        with pytest.raises(SystemExit) as exc:  # a usage error, answered before any work
+            main(["eval", "--checkpoint", str(ckpt), "--data", str(data), "--test-scales", "40", "--workers", "0",
+                  "--threads", "0"])
+        assert exc.value.code == 2
+        assert "argument --threads: expected a positive integer, got '0'" in capsys.readouterr().err
     finally:
         torch.set_num_threads(before)

@@ -419,7 +419,7 @@ def test_cli_eval_central_full_and_predict(tmp_path, synthetic, capsys):
 
     out = tmp_path / "pred"
     assert main(["localize", "predict", "--checkpoint", str(loc_path), "--classifier", str(cls_path),
-                 str(synthetic / "val" / classes[0]), "--out", str(out), "--workers", "0"]) == 0
+                 str(synthetic / "val" / classes[0]), "--output-dir", str(out), "--workers", "0"]) == 0
     written = json.loads((out / "predictions.json").read_text())
     assert len(written["images"]) == 2
     for item in written["images"]:

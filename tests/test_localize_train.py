@@ -105,7 +105,7 @@ def test_two_processes_train_the_same_localisation_net_as_one(classifier, tmp_pa
     if not (dist.is_available() and dist.is_gloo_available()):
         pytest.skip("gloo not available")
     settings = {**TINY, "synthetic_val": 9, "batch_size": 16, "epochs": 1, "dropout": 0.0,
-                "checkpoint_every": 1, "val_batch_size": 2}
+                "checkpoint_every": 1, "val_batch_size": 2, "keep": 10}
     one = tmp_path / "one"
     train(TrainConfig(**settings, init=f"from:{classifier}", lr=1e-3, output_dir=str(one)),
           task=LocalisationTask("pcr"))

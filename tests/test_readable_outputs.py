@@ -125,9 +125,10 @@ def test_report_init_labels_say_what_ran(tmp_path):
 
     plain, _ = inits()
     assert plain["B5x5-S256-Q256"] == "scratch, Gaussian" and plain["B-S256-Q256"] == "from A"
-    assert plain["B5x5-glorot-Q256"] == "scratch, Glorot"
+    assert plain["B5x5-glorot-center"] == "scratch, Glorot" and plain["B5x5-S256-center"] == "scratch, Gaussian"
     glorot, table = inits(init_scheme="glorot")  # every random initialisation replaced by Glorot's
     assert glorot["B5x5-S256-Q256"] == "scratch, Glorot" and glorot["B-S256-Q256"] == "from A, rest Glorot"
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()]
     assert [c[:2] for c in cells[2:]] == [["B", "from A, rest Glorot"], ["B-5x5", "scratch, Glorot"],
-                                          ["B", "scratch, Glorot"], ["B-5x5", "scratch, Glorot"]]
+                                          ["B", "scratch, Glorot"], ["B-5x5", "scratch, Glorot"],
+                                          ["B", "from A, rest Glorot"], ["B-5x5", "scratch, Glorot"]]

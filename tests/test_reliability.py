@@ -310,7 +310,7 @@ def test_predict_and_eval_given_safetensors_suggest_vgg_import_safetensors(tmp_p
             else ["eval", "--checkpoint", str(path), "--data", str(tmp_path / "img"), "--workers", "0"])
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert f"vgg import safetensors {path} --out CKPT.pt" in err and "import torchvision" not in err
+    assert f"vgg import safetensors {path} --output CKPT.pt" in err and "import torchvision" not in err
 
 
 def test_a_checkpoint_that_pickles_code_is_refused_without_running_it(tmp_path, capsys):

@@ -134,7 +134,8 @@ def test_resuming_a_finished_run_does_nothing(reference, tmp_path, capsys):
     result = train(tiny(run, resume="auto"))
     assert "already finished" in capsys.readouterr().out
     assert result["global_step"] == 8 and result["epochs"] == 2
-    assert sorted(p.name for p in run.glob("checkpoint_*.pt")) == ["checkpoint_00000004.pt", "checkpoint_00000008.pt"]
+    # no checkpoint written (--keep 1: the newest resumable one only)
+    assert sorted(p.name for p in run.glob("checkpoint_*.pt")) == ["checkpoint_00000008.pt"]
     assert_same_training_state(reference() / "last.pt", run / "last.pt")
 
 
@@ -226,7 +227,7 @@ def test_kill_9_loses_at_most_the_steps_since_the_last_checkpoint(tmp_path, refe
 
 def test_resume_auto_takes_the_newest_checkpoint_even_if_last_pt_lags(reference, tmp_path):
     """A kill between writing checkpoint N and pointing last.pt at it leaves last.pt at N-1."""
-    train(tiny(tmp_path, checkpoint_every=1, max_steps=3))
+    train(tiny(tmp_path, checkpoint_every=1, max_steps=3, keep=3))  # N-1 still on disk, as after such a kill
     (tmp_path / "last.pt").unlink()
     shutil.copyfile(tmp_path / "checkpoint_00000002.pt", tmp_path / "last.pt")
     train(tiny(tmp_path, resume="auto"))
@@ -267,7 +268,7 @@ def truncate(path: Path) -> None:
 
 
 def test_resume_auto_skips_a_truncated_checkpoint_with_a_warning(reference, tmp_path, capsys):
-    train(tiny(tmp_path, checkpoint_every=1, max_steps=6))
+    train(tiny(tmp_path, checkpoint_every=1, max_steps=6, keep=3))  # older ones to fall back on
     newest = tmp_path / "checkpoint_00000006.pt"
     truncate(newest)
     truncate(tmp_path / "last.pt")  # no-op if it is a hard link of checkpoint 6, a real truncation if a copy
@@ -282,7 +283,7 @@ def test_resume_auto_skips_a_truncated_checkpoint_with_a_warning(reference, tmp_
 
 
 def test_resume_path_of_a_corrupt_checkpoint_names_it_and_keeps_the_others(tmp_path):
-    train(tiny(tmp_path, checkpoint_every=1, max_steps=3))
+    train(tiny(tmp_path, checkpoint_every=1, max_steps=3, keep=3))  # older ones to fall back on
     bad = tmp_path / "checkpoint_00000003.pt"
     truncate(bad)
     before = sorted(p.name for p in tmp_path.iterdir())
@@ -465,11 +466,20 @@ def cli_args(out, **overrides):
 
 @pytest.mark.parametrize("change,flag", [({"scale": "48:32"}, "--scale"), ({"scale": "16"}, "--crop-size"),
                                          ({"init": "xavier"}, "--init"), ({"model": "F"}, "--model"),
-                                         ({"amp": "fp8"}, "--amp"), ({"micro_batch_size": 3}, "--micro-batch-size")])
+                                         ({"micro_batch_size": 3}, "--micro-batch-size")])
 def test_cli_reports_invalid_settings_naming_the_flag(tmp_path, capsys, change, flag):
     assert main(cli_args(tmp_path / "run", **change)) == 2
     err = capsys.readouterr().err
     assert err.startswith("vgg train: error:") and flag in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_refuses_a_wrong_choice_as_a_usage_error(tmp_path, capsys):
+    # a word outside the flag's choices is refused by the parser itself, before torch or any work
+    with pytest.raises(SystemExit) as exc:
+        main(cli_args(tmp_path / "run", amp="fp8"))
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "vgg train: error: argument --amp: invalid choice: 'fp8'" in err
     assert not (tmp_path / "run").exists()
 
 

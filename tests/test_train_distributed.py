@@ -28,7 +28,7 @@ from vggnet import TrainConfig, train
 # seeded per image and identical). 9 validation images: an odd number, split 5/4.
 SETTINGS = dict(model="A", width=1 / 16, fc_width=16, crop_size=32, scale=[32, 48], synthetic_classes=4,
                 synthetic_train=32, synthetic_val=9, synthetic_image_size=[32, 48], batch_size=16, epochs=1,
-                dropout=0.0, val_batch_size=2, workers=0, stats_sample=16, device="cpu", checkpoint_every=1,
+                dropout=0.0, val_batch_size=2, workers=0, stats_sample=16, device="cpu", checkpoint_every=1, keep=10,
                 amp="off")
 
 

@@ -84,7 +84,7 @@ def straight(tmp_path_factory):
     def get(name: str) -> Path:
         if name not in runs:
             out = tmp_path_factory.mktemp(f"straight_{name.replace('+', '_')}")
-            result = train(tiny(out, **OPTIONS[name]))
+            result = train(tiny(out, keep=3, **OPTIONS[name]))  # the epoch checkpoints, for the resume tests
             assert result["global_step"] == 3 * STEPS_PER_EPOCH and result["stopped"] == "epochs"
             runs[name] = out
         return runs[name]

@@ -338,11 +338,11 @@ def test_cli_transfer_image_folder_layout(ckpt, tmp_path, capsys):
 
 def test_cli_features_and_transfer_end_to_end_on_voc_layout(ckpt, scenes, tmp_path, capsys):
     feats = tmp_path / "test.safetensors"
-    assert main(["features", str(ckpt), "--data", str(scenes), "--split", "test", "--test-scales", "32,48",
-                 "--out", str(feats), "--workers", "0"]) == 0
+    assert main(["features", "--checkpoint", str(ckpt), "--data", str(scenes), "--split", "test",
+                 "--test-scales", "32,48", "--output", str(feats), "--workers", "0"]) == 0
     assert "12 descriptors of 32 dimensions" in capsys.readouterr().out
     out = tmp_path / "out"
-    assert main(["transfer", str(ckpt), "--data", str(scenes), "--test-scales", "32,48", "--workers", "0",
+    assert main(["transfer", "--checkpoint", str(ckpt), "--data", str(scenes), "--test-scales", "32,48", "--workers", "0",
                  "--test-features", str(feats), "--output-dir", str(out), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert {"mAP", "ap", "mAP_area", "ap_area", "C", "cv"} <= set(report)
@@ -451,5 +451,6 @@ def test_transfer_predict_is_a_sub_command_and_outputs_are_readable(ckpt, scenes
     ranked = sorted(pred["scores"].items(), key=lambda kv: -kv[1])[:3]
     assert plain[0] == f"{image}: {', '.join(pred['labels']) or '(no class: every SVM score is negative)'}"
     assert plain[1] == "  " + "  ".join(f"{c} {s:+.3f}" for c, s in ranked)
-    assert main(["transfer", "predict", str(out), image, "--top", "0"]) == 2
-    assert "--top must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # a usage error, before torch or any work
+        main(["transfer", "predict", str(out), image, "--top", "0"])
+    assert exc.value.code == 2 and "argument --top: expected a positive integer" in capsys.readouterr().err

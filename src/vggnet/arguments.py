@@ -15,7 +15,14 @@ from typing import Any, Sequence
 
 from vggnet.errors import UserError
 
-__all__ = ["parse_args_with_config", "load_config_file", "add_model_arguments"]
+__all__ = ["parse_args_with_config", "explicit_settings", "load_config_file", "add_model_arguments", "MODEL_NAMES_HELP",
+           "AMP_CHOICES", "CHANNELS_LAST_CHOICES", "METHODS", "CROP_PCT", "HEADS", "BOX_MODES", "TARGETS",
+           "AGGREGATIONS", "C_GRID", "IMPORT_FORMATS", "EXPORT_FORMATS", "parse_test_scales", "TestScalesError", "INFERENCE_BATCH_SIZE", "AtLeast", "positive_int",
+           "non_negative_int", "default_workers", "resolve_workers", "deprecation_note", "add_checkpoint_argument",
+           "add_data_argument", "output_dir_default", "add_output_dir_argument", "add_output_argument",
+           "add_execution_arguments", "add_threads_argument", "add_workers_argument", "add_batch_size_argument",
+           "add_seed_argument", "add_json_argument", "add_progress_argument", "check_required_output",
+           "take_positional_checkpoints"]
 
 
 def parse_args_with_config(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
@@ -29,8 +36,11 @@ def parse_args_with_config(parser: argparse.ArgumentParser, argv: Sequence[str])
     """
     dests = {a.dest: a for a in parser._actions}
     if "config_file" not in dests:
-        return parser.parse_args(argv)
+        args = parser.parse_args(argv)
+        args._explicit = explicit_settings(parser, argv)
+        return args
     pre, _ = parser.parse_known_args(argv)
+    from_file: set[str] = set()
     if pre.config_file:
         values = load_config_file(pre.config_file)
         defaults: dict[str, Any] = {}
@@ -51,7 +61,38 @@ def parse_args_with_config(parser: argparse.ArgumentParser, argv: Sequence[str])
                                 f"{', '.join(map(str, action.choices))}, got {value!r}")
             defaults[dest] = value
         parser.set_defaults(**defaults)
-    return parser.parse_args(argv)
+        from_file = set(defaults)
+    args = parser.parse_args(argv)
+    args._explicit = explicit_settings(parser, argv) | from_file
+    return args
+
+
+def explicit_settings(parser: argparse.ArgumentParser, argv: Sequence[str]) -> frozenset[str]:
+    """The dests that `argv` sets itself (not left at a default), sub-commands included: what a
+    checkpoint given as input may not override (`--init from:CKPT` brings the net's shape unless
+    `--model`, `--width`, ... say otherwise). Call it after `argv` parsed without error."""
+    parsers, saved = [parser], []
+    while parsers:
+        p = parsers.pop()
+        saved.append((p, dict(p._defaults), [(a, a.default) for a in p._actions]))
+        p._defaults.clear()
+        for a in p._actions:
+            if a.option_strings:  # (a positional's absence is its default, checked against its choices)
+                a.default = argparse.SUPPRESS
+            if isinstance(a, argparse._SubParsersAction):
+                parsers.extend(a.choices.values())
+    global _QUIET
+    _QUIET = True  # the second parse of the same argv: its deprecation notes were said already
+    try:
+        given, _ = parser.parse_known_args(list(argv))
+    finally:
+        _QUIET = False
+        for p, defaults, actions in saved:
+            p._defaults.update(defaults)
+            for a, default in actions:
+                a.default = default
+    positional = {a.dest: a.default for p, _, actions in saved for a, _ in actions if not a.option_strings}
+    return frozenset(k for k, v in vars(given).items() if k not in positional or v != positional[k])
 
 
 # What a YAML file may say for an on/off flag (a closed list: "yes please" is an error, not true).
@@ -75,6 +116,11 @@ def _config_value(path: str, key: str, action: argparse.Action, value: Any) -> A
     if isinstance(value, bool):
         raise UserError(f"{where} is not an on/off setting: expected "
                         f"{_expected(action)}, got {str(value).lower()}")
+    if isinstance(action.type, AtLeast):
+        try:
+            return action.type(value)
+        except argparse.ArgumentTypeError as exc:
+            raise UserError(f"bad value for {key!r} in {path}: {exc}") from None
     if action.type in (int, float):
         if isinstance(value, str):
             try:
@@ -183,15 +229,259 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return values
 
 
+# The names `vggnet.vgg` accepts, for help texts written before torch is loaded
+# (tests/test_cli_vocabulary.py checks it against vggnet.models.NAMES).
+MODEL_NAMES_HELP = "A, A-LRN, B, B-5x5, C, D, E, vgg11, vgg13, vgg16, vgg19"
+
+
 def add_model_arguments(parser: argparse.ArgumentParser, *, model_default: str = "D") -> None:
     """The model's build arguments as flags (`--model`, `--width`, ...), shared by train and friends."""
-    from vggnet.models import NAMES
-
     g = parser.add_argument_group("model")
     g.add_argument("--model", default=model_default, metavar="NAME",
-                   help=f"configuration: {', '.join(NAMES)} (default: %(default)s)")
+                   help=f"configuration: {MODEL_NAMES_HELP} (default: %(default)s)")
     g.add_argument("--width", type=float, default=1.0, help="conv channel multiplier (default: %(default)s)")
     g.add_argument("--fc-width", type=int, default=4096, help="hidden FC width (default: %(default)s)")
     g.add_argument("--crop-size", type=int, default=224, help="training crop, a multiple of 32 (default: %(default)s)")
     g.add_argument("--dropout", type=float, default=0.5, help="dropout after FC1 and FC2 (default: %(default)s)")
     g.add_argument("--batch-norm", action="store_true", help="BatchNorm after every conv (beyond the paper)")
+
+
+# --------------------------------------------------------------------------- the shared vocabulary
+#
+# Every command spells a shared flag the same way, with the same form and the same default rule
+# (docs/cli.md has the table; tests/test_cli_vocabulary.py walks every parser against it). The
+# helpers below are the only place these flags are defined; none imports torch, so a wrong value
+# is answered before a command loads PyTorch.
+
+AMP_CHOICES = ("auto", "bf16", "fp16", "off")
+CHANNELS_LAST_CHOICES = ("auto", "on", "off")
+INFERENCE_BATCH_SIZE = 32  # images per forward pass of every inference command
+
+# The words the parts' flags accept, here (torch-free) so that a parser is built, and a wrong value
+# refused, before torch is imported; the parts import them from here (one definition).
+METHODS = ("dense", "multi-crop", "both", "center")            # vgg eval --method (classification.evaluate)
+CROP_PCT = 0.875  # torchvision's and timm's ImageNet evaluation: resize to 256, centre crop 224
+HEADS = ("scr", "pcr")                                          # vgg localize train --head (Appendix A)
+BOX_MODES = ("whole", "clip")
+TARGETS = ("overlap", "largest")
+AGGREGATIONS = ("average", "stack")                             # vgg features --aggregate (Appendix B)
+C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)                          # vgg transfer --C-grid
+IMPORT_FORMATS = ("torchvision", "timm", "keras", "caffe", "safetensors")
+EXPORT_FORMATS = ("safetensors", "torchvision", "onnx")
+
+
+class TestScalesError(UserError, argparse.ArgumentTypeError):
+    """Bad test scales: argparse names the flag when it parses them; called by a command (a grid's
+    list, a flag read as text), it is a `UserError`: a message, exit status 2, no traceback."""
+
+
+def parse_test_scales(value: str | int | Sequence[int]) -> list[int]:
+    """`--test-scales 256,384,512` (or a YAML list) -> [256, 384, 512]."""
+    if isinstance(value, str):
+        parts = [p for p in value.replace(" ", "").split(",") if p]
+    elif isinstance(value, int):
+        parts = [value]
+    else:
+        parts = list(value)
+    try:
+        scales = [int(p) for p in parts]
+    except (TypeError, ValueError):
+        raise TestScalesError(f"test scales: expected comma-separated integers such as 256,384,512, got {value!r}") \
+            from None
+    if not scales or min(scales) < 1:
+        raise TestScalesError(f"test scales: expected positive integers such as 256,384,512, got {value!r}")
+    return sorted(set(scales))
+
+
+class AtLeast:
+    """An argparse `type`: an integer >= `minimum` (`--batch-size 0` is a usage error, before any work)."""
+
+    def __init__(self, minimum: int) -> None:
+        self.minimum = minimum
+        self.__name__ = {0: "non-negative integer", 1: "positive integer"}.get(minimum, f"integer >= {minimum}")
+
+    def __call__(self, value: Any) -> int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        elif isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+            number = int(value)
+        else:
+            raise argparse.ArgumentTypeError(f"expected a {self.__name__}, got {value!r}")
+        if number < self.minimum:
+            raise argparse.ArgumentTypeError(f"expected a {self.__name__}, got {value!r}")
+        return number
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AtLeast) and other.minimum == self.minimum
+
+    def __hash__(self) -> int:
+        return hash(("AtLeast", self.minimum))
+
+    def __repr__(self) -> str:
+        return f"AtLeast({self.minimum})"
+
+
+positive_int = AtLeast(1)
+non_negative_int = AtLeast(0)
+
+
+def default_workers() -> int:
+    """Loader processes when --workers is not given: min(4, cores - 1), one core left for the main
+    process. `cores` is what this process may use (sched_getaffinity), the same count PyTorch's
+    DataLoader compares --workers with, so the default never draws its "suggested max" warning."""
+    import os
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(0, min(4, cores - 1))
+
+
+def resolve_workers(workers: int | None) -> int:
+    """`--workers` as given, or `default_workers()` when it was left unset (None)."""
+    return default_workers() if workers is None else workers
+
+
+class _DeprecatedStore(argparse.Action):
+    """An old spelling that still works for one release: stores into the new flag's dest, and says so
+    on stderr in one line (`--out` -> `--output`)."""
+
+    def __init__(self, option_strings, dest, new: str = "", **kwargs):
+        self.new = new
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        deprecation_note(f"{option_string}", self.new)
+        setattr(namespace, self.dest, values)
+
+
+_QUIET = False  # set while `explicit_settings` parses argv a second time
+
+
+def deprecation_note(old: str, new: str) -> None:
+    """One line on stderr: `old` still works in this release; `new` is the spelling to use."""
+    import sys
+
+    if _QUIET:
+        return
+    print(f"vgg: note: {old} is deprecated and goes in the next release; use {new}", file=sys.stderr)
+
+
+def add_checkpoint_argument(parser: Any, *, multiple: bool = False, required: bool = False,
+                            help: str = "vggnet checkpoint (.pt)", metavar: str = "CKPT") -> None:
+    """`--checkpoint CKPT`: the input net (repeatable where several nets are fused or stacked)."""
+    if multiple:
+        parser.add_argument("--checkpoint", action="append", default=None, required=required, metavar=metavar,
+                            help=help + " (repeat it for several nets)")
+    else:
+        parser.add_argument("--checkpoint", default=None, required=required, metavar=metavar, help=help)
+
+
+def add_data_argument(parser: Any, *, required: bool = False, help: str = "dataset root (DIR/train, DIR/val)") -> None:
+    """`--data DIR`: the dataset folder."""
+    parser.add_argument("--data", default=None, required=required, metavar="DIR", help=help)
+
+
+def output_dir_default(command: str) -> str:
+    """The one rule for a command's default output folder: runs/<command> (`runs/localize-predict`)."""
+    return f"runs/{command.replace(' ', '-')}"
+
+
+def add_output_dir_argument(parser: Any, command: str, *, help: str = "folder the results go to",
+                            default: str | None = "rule", old: str | None = None) -> None:
+    """`--output-dir DIR` (a folder; default runs/<command>); `old` an earlier spelling kept one release."""
+    value = output_dir_default(command) if default == "rule" else default
+    parser.add_argument("--output-dir", default=value, metavar="DIR",
+                        help=f"{help} (default: {value})" if value else help)
+    if old:
+        parser.add_argument(old, dest="output_dir", action=_DeprecatedStore, new="--output-dir",
+                            help=argparse.SUPPRESS)
+
+
+def add_output_argument(parser: Any, *, required: bool = False, help: str = "file to write",
+                        metavar: str = "FILE", old: Sequence[str] = ()) -> None:
+    """`--output FILE` (one file); `old` earlier spellings (`--out`) kept one release."""
+    parser.add_argument("--output", default=None, required=False, metavar=metavar,
+                        help=help + (" (required)" if required else ""))
+    for spelling in old:
+        parser.add_argument(spelling, dest="output", action=_DeprecatedStore, new="--output", help=argparse.SUPPRESS)
+    if required:
+        parser.set_defaults(_required_output=True)
+
+
+def add_execution_arguments(parser: Any, *, passthrough: bool = False) -> None:
+    """`--device`, `--amp`, `--channels-last` (bare: on) and `--threads`: how a net runs (vggnet.execution).
+
+    `passthrough`: the flags are handed on to other commands (`vgg experiment`), so unset is None
+    (each command's own default) rather than auto."""
+    auto = None if passthrough else "auto"
+    g = parser.add_argument_group("execution")
+    g.add_argument("--device", default=auto, metavar="DEVICE",
+                   help="auto | cpu | cuda | cuda:N (default: auto = cuda if available; under torchrun each "
+                        "process takes GPU LOCAL_RANK)")
+    g.add_argument("--amp", choices=AMP_CHOICES, default=auto,
+                   help="mixed precision; auto = bf16 on CUDA and on CPUs that compute bf16 natively "
+                        "(AVX512-BF16/AMX), off elsewhere (default: auto)")
+    g.add_argument("--channels-last", nargs="?", const="on", choices=CHANNELS_LAST_CHOICES, default=auto,
+                   help="NHWC memory layout; the bare flag means on; auto = on for CUDA and with bf16 on a CPU "
+                        "(default: auto)")
+    add_threads_argument(g)
+
+
+def add_threads_argument(parser: Any) -> None:
+    """`--threads N`: CPU threads for the net (None: PyTorch's default, one per core)."""
+    parser.add_argument("--threads", type=positive_int, default=None, metavar="N",
+                        help="CPU threads for the net (torch.set_num_threads; default: PyTorch's, one per core)")
+
+
+def add_workers_argument(parser: Any, *, help: str = "data-loading processes") -> None:
+    """`--workers N`: loader processes; unset = min(4, cores - 1) (`default_workers`)."""
+    parser.add_argument("--workers", type=non_negative_int, default=None, metavar="N",
+                        help=f"{help} (default: min(4, cores - 1), here {default_workers()})")
+
+
+def add_batch_size_argument(parser: Any, *, default: int | None = INFERENCE_BATCH_SIZE,
+                            help: str = "images per forward pass") -> None:
+    """`--batch-size N`: the global training batch (256, the paper's) or images per inference pass (32)."""
+    parser.add_argument("--batch-size", type=positive_int, default=default, metavar="N",
+                        help=f"{help} (default: {default})" if default is not None else help)
+
+
+def add_seed_argument(parser: Any, *, default: int | None = 0, help: str = "seed of every random choice") -> None:
+    parser.add_argument("--seed", type=int, default=default, metavar="N",
+                        help=f"{help} (default: {default})" if default is not None else help)
+
+
+def add_json_argument(parser: Any, *, help: str = "print the results as JSON") -> None:
+    parser.add_argument("--json", action="store_true", help=help)
+
+
+def add_progress_argument(parser: Any) -> None:
+    """`--no-progress`: no progress bars (bars are drawn only on a terminal anyway)."""
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def check_required_output(args: argparse.Namespace, *, dest: str = "output", flag: str = "--output") -> None:
+    """`--output` is required where the command writes one file; checked after parsing so the old
+    spelling (`--out`) still satisfies it."""
+    if getattr(args, "_required_output", False) and not getattr(args, dest, None):
+        raise UserError(f"{flag} FILE is required")
+
+
+def take_positional_checkpoints(args: argparse.Namespace, dest: str, *, required: bool = True,
+                                multiple: bool = True) -> None:
+    """Merge checkpoints given the old way (positional CKPT) into `--checkpoint`, with the note."""
+    old = getattr(args, dest, None) or []
+    if isinstance(old, str):
+        old = [old]
+    if old:
+        deprecation_note("a positional CKPT", "--checkpoint CKPT")
+        if multiple:
+            args.checkpoint = list(args.checkpoint or []) + list(old)
+        elif args.checkpoint:
+            raise UserError(f"--checkpoint {args.checkpoint} and a positional checkpoint {old[0]}: give one")
+        else:
+            args.checkpoint = old[0]
+    if required and not args.checkpoint:
+        raise UserError("--checkpoint CKPT is required")

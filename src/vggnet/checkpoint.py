@@ -302,7 +302,7 @@ def _safetensors_hint(path: Path) -> str:
     if _is_safetensors(path) and _is_transfer_classifier(path):
         return (f"; it is a `vgg transfer` classifier (linear SVMs over descriptors), not a net: apply it with "
                 f"`vgg transfer predict {path.parent} IMAGE...`")
-    return (f"; it is a safetensors file: convert it with `vgg import safetensors {path} --out CKPT.pt` "
+    return (f"; it is a safetensors file: convert it with `vgg import safetensors {path} --output CKPT.pt` "
             f"(a vggnet export keeps its classes and preprocessing)") if _is_safetensors(path) else ""
 
 
@@ -324,7 +324,7 @@ def check_checkpoint(ckpt: Any, path: Path) -> dict[str, Any]:
     if not is_checkpoint(ckpt):
         hint = _safetensors_hint(path)
         if not hint and isinstance(ckpt, dict) and any(str(k).startswith("features.") for k in ckpt):
-            hint = "; it looks like a bare state dict: convert it with `vgg import torchvision FILE --out CKPT`"
+            hint = "; it looks like a bare state dict: convert it with `vgg import torchvision FILE --output CKPT`"
         raise CheckpointError(f"{path} is not a vggnet checkpoint (no format={FORMAT!r} entry){hint}")
     if ckpt.get("version", 0) > VERSION:
         raise CheckpointError(f"checkpoint {path} has format version {ckpt['version']}; this vggnet reads "

@@ -54,8 +54,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from vggnet.arguments import (add_execution_arguments, add_output_dir_argument, add_progress_argument, add_seed_argument,
+                              add_workers_argument, default_workers, positive_int)
 from vggnet.errors import UserError
 
 __all__ = ["DEMO", "QUICK", "demo_settings", "run", "add_demo_arguments", "run_demo"]
@@ -89,13 +89,6 @@ def demo_settings(quick: bool = False, **overrides: Any) -> dict[str, Any]:
     return settings
 
 
-def _default_workers() -> int:
-    # On a small CPU one loader process keeps up with a narrow net; the rest of
-    # the cores go to the net itself (see `_threads`).
-    cpus = os.cpu_count() or 1
-    return 1 if cpus <= 2 else min(4, cpus // 2)
-
-
 def _banner(text: str) -> None:
     print(f"\n== {text}", flush=True)
 
@@ -112,8 +105,10 @@ def _dataset_matches(folder: Path, params: dict[str, Any]) -> bool:
 
 def run(output_dir: str | os.PathLike = "demo_run", *, quick: bool = False, epochs: int | None = None,
         workers: int | None = None, threads: int | None = None, device: str = "auto", seed: int = 0,
-        force: bool = False, progress: bool = True) -> dict[str, Any]:
-    """The demo; returns {"top1_error", "top5_error", "top1_accuracy", "table", "paths", "seconds"}."""
+        force: bool = False, progress: bool = True, amp: str = "auto",
+        channels_last: str | None = None) -> dict[str, Any]:
+    """The demo; returns {"top1_error", "top5_error", "top1_accuracy", "table", "paths", "seconds"}.
+    `amp` and `channels_last` (None: the demo's own, on) apply to its training run."""
     from vggnet.data.datasets import build_dataset
     from vggnet.data.stats import compute_stats, save_stats
     from vggnet.data.synthetic import write_synthetic
@@ -124,13 +119,17 @@ def run(output_dir: str | os.PathLike = "demo_run", *, quick: bool = False, epoc
     t_start = time.perf_counter()
     p = demo_settings(quick, epochs=epochs)
     p["seed"] = seed
-    workers = _default_workers() if workers is None else workers
+    if channels_last not in (None, "auto"):
+        p["channels_last"] = channels_last
+    workers = default_workers() if workers is None else workers
     if workers < 0:
         raise UserError(f"--workers must be >= 0, got {workers}")
     if threads is None:
         threads = max(1, (os.cpu_count() or 1) - workers)
     if threads < 1:
         raise UserError(f"--threads must be >= 1, got {threads}")
+    import torch
+
     torch.set_num_threads(threads)
     out = Path(output_dir)
     if force and out.exists():
@@ -176,7 +175,7 @@ def run(output_dir: str | os.PathLike = "demo_run", *, quick: bool = False, epoc
     t0 = time.perf_counter()
     cfg = TrainConfig(
         model=p["model"], width=p["width"], fc_width=p["fc_width"], crop_size=p["crop_size"], scale=p["scale"],
-        batch_norm=p["batch_norm"], dropout=p["dropout"], channels_last=p["channels_last"],
+        batch_norm=p["batch_norm"], dropout=p["dropout"], channels_last=p["channels_last"], amp=amp,
         val_scale=(lo + hi) // 2, data=str(data_dir), stats=str(stats_path), batch_size=p["batch_size"],
         lr=p["lr"], epochs=p["epochs"], lr_patience=p["lr_patience"], seed=seed, device=device, workers=workers,
         val_batch_size=32, output_dir=str(run_dir), resume="auto", progress=progress, stats_sample=p["stats_sample"])
@@ -261,22 +260,21 @@ def _fmt(seconds: float) -> str:
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--output-dir", default="demo_run", metavar="DIR", help="run folder (default: %(default)s)")
+    # demo_run: the folder README.md's walk-through reads (the one exception to runs/<command>)
+    add_output_dir_argument(parser, "demo", default="demo_run", help="run folder")
     parser.add_argument("--quick", action="store_true", help="a tiny version that runs in seconds (smoke test)")
-    parser.add_argument("--epochs", type=int, default=None, help=f"training epochs (default: {DEMO['epochs']})")
-    parser.add_argument("--workers", type=int, default=None, help="data-loading processes (default: 1 on <= 2 cores)")
-    parser.add_argument("--threads", type=int, default=None, help="compute threads (default: cores - workers)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the dataset and the training (default: 0)")
+    parser.add_argument("--epochs", type=positive_int, default=None, help=f"training epochs (default: {DEMO['epochs']})")
+    add_workers_argument(parser)
+    add_execution_arguments(parser)  # --threads: default cores - workers here
+    add_seed_argument(parser, help="seed of the dataset and the training")
     parser.add_argument("--force", action="store_true", help="start over: rewrite the dataset, retrain")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    add_progress_argument(parser)
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    if args.epochs is not None and args.epochs < 1:
-        raise UserError(f"--epochs must be >= 1, got {args.epochs}")
     result = run(args.output_dir, quick=args.quick, epochs=args.epochs, workers=args.workers, threads=args.threads,
-                 device=args.device, seed=args.seed, force=args.force, progress=args.progress)
+                 device=args.device, seed=args.seed, force=args.force, progress=args.progress, amp=args.amp,
+                 channels_last=args.channels_last)
     return 130 if result.get("interrupted") else 0
 
 

@@ -27,15 +27,14 @@ from __future__ import annotations
 import contextlib
 import platform
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 __all__ = ["Execution", "cpu_bf16_native", "choose_execution", "AMP_CHOICES", "CHANNELS_LAST_CHOICES",
            "add_threads_argument", "set_threads"]
 
-AMP_CHOICES = ("auto", "bf16", "fp16", "off")
-CHANNELS_LAST_CHOICES = ("auto", "on", "off")
+# the flags themselves are defined once, torch-free, in vggnet.arguments
+from vggnet.arguments import AMP_CHOICES, CHANNELS_LAST_CHOICES, add_threads_argument  # noqa: E402
 
 _X86 = ("x86_64", "amd64", "i386", "i686", "x86")
 
@@ -123,12 +122,6 @@ def choose_execution(amp: str = "auto", channels_last: str | bool = "auto",
         cl = channels_last == "on"
         why += f"; channels_last {channels_last}: set by --channels-last"
     return Execution(amp=amp, channels_last=cl, reason=why)
-
-
-def add_threads_argument(parser: Any) -> None:
-    """`--threads N` for a command that runs a net (`vgg train` has its own, in the engine's settings)."""
-    parser.add_argument("--threads", type=int, default=None, metavar="N",
-                        help="CPU threads for the net (torch.set_num_threads; default: PyTorch's, one per core)")
 
 
 def set_threads(threads: int | None) -> None:

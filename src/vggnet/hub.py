@@ -60,7 +60,7 @@ def create_model(
         raise UserError(
             f"create_model({name!r}, pretrained=True): vggnet downloads no weights; pass the path of a weights "
             f"file. Bring the published ones in once with `vgg import` (e.g. torchvision's vgg16-397923af.pth: "
-            f"`vgg import torchvision vgg16-397923af.pth --out vgg16.pt`), then pretrained='vgg16.pt'; a vggnet "
+            f"`vgg import torchvision vgg16-397923af.pth --output vgg16.pt`), then pretrained='vgg16.pt'; a vggnet "
             f"checkpoint, a safetensors export or a torchvision .pth is read as it is")
     if pretrained is False:
         pretrained = None

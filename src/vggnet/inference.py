@@ -23,7 +23,6 @@ here, with these contracts:
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import math
@@ -35,12 +34,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from vggnet.arguments import parse_test_scales
 from vggnet.errors import CheckpointError, DataError, UserError
 from vggnet.execution import choose_execution
 from vggnet.models import VGG
 
 __all__ = [
-    "Net", "TestScalesError", "amp_context", "available_bytes", "check_net", "check_scales_fit", "dense_pass_bytes",
+    "Net", "amp_context", "available_bytes", "check_net", "check_scales_fit", "dense_pass_bytes",
     "dense_posterior", "distinct_names", "identity_preprocessing", "inference_execution", "load_nets", "multi_crop_posterior",
     "parse_test_scales", "resolve_device", "run_pass", "sample_paths", "scale_value", "train_scale",
     "with_transform",
@@ -81,29 +81,6 @@ def multi_crop_posterior(model: VGG, crops: torch.Tensor, *, batch_size: int | N
     post = torch.cat([model(flat[i:i + step]).float().softmax(dim=1) for i in range(0, flat.shape[0], step)])
     post = post.view(n, k, -1).mean(dim=1)     # (N, classes) averaged over the K crops
     return post[0] if single else post
-
-
-class TestScalesError(UserError, argparse.ArgumentTypeError):
-    """Bad test scales: argparse names the flag when it parses them; called by a command (a grid's
-    list, a flag read as text), it is a `UserError`: a message, exit status 2, no traceback."""
-
-
-def parse_test_scales(value: str | int | Sequence[int]) -> list[int]:
-    """`--test-scales 256,384,512` (or a YAML list) -> [256, 384, 512]."""
-    if isinstance(value, str):
-        parts = [p for p in value.replace(" ", "").split(",") if p]
-    elif isinstance(value, int):
-        parts = [value]
-    else:
-        parts = list(value)
-    try:
-        scales = [int(p) for p in parts]
-    except (TypeError, ValueError):
-        raise TestScalesError(f"test scales: expected comma-separated integers such as 256,384,512, got {value!r}") \
-            from None
-    if not scales or min(scales) < 1:
-        raise TestScalesError(f"test scales: expected positive integers such as 256,384,512, got {value!r}")
-    return sorted(set(scales))
 
 
 def train_scale(ckpt: Mapping[str, Any]) -> tuple[int, int] | None:

@@ -30,12 +30,11 @@ from typing import Sequence
 
 
 from vggnet.errors import UserError
+from vggnet.arguments import (CROP_PCT, METHODS, add_batch_size_argument, add_checkpoint_argument, add_data_argument,
+                              add_execution_arguments, add_json_argument, add_output_argument, add_progress_argument,
+                              add_workers_argument, parse_test_scales, positive_int, resolve_workers)
+# (the work's modules, and torch with them, are imported by run_<command>: a wrong flag is answered first)
 from vggnet.paths import check_output
-from vggnet.classification.evaluate import CROP_PCT, METHODS, evaluate
-from vggnet.inference import parse_test_scales, resolve_device
-from vggnet.execution import add_threads_argument, choose_execution, set_threads
-from vggnet.classification.predict import predict
-from vggnet.classification.results import METHOD_LABELS, load_posteriors
 
 __all__ = [
     "add_train_arguments",
@@ -59,8 +58,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from vggnet.classification.task import ClassificationTask
     from vggnet import TrainConfig, train
+    from vggnet.engine.state import settings_from_init
 
-    result = train(TrainConfig.from_args(args), ClassificationTask())
+    config = TrainConfig.from_args(args)
+    taken = settings_from_init(config, getattr(args, "_explicit", ()))  # --init from:CKPT knows its net
+    if taken and os.environ.get("RANK", "0") == "0":
+        print(f"vgg train: {taken}", file=sys.stderr)
+    result = train(config, ClassificationTask())
     if result.get("signal"):
         return 128 + int(result["signal"])  # the shell's convention for "stopped by a signal"
     return 0
@@ -80,34 +84,25 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                              "the central crop (default: %(default)s: 256 -> 224)")
     parser.add_argument("--no-flip", dest="flip", action="store_false",
                         help="do not average with the horizontally flipped image / crops")
-    parser.add_argument("--grid", type=int, default=5, help="multi-crop grid size per side (default: %(default)s)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: cuda if available; "
-                                                         "under torchrun each process takes GPU LOCAL_RANK)")
-    parser.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default="auto",
-                        help="mixed precision as in vgg train; auto: bf16 on CUDA and on CPUs that compute bf16 "
-                             "natively (AVX512-BF16/AMX), off elsewhere (default: %(default)s)")
-    parser.add_argument("--channels-last", nargs="?", const="on", default="auto", choices=["auto", "on", "off"],
-                        help="channels-last (NHWC) memory format as in vgg train; auto: with bf16 and on CUDA "
-                             "(default: %(default)s)")
-    add_threads_argument(parser)
-    parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    parser.add_argument("--grid", type=positive_int, default=5, help="multi-crop grid size per side (default: %(default)s)")
+    add_execution_arguments(parser)
+    add_json_argument(parser, help="print JSON instead of the table")
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", action="append", default=None, metavar="CKPT",
-                        help="checkpoint to evaluate; repeat it to fuse several nets (§4.4)")
+    add_checkpoint_argument(parser, multiple=True, help="checkpoint to evaluate; several are fused (§4.4)")
     parser.add_argument("--posteriors", nargs="+", default=None, metavar="FILE",
                         help="recompute results and fusions from --save-posteriors files instead of running nets "
                              "(--method then defaults to the files' method)")
-    parser.add_argument("--data", metavar="DIR", help="dataset root (DIR/val is used) or the validation folder")
+    add_data_argument(parser, help="dataset root (DIR/val is used) or the validation folder")
     parser.add_argument("--val-dir", metavar="DIR", help="validation folder (overrides --data)")
     parser.add_argument("--labels-file", metavar="FILE",
                         help="labels for a flat validation folder (CSV image,label; ILSVRC devkit; LOC_val_solution)")
     _add_common(parser)
-    parser.add_argument("--batch-size", type=int, default=32,
-                        help="images per dense forward pass / crops per multi-crop pass (default: %(default)s)")
-    parser.add_argument("--workers", type=int, default=4, help="data-loading processes (default: %(default)s)")
-    parser.add_argument("--output", metavar="FILE", help="also write the report: FILE.md (Markdown) or FILE.json")
+    add_batch_size_argument(parser, help="images per dense forward pass / crops per multi-crop pass")
+    add_workers_argument(parser)
+    add_progress_argument(parser)
+    add_output_argument(parser, help="also write the report: FILE.md (Markdown) or FILE.json")
     parser.add_argument("--save-posteriors", metavar="FILE",
                         help="write the per-image posteriors (.pt) so fusions can be recomputed with --posteriors")
     parser.add_argument("--per-class", action="store_true",
@@ -119,23 +114,12 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    set_threads(args.threads)
     scales = parse_test_scales(args.test_scales) if args.test_scales is not None else None
     if args.output and Path(args.output).suffix.lower() not in (".md", ".json"):
         raise UserError(f"--output {args.output}: expected a .md or .json file name")
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.workers < 0:
-        raise UserError(f"--workers must be >= 0, got {args.workers}")
-    if args.grid < 1:
-        raise UserError(f"--grid must be >= 1, got {args.grid}")
-    _check_eval_outputs(args)
-    if args.posteriors:
-        if args.checkpoint:
-            raise UserError("give either --checkpoint (run the nets) or --posteriors (reuse saved posteriors), "
-                            "not both")
-        result = load_posteriors(args.posteriors, method=args.method)
-    else:
+    if args.posteriors and args.checkpoint:
+        raise UserError("give either --checkpoint (run the nets) or --posteriors (reuse saved posteriors), not both")
+    if not args.posteriors:
         if not args.checkpoint:
             raise UserError("--checkpoint is required (repeat it to fuse nets), or --posteriors FILE")
         data = args.val_dir or args.data
@@ -143,9 +127,20 @@ def run_eval(args: argparse.Namespace) -> int:
             raise UserError("--data DIR (or --val-dir DIR) is required")
         if not Path(data).exists():
             raise UserError(f"--{'val-dir' if args.val_dir else 'data'} {data}: no such directory")
-        from vggnet.distributed import process_group
+    _check_eval_outputs(args)
+    # every flag is checked: now the work (and torch)
+    from vggnet.classification.results import METHOD_LABELS, load_posteriors
+    from vggnet.execution import set_threads
 
-        tty = sys.stderr.isatty()  # a file or a CI log gets one line per pass, not progress-bar fragments
+    set_threads(args.threads)
+    if args.posteriors:
+        result = load_posteriors(args.posteriors, method=args.method)
+    else:
+        from vggnet.classification.evaluate import evaluate
+        from vggnet.distributed import process_group
+        from vggnet.execution import choose_execution
+
+        tty = sys.stderr.isatty() and args.progress  # a file or a CI log gets one line per pass, not progress-bar fragments
         # under torchrun: joins the process group, one GPU per process
         with process_group(args.device) as info:
             try:
@@ -153,7 +148,8 @@ def run_eval(args: argparse.Namespace) -> int:
                 if info.is_main:
                     print(f"vgg eval: {chosen.reason}", file=sys.stderr)
                 result = evaluate(args.checkpoint, data, scales=scales, method=args.method or "dense",
-                                  flip=args.flip, grid=args.grid, batch_size=args.batch_size, workers=args.workers,
+                                  flip=args.flip, grid=args.grid, batch_size=args.batch_size,
+                                  workers=resolve_workers(args.workers),
                                   device=info.device, amp=chosen.amp, channels_last=chosen.channels_last,
                                   labels_file=args.labels_file, progress=tty, crop_pct=args.crop_pct,
                                   log=None if tty else (lambda line: print(line, file=sys.stderr, flush=True)))
@@ -203,13 +199,13 @@ def _check_eval_outputs(args: argparse.Namespace) -> None:
 
 
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", metavar="CKPT", help="vggnet checkpoint (.pt), as in vgg eval")
+    add_checkpoint_argument(parser, help="vggnet checkpoint (.pt), as in vgg eval")
     parser.add_argument("images", nargs="+", metavar="IMAGE|DIR",
                         help="image files (any format Pillow reads) or folders (every image in them, sorted). "
                              "Without --checkpoint the first one is taken as the checkpoint (deprecated form "
                              "`vgg predict CKPT IMAGE...`)")
     _add_common(parser)
-    parser.add_argument("--topk", type=int, default=5, help="classes to show per image (default: %(default)s)")
+    parser.add_argument("--topk", type=positive_int, default=5, help="classes to show per image (default: %(default)s)")
 
 
 def image_files(paths: Sequence[str | os.PathLike]) -> list[str]:
@@ -239,10 +235,7 @@ def image_files(paths: Sequence[str | os.PathLike]) -> list[str]:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    set_threads(args.threads)
     scales = parse_test_scales(args.test_scales) if args.test_scales is not None else None
-    if args.topk < 1:
-        raise UserError(f"--topk must be >= 1, got {args.topk}")
     checkpoint, inputs = args.checkpoint, list(args.images)
     if checkpoint is None:
         if len(inputs) < 2:
@@ -250,6 +243,11 @@ def run_predict(args: argparse.Namespace) -> int:
         checkpoint, inputs = inputs[0], inputs[1:]
         print(f"vgg predict: `vgg predict CKPT IMAGE...` is deprecated; use "
               f"`vgg predict --checkpoint {checkpoint} IMAGE|DIR ...`", file=sys.stderr)
+    from vggnet.classification.predict import predict
+    from vggnet.execution import choose_execution, set_threads
+    from vggnet.inference import resolve_device
+
+    set_threads(args.threads)
     images = image_files(inputs)
     dev = resolve_device(args.device)
     try:

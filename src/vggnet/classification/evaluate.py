@@ -66,7 +66,7 @@ __all__ = [
 
 # What `--method` accepts: "both" = the average of the dense and multi-crop posteriors; "center" =
 # torchvision's single centre crop (an extension beyond the paper, to compare with published numbers).
-METHODS = ("dense", "multi-crop", "both", "center")
+from vggnet.arguments import METHODS  # noqa: E402  (defined with the flags)
 
 
 # --------------------------------------------------------------------------- posteriors

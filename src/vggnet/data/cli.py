@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vggnet.arguments import add_output_argument, add_seed_argument, add_workers_argument, resolve_workers
 from vggnet.errors import UserError
 
 MAX_SHAPE_CLASSES = 16  # len(vggnet.data.synthetic.SHAPES), kept here so that `--help` imports no torch (a test checks)
@@ -16,11 +17,11 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
                                                                  "(default: %(default)s)")
     parser.add_argument("--train", type=int, default=2000, help="training images in total (default: %(default)s)")
     parser.add_argument("--val", type=int, default=500, help="validation images in total (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="generator seed (default: %(default)s)")
+    add_seed_argument(parser, help="generator seed")
     parser.add_argument("--min-size", type=int, default=160, help="smallest image side in pixels (default: %(default)s)")
     parser.add_argument("--max-size", type=int, default=400, help="largest image side in pixels (default: %(default)s)")
     parser.add_argument("--quality", type=int, default=90, help="JPEG quality (default: %(default)s)")
-    parser.add_argument("--workers", type=int, default=0, help="writer processes (default: %(default)s)")
+    add_workers_argument(parser, help="writer processes")
     parser.add_argument("--force", action="store_true", help="overwrite an existing dataset in OUT")
     parser.add_argument("--multi-label", action="store_true",
                         help="write multi-label scenes (one to three shapes each) in the PASCAL VOC devkit layout "
@@ -54,7 +55,7 @@ def run_synth(args: argparse.Namespace) -> int:
         return 0
     params = write_synthetic(args.out, classes=args.classes, train=args.train, val=args.val, seed=args.seed,
                              force=args.force, image_size=(args.min_size, args.max_size), quality=args.quality,
-                             workers=args.workers)
+                             workers=resolve_workers(args.workers))
     print(f"wrote {params['train']} train and {params['val']} val images of {len(params['classes'])} classes "
           f"({', '.join(params['classes'])}) with VOC boxes to {args.out}")
     return 0
@@ -66,10 +67,9 @@ def add_stats_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sample", type=int, default=1000, metavar="N",
                         help="images sampled at random (default: %(default)s)")
     parser.add_argument("--all", action="store_true", help="use every image instead of a sample")
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
-    parser.add_argument("--workers", type=int, default=0, help="decoding processes (default: %(default)s)")
-    parser.add_argument("--output", "-o", default=None, metavar="FILE",
-                        help="JSON file to write (default: DATA/stats.json)")
+    add_seed_argument(parser, help="sampling seed")
+    add_workers_argument(parser, help="decoding processes")
+    add_output_argument(parser, old=["-o"], help="JSON file to write (default: DATA/stats.json)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing output file")
 
 
@@ -79,13 +79,11 @@ def run_stats(args: argparse.Namespace) -> int:
 
     if not args.all and args.sample < 1:
         raise UserError(f"--sample: expected a number of images >= 1, got {args.sample}")
-    if args.workers < 0:
-        raise UserError(f"--workers: expected >= 0, got {args.workers}")
     output = Path(args.output) if args.output else Path(args.data) / "stats.json"
     if output.exists() and not args.force:
         raise UserError(f"{output}: exists; pass --force to overwrite it or --output to write elsewhere")
     dataset = build_dataset(args.data, split=args.split, strict=False)
-    stats = compute_stats(dataset, None if args.all else args.sample, seed=args.seed, workers=args.workers)
+    stats = compute_stats(dataset, None if args.all else args.sample, seed=args.seed, workers=resolve_workers(args.workers))
     stats["source"] = str(Path(args.data).resolve())
     save_stats(output, stats)
     print(f"{stats['images']} images ({stats['pixels']:,} pixels) of {dataset.root}"

@@ -62,7 +62,7 @@ CAFFE_MEAN = (123.68, 116.779, 103.939)
 TORCHVISION_MEAN = (0.485, 0.456, 0.406)
 TORCHVISION_STD = (0.229, 0.224, 0.225)
 
-CROP_PCT = 0.875  # torchvision's and timm's ImageNet evaluation: resize to 256, centre crop 224
+from vggnet.arguments import CROP_PCT  # noqa: E402  (0.875; defined with the flags, which show it)
 DIRECT = True  # images without boxes skip v2.Compose (same kernels, same random draws); False: always Compose
 
 

@@ -20,12 +20,48 @@ Several processes, one machine or many (see `vggnet.distributed`):
     torchrun --standalone --nproc-per-node=8 -m vggnet.cli train --config-file configs/s256.yaml
 """
 
-from vggnet.engine.config import RESUME_MUST_MATCH, TrainConfig, add_train_arguments, parse_init
-from vggnet.engine.loop import Trainer, TrainingError, train
-from vggnet.engine.outputs import plot_curves
-from vggnet.engine.state import find_checkpoints, init_from, make_optimizer, resolve_execution
-from vggnet.engine.task import Task, checkpoint_task
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# The public names resolve lazily (PEP 562), as in `vggnet` itself: importing one module of this
+# package (its flags, for `--help` and argument errors) does not import torch.
+_LAZY = {
+    'RESUME_MUST_MATCH': 'vggnet.engine.config',
+    'TrainConfig': 'vggnet.engine.config',
+    'add_train_arguments': 'vggnet.engine.config',
+    'parse_init': 'vggnet.engine.config',
+    'Trainer': 'vggnet.engine.loop',
+    'TrainingError': 'vggnet.engine.loop',
+    'train': 'vggnet.engine.loop',
+    'plot_curves': 'vggnet.engine.outputs',
+    'find_checkpoints': 'vggnet.engine.state',
+    'init_from': 'vggnet.engine.state',
+    'make_optimizer': 'vggnet.engine.state',
+    'resolve_execution': 'vggnet.engine.state',
+    'Task': 'vggnet.engine.task',
+    'checkpoint_task': 'vggnet.engine.task',
+}
 
 __all__ = ["TrainConfig", "Task", "checkpoint_task", "Trainer", "TrainingError", "train", "add_train_arguments",
            "parse_init", "RESUME_MUST_MATCH", "find_checkpoints", "init_from", "make_optimizer", "resolve_execution",
            "plot_curves"]
+
+if TYPE_CHECKING:
+    from vggnet.engine.config import RESUME_MUST_MATCH, TrainConfig, add_train_arguments, parse_init
+    from vggnet.engine.loop import Trainer, TrainingError, train
+    from vggnet.engine.outputs import plot_curves
+    from vggnet.engine.state import find_checkpoints, init_from, make_optimizer, resolve_execution
+    from vggnet.engine.task import Task, checkpoint_task
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # resolved once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

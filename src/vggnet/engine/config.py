@@ -16,8 +16,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-import torch
-
+from vggnet.arguments import default_workers
 from vggnet.errors import UserError
 
 __all__ = ["TrainConfig", "RESUME_MUST_MATCH", "parse_init", "add_train_arguments", "show_setting", "default_scale",
@@ -95,7 +94,8 @@ class TrainConfig:
     resume: str | None = None            # PATH to a checkpoint, or auto: the newest in output_dir
     checkpoint_every: int = 0            # also checkpoint every N optimizer steps (0: only every epoch)
     checkpoint_minutes: float = 0.0      # also checkpoint every M minutes (0: off)
-    keep: int = 3                        # numbered checkpoints kept (last.pt and best.pt are kept too)
+    keep: int = 1                        # resumable checkpoints kept (last.pt links the newest; best.pt is
+                                         # weights and settings only): a run holds two model-sized files
     max_steps: int | None = None         # stop (with a checkpoint) after this many optimizer steps in total
     log_every: int = 10                  # steps between TensorBoard points
     progress: bool = True                # tqdm progress bar on rank 0
@@ -240,6 +240,8 @@ class TrainConfig:
         if self.batch_norm is not True and self.batch_norm is not False:
             self.batch_norm = bool(self.batch_norm)
         # the build arguments, all at once (catches what the checks above do not)
+        import torch
+
         from vggnet.models import vgg
 
         try:
@@ -296,18 +298,6 @@ class TrainConfig:
 def default_scale(crop_size: int) -> int:
     """S when --scale is not given: round(crop x 256/224), the paper's S=256 for its 224 crops."""
     return int(round(crop_size * 256 / 224))
-
-
-def default_workers() -> int:
-    """Loader processes when --workers is not given: min(4, cores - 1), one core left for the training
-    process (on 2 cores: 1, without PyTorch's warning about more workers than cores)."""
-    import os
-
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    return max(0, min(4, cores - 1))
 
 
 # The type every annotated setting must have (from Python, a YAML file or the command line alike).
@@ -407,7 +397,9 @@ def add_train_arguments(parser: argparse.ArgumentParser, **defaults: Any) -> Non
     Defaults come from `TrainConfig`, except those given here by field name
     (`lr=1e-3` for a fine-tuning command); a YAML `--config-file` and the command
     line still win over them."""
-    from vggnet.arguments import add_model_arguments
+    from vggnet.arguments import (add_batch_size_argument, add_data_argument, add_execution_arguments,
+                                  add_model_arguments, add_output_dir_argument, add_progress_argument,
+                                  add_seed_argument, add_workers_argument, positive_int)
 
     unknown = sorted(set(defaults) - {f.name for f in fields(TrainConfig)})
     if unknown:
@@ -417,8 +409,8 @@ def add_train_arguments(parser: argparse.ArgumentParser, **defaults: Any) -> Non
                                                              "presets in configs/")
     add_model_arguments(parser, model_default=d.model)
     g = parser.add_argument_group("data (§3.1)")
-    g.add_argument("--data", metavar="DIR", help="dataset with DIR/train and DIR/val (ImageNet layout); "
-                                                 "default: the synthetic shapes dataset in memory")
+    add_data_argument(g, help="dataset with DIR/train and DIR/val (ImageNet layout); "
+                              "default: the synthetic shapes dataset in memory")
     g.add_argument("--train-dir", metavar="DIR", help="training images (overrides DIR/train)")
     g.add_argument("--val-dir", metavar="DIR", help="validation images (overrides DIR/val)")
     g.add_argument("--val-labels", metavar="FILE", help="labels file of a flat validation folder "
@@ -444,10 +436,10 @@ def add_train_arguments(parser: argparse.ArgumentParser, **defaults: Any) -> Non
     g.add_argument("--synthetic-image-size", default="160:400", metavar="MIN:MAX",
                    help="without --data: image side range in pixels (default: %(default)s)")
     g = parser.add_argument_group("optimisation (§3.1)")
-    g.add_argument("--epochs", type=int, default=d.epochs, help="at most this many epochs (default: %(default)s)")
-    g.add_argument("--batch-size", type=int, default=d.batch_size,
-                   help="global batch over all processes (default: %(default)s, the paper's)")
-    g.add_argument("--micro-batch-size", type=int, default=None,
+    g.add_argument("--epochs", type=positive_int, default=d.epochs, help="at most this many epochs (default: %(default)s)")
+    add_batch_size_argument(g, default=d.batch_size, help="global batch over all processes, the paper's 256; "
+                                                           "reduced to the training set when that is smaller")
+    g.add_argument("--micro-batch-size", type=positive_int, default=None,
                    help="images per process per forward pass; gradients are accumulated over "
                         "batch / (micro x processes) passes (default: batch / processes)")
     g.add_argument("--lr", type=float, default=d.lr, help="initial learning rate (default: %(default)s)")
@@ -470,7 +462,7 @@ def add_train_arguments(parser: argparse.ArgumentParser, **defaults: Any) -> Non
     g.add_argument("--freeze", default=d.freeze, metavar="{none,features}",
                    help="features: keep the conv layers as initialised and train the FC layers only "
                         "(default: %(default)s)")
-    g.add_argument("--seed", type=int, default=d.seed, help="seed of every random choice (default: %(default)s)")
+    add_seed_argument(g, default=d.seed)
     g = parser.add_argument_group("extensions beyond the paper (torchvision's references, timm; all off by default)")
     g.add_argument("--lr-scheduler", default=d.lr_scheduler, metavar="{plateau,step,cosine}",
                    help="plateau: §3.1 (--lr-factor/--lr-patience/--lr-drops); step: x --lr-factor every "
@@ -499,36 +491,30 @@ def add_train_arguments(parser: argparse.ArgumentParser, **defaults: Any) -> Non
                         "and saved as ema.pt (default: %(default)s, off)")
     g.add_argument("--sync-bn", action="store_true",
                    help="with --batch-norm under torchrun: SyncBatchNorm, batch statistics over all processes")
-    g = parser.add_argument_group("execution")
-    g.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:N (default: %(default)s)")
-    g.add_argument("--amp", default=d.amp, metavar="{auto,bf16,fp16,off}",
-                   help="mixed precision; auto = bf16 on CUDA and on CPUs that compute it natively (AVX512-BF16/AMX), "
-                        "off on other CPUs (default: %(default)s)")
-    g.add_argument("--channels-last", default=d.channels_last, metavar="{auto,on,off}",
-                   help="NHWC memory layout; auto = on for CUDA and with bf16 on a CPU (default: %(default)s)")
+    add_execution_arguments(parser)
+    g = parser.add_argument_group("execution (training)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g.add_argument("--deterministic", action="store_true", help="deterministic CUDA kernels (slower)")
-    g.add_argument("--workers", type=int, default=d.workers,
-                   help="data-loading processes per training process (default: min(4, cores - 1))")
+    add_workers_argument(g, help="data-loading processes per training process")
     g.add_argument("--decode-device", default=d.decode_device, metavar="{cpu,cuda,auto}",
                    help="where training JPEGs are decoded: cpu (the loader workers), cuda (in batches on the "
                         "training GPU with TorchCodec's nvJPEG, then rescaled and cropped there), auto = cuda when "
                         "the device is a GPU and TorchCodec has CUDA (default: %(default)s)")
-    g.add_argument("--threads", type=int, default=d.threads, metavar="N",
-                   help="CPU threads of the training process (torch.set_num_threads; default: PyTorch's)")
     g.add_argument("--val-batch-size", type=int, default=d.val_batch_size,
                    help="images per validation forward pass (default: %(default)s)")
     g = parser.add_argument_group("output and checkpoints")
-    g.add_argument("--output-dir", default=d.output_dir, metavar="DIR",
-                   help="run directory: checkpoints, metrics.csv, config.yaml, curves.png (default: %(default)s)")
+    add_output_dir_argument(g, "train", default=d.output_dir,
+                            help="run directory: checkpoints, metrics.csv, config.yaml, curves.png")
     g.add_argument("--resume", metavar="PATH|auto", help="continue a run from a checkpoint, or auto: the newest in "
                                                          "--output-dir (starts fresh if there is none)")
     g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, metavar="STEPS",
                    help="also checkpoint every N optimizer steps (default: every epoch only)")
     g.add_argument("--checkpoint-minutes", type=float, default=d.checkpoint_minutes, metavar="MIN",
                    help="also checkpoint every M minutes (default: off)")
-    g.add_argument("--keep", type=int, default=d.keep, help="numbered checkpoints kept (default: %(default)s)")
+    g.add_argument("--keep", type=positive_int, default=d.keep, metavar="N",
+                   help="resumable checkpoints kept, newest first (checkpoint_*.pt; last.pt links the newest); best.pt "
+                        "holds weights and settings without the optimizer state (default: %(default)s)")
     g.add_argument("--max-steps", type=int, default=None, help="stop with a checkpoint after N optimizer steps")
     g.add_argument("--log-every", type=int, default=d.log_every, help="steps between TensorBoard points "
                                                                       "(default: %(default)s)")
-    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_progress_argument(g)

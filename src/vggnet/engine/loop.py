@@ -46,6 +46,9 @@ from vggnet.engine.state import StopRequest, agree_on_resume, capture_rng, claim
 from vggnet.engine.task import Task
 from vggnet.errors import CheckpointError, UserError
 
+# the parts of a training checkpoint only a resumed run needs (best.pt goes without them)
+RESUME_ONLY = ("optimizer", "scheduler", "warmup", "scaler", "rng", "sampler")
+
 __all__ = ["Trainer", "TrainingError", "train"]
 
 
@@ -153,6 +156,7 @@ class Trainer(TrainerSetup):
             "epoch_totals": dict(self.totals),
             "finished": finished,
             "stopped": self.stopped,
+            **({"batch_reduced_from": self.batch_given} if self.batch_given != cfg.batch_size else {}),
         }
         last = self.history[-1] if self.history else {}
         meta = {"task": self.task.name, "task_settings": plain(self.task.settings()), "scale": cfg.scale,
@@ -167,8 +171,11 @@ class Trainer(TrainerSetup):
         with self.writing(self.out / "last.pt"):
             link_or_copy(path, self.out / "last.pt")
         if best:
+            # what inference and --init from: need (weights, EMA, settings, history), not the optimizer's
+            # state: a file of the model's size, where the resumable checkpoint is twice that with SGD momentum
+            light = {**ckpt, "train": {k: v for k, v in train_state.items() if k not in RESUME_ONLY}}
             with self.writing(self.out / "best.pt"):
-                link_or_copy(path, self.out / "best.pt")
+                save_checkpoint(self.out / "best.pt", light)
         if self.ema is not None:
             # the averaged weights as a net of their own, for vgg eval / predict
             with self.writing(self.out / "ema.pt"):

@@ -90,6 +90,8 @@ class TrainerSetup:
         defaults = TrainConfig().to_dict()
         # (a setting added after the checkpoint was written had its default then)
         must_match = RESUME_MUST_MATCH + (("epochs",) if self.cfg.lr_scheduler == "cosine" else ())
+        if train.get("batch_reduced_from") == self.cfg.batch_size:  # reduced to the training set: as it was
+            must_match = tuple(k for k in must_match if k not in ("batch_size", "micro_batch_size"))
         for key in must_match:
             mine, theirs = plain(getattr(self.cfg, key)), plain(saved.get(key, defaults.get(key)))
             if key == "model" and isinstance(theirs, str):
@@ -109,14 +111,35 @@ class TrainerSetup:
                                   f"resume it with its own settings (its config.yaml), or start a new run from "
                                   f"its weights with --init from:{path} and a new --output-dir")
 
+    def fit_batch(self, images: int, resume: Mapping[str, Any] | None) -> None:
+        """A global batch larger than the training set (the paper's 256 on a 72-image folder) becomes
+        the training set, rounded down to a multiple of the processes, with a one-line note; a resumed
+        run keeps the batch it was reduced to. Micro-batch and accumulation follow."""
+        cfg, world = self.cfg, self.info.world_size
+        self.batch_given = cfg.batch_size
+        reduced = ((resume or {}).get("train") or {}).get("batch_reduced_from")
+        if resume is not None and reduced == cfg.batch_size:
+            cfg.batch_size = int(resume["train"]["config"]["batch_size"])
+        elif images < cfg.batch_size:
+            fitted = images - images % world
+            if fitted < 1:
+                raise UserError(f"the training set ({images} images) is smaller than the {world} processes")
+            self.log(f"note: --batch-size {cfg.batch_size} is larger than the training set ({images} images): "
+                     f"batch {fitted}, one optimizer step per epoch")
+            cfg.batch_size = fitted
+        else:
+            return
+        if cfg.micro_batch_size and cfg.batch_size // world % cfg.micro_batch_size:
+            cfg.micro_batch_size = None  # the given micro-batch does not divide the reduced batch
+        self.micro = cfg.micro_batch_size or max(1, cfg.batch_size // world)
+        self.accum = distributed.accumulation_steps(cfg.batch_size, self.micro, world)
+
     def build_data(self, resume: Mapping[str, Any] | None, init_ckpt: Mapping[str, Any] | None) -> None:
         from vggnet.data.transforms import Preprocessing
 
         cfg = self.cfg
         train, val, self.data_text = build_datasets(cfg, boxes=self.task.needs_boxes)
-        if len(train) < cfg.batch_size:
-            raise UserError(f"--batch-size {cfg.batch_size} is larger than the training set ({len(train)} images); "
-                            f"an epoch must hold at least one global batch")
+        self.fit_batch(len(train), resume)
         self.classes = list(train.classes)
         self._log_left_out(train, val)
         if resume is not None and list(resume["classes"]) != self.classes:

@@ -28,11 +28,11 @@ from torch import nn
 
 from vggnet import distributed
 from vggnet.checkpoint import atomic_write, load_checkpoint
-from vggnet.engine.config import TrainConfig
+from vggnet.engine.config import TrainConfig, parse_init
 from vggnet.errors import CheckpointError, UserError
 from vggnet.execution import choose_execution
 
-__all__ = ["capture_rng", "restore_rng", "seed_everything", "find_checkpoints", "link_or_copy", "plain",
+__all__ = ["settings_from_init", "build_differences", "capture_rng", "restore_rng", "seed_everything", "find_checkpoints", "link_or_copy", "plain",
            "StopRequest", "RunFolderLock", "claim_run_folder", "locate_resume", "agree_on_resume", "init_from",
            "make_optimizer", "resolve_execution", "make_scheduler", "parameter_groups"]
 
@@ -356,9 +356,9 @@ def init_from(model: nn.Module, ckpt: Mapping[str, Any], path: str, *, rest: str
             return f"all weights of {path}"
         convs = [k for k in own if k.startswith("features.")]
         if any(k in missing for k in convs):
-            raise UserError(f"--init from:{path}: its conv layers do not fit the model ({describe_build(build)} in "
-                            f"the checkpoint, {describe_build(mine)} now): the same --width and --batch-norm are "
-                            f"needed")
+            raise UserError(f"--init from:{path}: its conv layers do not fit the model: "
+                            f"{build_differences(build, mine, ('width', 'batch_norm'))} (checkpoint vs model); "
+                            f"the same --width and --batch-norm are needed")
         init_weights(model, rest)
         for k in fits:
             own[k].copy_(state[k])
@@ -370,12 +370,112 @@ def init_from(model: nn.Module, ckpt: Mapping[str, Any], path: str, *, rest: str
                         f"({describe_build(build)}) and the model is {describe_build(mine)}; from:CKPT takes "
                         f"either a net of the same configuration (all weights that fit) or a net A (§3.1's "
                         f"pre-initialisation)")
+    differ = build_differences(build, mine, ("width", "batch_norm", "fc_width"))
+    if differ:  # the layers §3.1 copies from A would not fit
+        raise UserError(f"--init from:{path}: net A and the model {mine['name']} differ in {differ} (checkpoint vs "
+                        f"model); pre-initialisation copies A's convs and FC layers, so these must be equal")
     init_weights(model, rest)
+    own = model.state_dict()
+    # FC1 at another crop, FC3 for other classes: re-initialised, as for a net of the same configuration
+    redone = [layer for layer in ("classifier.0", "classifier.6")
+              if any(k.startswith(layer + ".") and k in own and tuple(v.shape) != tuple(own[k].shape)
+                     for k, v in state.items())]
+    state = {k: v for k, v in state.items() if k.rsplit(".", 1)[0] not in redone}
     try:
         copied = init_from_a(model, state, source_name=path)
     except ValueError as exc:
         raise UserError(f"--init from:{path}: {exc}") from None
-    return f"net A's first 4 conv and 3 FC layers from {path} ({len(copied)} tensors), the rest {rest}"
+    note = (f" ({', '.join(redone)} re-initialised {rest}: {build_differences(build, mine, ('crop_size', 'num_classes'))})"
+            if redone else "")
+    return f"net A's first 4 conv and 3 FC layers from {path} ({len(copied)} tensors), the rest {rest}{note}"
+
+
+# What a build argument is called in a message, and the flag that sets it.
+_BUILD_WORDS = {"name": ("configuration", "--model"), "width": ("width", "--width"),
+                "fc_width": ("fc width", "--fc-width"), "batch_norm": ("batch norm", "--batch-norm"),
+                "crop_size": ("crop size", "--crop-size"), "num_classes": ("classes", None),
+                "dropout": ("dropout", "--dropout")}
+
+
+def build_differences(theirs: Mapping[str, Any], mine: Mapping[str, Any], keys: Any = tuple(_BUILD_WORDS)) -> str:
+    """The build arguments in which two nets differ, in words: "configuration A vs D, width 0.125 vs 0.25"
+    (empty if none of `keys` differs)."""
+    defaults = {"width": 1.0, "fc_width": 4096, "batch_norm": False, "crop_size": 224, "dropout": 0.5}
+    out = []
+    for key in keys:
+        a, b = theirs.get(key, defaults.get(key)), mine.get(key, defaults.get(key))
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+            same = float(a) == float(b)
+        else:
+            same = a == b
+        if not same:
+            show = (lambda v: "on" if v else "off") if key == "batch_norm" else (lambda v: f"{v:g}" if isinstance(
+                v, float) else str(v))
+            out.append(f"{_BUILD_WORDS[key][0]} {show(a)} vs {show(b)}")
+    return ", ".join(out)
+
+
+# TrainConfig settings that `--init from:CKPT` brings from the checkpoint unless given explicitly.
+INIT_SETTINGS = ("model", "width", "fc_width", "batch_norm", "crop_size", "dropout", "scale")
+
+
+def settings_from_init(cfg: TrainConfig, explicit: Any = ()) -> str | None:
+    """`--init from:CKPT`: the net's shape comes from the checkpoint (configuration, width, fc width,
+    batch norm, crop size, dropout, and its training scale), except what `explicit` (the settings the
+    user gave: flags or YAML keys) sets. Changes `cfg` in place; returns what was taken, in words.
+
+    An explicit setting overrides where that is meaningful: `--model` of a deeper net with a net A
+    (§3.1's pre-initialisation), `--crop-size` (FC1 re-initialised), `--fc-width` for the same
+    configuration (the FC layers re-initialised), `--scale`, `--dropout`. Where it cannot be (the
+    convs would not fit), a `UserError` names both values and the flag to drop. Preprocessing and
+    statistics already come from the checkpoint (`TrainerSetup`)."""
+    from vggnet.models import resolve_name
+
+    _, path = parse_init(cfg.init)
+    if path is None:
+        return None
+    explicit = set(explicit)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # the header; tensors stay on disk
+    except FileNotFoundError:
+        raise CheckpointError(f"--init from:{path}: no such file") from None
+    except Exception as exc:  # noqa: BLE001 - the engine's own load names what is wrong, with its remedies
+        ckpt = load_checkpoint(path) if Path(path).exists() else None
+        if ckpt is None:
+            raise CheckpointError(f"--init from:{path}: cannot be read ({exc})") from None
+    build = ckpt.get("build") if isinstance(ckpt, Mapping) else None
+    if not isinstance(build, Mapping) or "name" not in build:
+        return None  # not a vggnet checkpoint: the engine's load names the problem
+    theirs = {"model": resolve_name(build["name"]), "width": float(build.get("width", 1.0)),
+              "fc_width": int(build.get("fc_width", 4096)), "batch_norm": bool(build.get("batch_norm", False)),
+              "crop_size": int(build.get("crop_size", 224)), "dropout": float(build.get("dropout", 0.5)),
+              "scale": (ckpt.get("meta") or {}).get("scale")}
+    model_given = "model" in explicit and resolve_name(cfg.model) != theirs["model"]
+    if model_given and theirs["model"] != "A":
+        raise UserError(f"--model {cfg.model} and from:{path}'s configuration {theirs['model']} differ: drop --model "
+                        f"to fine-tune {theirs['model']}, or initialise {cfg.model} from a net A (§3.1)")
+    fixed = ("width", "batch_norm") + (("fc_width",) if model_given else ())
+    for key in fixed:
+        if key in explicit and build_differences(theirs, {key: getattr(cfg, key)}, (key,)):
+            flag = _BUILD_WORDS[key][1]
+            mine = getattr(cfg, key)
+            raise UserError(f"{flag} {'(on)' if mine is True else mine} and from:{path}'s {_BUILD_WORDS[key][0]} "
+                            f"{theirs[key]} differ: its layers would not fit; drop {flag}")
+    taken = []
+    for key in INIT_SETTINGS:
+        if key in explicit or theirs[key] is None:
+            continue
+        if key == "model" and model_given:
+            continue
+        if key == "scale" and "crop_size" in explicit:
+            continue  # another crop: S follows it (round(crop x 256/224)) unless --scale says otherwise
+        if key == "dropout" and model_given:
+            continue  # a deeper net from A: the paper's own training, not A's settings
+        value = theirs[key]
+        if plain(getattr(cfg, key)) != plain(value):
+            taken.append(f"{key.replace('_', ' ')} {value if not isinstance(value, list) else ':'.join(map(str, value))}")
+        setattr(cfg, key, value)
+    return (f"from {path}: {', '.join(taken)} (a flag overrides)" if taken else None)
 
 
 def _shape_note(key: str, state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> str:

@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import Any
 
+from vggnet.arguments import (add_batch_size_argument, add_data_argument, add_execution_arguments,
+                              add_output_dir_argument, add_seed_argument, add_workers_argument, positive_int)
 from vggnet.errors import UserError
 from vggnet.paths import check_output_dir
 
@@ -15,16 +17,14 @@ __all__ = ["add_experiment_arguments", "run_experiment"]
 def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", metavar="NAME", help="a grid (table3, table4, table5, table6, b_vs_b5x5, table8, "
                                                      "table9, appendix_b), a grid YAML file, or `list`")
-    parser.add_argument("--data", metavar="DIR", help="dataset with DIR/train and DIR/val (ImageNet layout; "
-                                                      "`vgg synth DIR` writes one)")
+    add_data_argument(parser, help="dataset with DIR/train and DIR/val (ImageNet layout; `vgg synth DIR` writes "
+                                   "the synthetic one); not checked by a dry run")
     parser.add_argument("--transfer-data", metavar="DIR", help="Appendix B grids: the target dataset (VOC devkit "
                                                                "or class folders)")
-    parser.add_argument("--output-dir", default="runs/experiments", metavar="RUN",
-                        help="run directory: cells/ (the cache, shared by every grid run here) and reports/ "
-                             "(default: %(default)s)")
+    add_output_dir_argument(parser, "experiment", help="cells (cached by their settings) and reports")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the torchrun command of every cell in dependency order; run nothing")
-    parser.add_argument("--nproc-per-node", type=int, default=1, metavar="N",
+    parser.add_argument("--nproc-per-node", type=positive_int, default=1, metavar="N",
                         help="with --dry-run: processes (GPUs) per torchrun command (default: %(default)s)")
     parser.add_argument("--cells", metavar="NAME,...", help="run only these cells (and the cells they need)")
     parser.add_argument("--report-only", action="store_true", help="run nothing; report what the cache holds")
@@ -33,25 +33,25 @@ def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--width", type=float, help="conv channel multiplier")
     g.add_argument("--fc-width", type=int, help="hidden FC width")
     g.add_argument("--crop-size", type=int, help="training crop; every pixel size (S, Q) is scaled by CROP/224")
-    g.add_argument("--epochs", type=int, help="at most this many epochs per training run")
-    g.add_argument("--batch-size", type=int, help="global batch")
-    g.add_argument("--micro-batch-size", type=int, help="images per forward pass")
+    g.add_argument("--epochs", type=positive_int, help="at most this many epochs per training run")
+    add_batch_size_argument(g, default=None, help="global batch of every training run (default: each grid's)")
+    g.add_argument("--micro-batch-size", type=positive_int, help="images per forward pass")
     g.add_argument("--batch-norm", action="store_true", default=None, help="BatchNorm after every conv (beyond "
                                                                            "the paper)")
     g.add_argument("--dropout", type=float, help="dropout after FC1 and FC2")
     g.add_argument("--lr-patience", type=int, help="epochs without improvement before the lr drops")
-    g.add_argument("--seed", type=int, help="seed of every training run (a second seed = a second grid)")
+    add_seed_argument(g, default=None, help="seed of every training run (a second seed = a second grid; "
+                                            "default: each grid's)")
     g.add_argument("--init-scheme", metavar="SCHEME",
                    help="gaussian | glorot | kaiming for every layer not copied from another cell (the grid's "
                         "from-scratch cells and init_rest); the from:CELL chain is kept")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other `vgg train` setting, in every training cell (repeatable)")
+    # passed to every cell; unset: each command's own default (--amp changes the numbers: it is hashed)
+    add_execution_arguments(parser, passthrough=True)
     g = parser.add_argument_group("execution (not part of a cell's identity)")
-    g.add_argument("--device", help="auto | cpu | cuda | cuda:N")
-    g.add_argument("--workers", type=int, help="data-loading processes")
-    g.add_argument("--amp", help="training mixed precision: auto | bf16 | fp16 | off")
-    g.add_argument("--channels-last", help="auto | on | off")
-    g.add_argument("--eval-batch-size", type=int, help="images per dense evaluation pass")
+    add_workers_argument(g, help="data-loading processes of every cell")
+    g.add_argument("--eval-batch-size", type=positive_int, help="images per dense evaluation pass")
 
 
 def _overrides(args: argparse.Namespace):
@@ -74,7 +74,7 @@ def _overrides(args: argparse.Namespace):
             raise UserError(f"--set {key}: this setting differs between cells (it is the grid's design), "
                             f"it cannot be overridden alike")
         train[key] = yaml.safe_load(value) if ":" not in value else value
-    execution = {k: getattr(args, k) for k in ("device", "workers", "amp", "channels_last")
+    execution = {k: getattr(args, k) for k in ("device", "workers", "amp", "channels_last", "threads")
                  if getattr(args, k) is not None}
     if "amp" in execution:
         train["amp"] = execution.pop("amp")  # precision changes the numbers: part of the cell's identity
@@ -130,10 +130,12 @@ def run_experiment(args: argparse.Namespace) -> int:
     if not args.data:
         raise UserError("--data DIR is required (DIR/train and DIR/val; `vgg synth DIR` writes the synthetic "
                         "shapes dataset)")
-    if not Path(args.data).is_dir():
+    if args.dry_run:
+        if not Path(args.data).is_dir():  # the commands are for the machine that has the data
+            print(f"vgg experiment: --data {args.data}: not checked (--dry-run; not a directory here)",
+                  file=sys.stderr)
+    elif not Path(args.data).is_dir():
         raise UserError(f"--data {args.data}: no such directory")
-    if args.nproc_per_node < 1:
-        raise UserError(f"--nproc-per-node must be >= 1, got {args.nproc_per_node}")
     check_output_dir(args.output_dir, flag="--output-dir", inputs=[args.data, grid.path])
     only = [c.strip() for c in args.cells.split(",") if c.strip()] if args.cells else None
     plan = plan_grid(grid, data=args.data, root=args.output_dir, overrides=_overrides(args), only=only)

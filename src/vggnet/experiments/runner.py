@@ -238,7 +238,9 @@ def _plan_train(cell: Cell, grid: Grid, planned: Mapping[str, PlannedCell], *, d
         init = f"from:{dep.run_dir / 'best.pt'}"
     # every setting checked now, before any cell runs (the initial checkpoint does not exist yet)
     probe = {k: v for k, v in settings.items() if k not in EXECUTION_SETTINGS}
-    probe.update(data=data, init="glorot" if dep is not None else settings.get("init", "glorot"))
+    # (a dry run plans for another machine's data: a folder missing here is not checked)
+    probe.update(data=data if Path(data).is_dir() else None,
+                 init="glorot" if dep is not None else settings.get("init", "glorot"))
     try:
         config = TrainConfig.from_dict(probe).validate()
     except UserError as exc:
@@ -269,7 +271,7 @@ def _plan_train(cell: Cell, grid: Grid, planned: Mapping[str, PlannedCell], *, d
 def _eval_common(cell: Cell, overrides: Overrides) -> list[str]:
     argv: list[str] = []
     ex = overrides.execution
-    for key in ("workers", "device"):
+    for key in ("workers", "device", "threads", "channels_last"):  # every inference command takes these
         value = cell.settings.get(key, ex.get(key))
         if value is not None:
             argv += [_flag(key), str(value)]
@@ -546,7 +548,7 @@ def run_plan(plan: Plan, *, quiet: bool = False, say=print) -> dict[str, dict[st
     if missing:
         raise UserError(f"grid {plan.grid.name} needs " + "; ".join(
             f"`vgg {c}` ({why})" for c, why in sorted(missing.items())) + ": merge the branch that adds it, or run "
-            f"`--dry-run` to see the commands")
+            "`--dry-run` to see the commands")
     plan.root.mkdir(parents=True, exist_ok=True)
     records: dict[str, dict[str, Any]] = {}
     bad: set[str] = set()

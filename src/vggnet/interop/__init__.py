@@ -16,26 +16,43 @@ See docs/interop.md.
 
 from __future__ import annotations
 
+import importlib
 import os
 import struct
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-from vggnet.checkpoint import check_checkpoint, is_checkpoint, torch_load
 from vggnet.errors import CheckpointError, UserError
-from vggnet.interop.common import read_class_file, read_classes
-from vggnet.interop.caffe import import_caffe
-from vggnet.interop.keras import import_keras
-from vggnet.interop.onnx import check_onnx, export_onnx
-from vggnet.interop.safetensors import export_safetensors, import_safetensors, sidecar_path
-from vggnet.interop.timm import import_timm, is_timm_state, timm_checkpoint
-from vggnet.interop.torchvision import (
-    export_torchvision,
-    import_torchvision,
-    state_dict_of,
-    torchvision_checkpoint,
-    torchvision_name,
-)
+
+if TYPE_CHECKING:
+    from vggnet.interop.caffe import import_caffe
+    from vggnet.interop.common import read_classes
+    from vggnet.interop.keras import import_keras
+    from vggnet.interop.onnx import check_onnx, export_onnx
+    from vggnet.interop.safetensors import export_safetensors, import_safetensors, sidecar_path
+    from vggnet.interop.timm import import_timm
+    from vggnet.interop.torchvision import export_torchvision, import_torchvision, torchvision_name
+
+# The format modules (and torch) load on first use (PEP 562), so that `vgg import --help` and a
+# wrong flag are answered without importing torch.
+_LAZY = {
+    "read_classes": "vggnet.interop.common", "import_caffe": "vggnet.interop.caffe",
+    "import_keras": "vggnet.interop.keras", "check_onnx": "vggnet.interop.onnx", "export_onnx": "vggnet.interop.onnx",
+    "export_safetensors": "vggnet.interop.safetensors", "import_safetensors": "vggnet.interop.safetensors",
+    "sidecar_path": "vggnet.interop.safetensors", "import_timm": "vggnet.interop.timm",
+    "export_torchvision": "vggnet.interop.torchvision", "import_torchvision": "vggnet.interop.torchvision",
+    "torchvision_name": "vggnet.interop.torchvision",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # resolved once
+    return value
+
 
 __all__ = [
     "IMPORT_FORMATS", "EXPORT_FORMATS", "import_weights", "load_weights", "read_classes", "detect_format",
@@ -43,8 +60,7 @@ __all__ = [
     "export_safetensors", "export_torchvision", "torchvision_name", "export_onnx", "check_onnx",
 ]
 
-IMPORT_FORMATS = ("torchvision", "timm", "keras", "caffe", "safetensors")
-EXPORT_FORMATS = ("safetensors", "torchvision", "onnx")
+from vggnet.arguments import EXPORT_FORMATS, IMPORT_FORMATS  # noqa: E402  (defined with the flags)
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
 
@@ -57,6 +73,9 @@ def detect_format(path: str | os.PathLike) -> str:
     `.caffemodel` (a protobuf has no signature) -> caffe. A vggnet checkpoint is
     refused: it needs no import.
     """
+    from vggnet.checkpoint import is_checkpoint, torch_load
+    from vggnet.interop.timm import is_timm_state
+    from vggnet.interop.torchvision import state_dict_of
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"weights file {path} " + ("is a directory" if path.is_dir() else "does not exist"))
@@ -101,6 +120,7 @@ def _is_safetensors(path: Path) -> bool:
 
 
 def _safetensors_kind(path: Path) -> str:
+    from vggnet.interop.timm import is_timm_state
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -118,6 +138,8 @@ def _safetensors_kind(path: Path) -> str:
 def _foreign_safetensors(format: str, path: Path, *, name: str | None, classes: Any,
                          build: dict[str, Any]) -> dict[str, Any]:
     """A torchvision or timm state dict stored as safetensors (no vggnet metadata)."""
+    from vggnet.interop.timm import timm_checkpoint
+    from vggnet.interop.torchvision import torchvision_checkpoint
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -147,6 +169,7 @@ def import_weights(
     names of ImageNet's class folders) and `meta["class_descriptions"]` holds the
     words, which `vgg predict` shows.
     """
+    from vggnet.interop.common import read_class_file
     if format is None:
         format = detect_format(path)
     descriptions = read_class_file(classes)[1] if isinstance(classes, (str, os.PathLike)) else None
@@ -157,6 +180,11 @@ def import_weights(
 
 
 def _import(format: str, path: str | os.PathLike, *, name: str | None, classes: Any, **build: Any) -> dict[str, Any]:
+    from vggnet.interop.caffe import import_caffe
+    from vggnet.interop.keras import import_keras
+    from vggnet.interop.safetensors import import_safetensors
+    from vggnet.interop.timm import import_timm
+    from vggnet.interop.torchvision import import_torchvision
     if format in ("torchvision", "timm") and Path(path).is_file() and _is_safetensors(Path(path)):
         return _foreign_safetensors(format, Path(path), name=name, classes=classes, build=build)
     if format == "torchvision":
@@ -179,6 +207,12 @@ def load_weights(path: str | os.PathLike, *, name: str | None = None, **build: A
     vggnet checkpoint, or a torchvision or timm state dict.
     `name` and `build` guide the detection of foreign formats only.
     """
+    from vggnet.checkpoint import check_checkpoint, is_checkpoint, torch_load
+    from vggnet.interop.caffe import import_caffe
+    from vggnet.interop.keras import import_keras
+    from vggnet.interop.safetensors import import_safetensors
+    from vggnet.interop.timm import is_timm_state, timm_checkpoint
+    from vggnet.interop.torchvision import state_dict_of, torchvision_checkpoint
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".safetensors":

@@ -15,7 +15,7 @@ measures, on a labelled folder and on the same images in the same run:
 The file is written only if the top-1 accuracy dropped by at most `max_drop`
 percentage points; otherwise `QuantizationRejected` (a `UserError`) says by how much.
 
-    vgg export onnx CKPT --out net-int8.onnx --int8 --calibration DATA/train --val DATA/val --max-drop 1
+    vgg export onnx --checkpoint CKPT --output net-int8.onnx --int8 --calibration DATA/train --val DATA/val --max-drop 1
 """
 
 from __future__ import annotations

@@ -142,7 +142,7 @@ def export_safetensors(ckpt: Mapping[str, Any] | str | os.PathLike, path: str | 
     ckpt = as_checkpoint(ckpt)
     path = Path(path)
     if path.suffix != ".safetensors":
-        raise UserError(f"--out {path}: a safetensors export needs the .safetensors suffix "
+        raise UserError(f"--output {path}: a safetensors export needs the .safetensors suffix "
                         f"(the sidecar is written beside it as {sidecar_path(path).name})")
     state = {k: v.contiguous() for k, v in ckpt["state_dict"].items()}
     meta = jsonable(ckpt.get("meta", {}))

@@ -8,7 +8,7 @@
     vgg localize eval --checkpoint runs/loc/best.pt --classifier runs/cls/best.pt --data DIR \\
         --protocol full --test-scales 256,384
     # five boxes per image, drawn
-    vgg localize predict --checkpoint runs/loc/best.pt --classifier runs/cls/best.pt photos/ --out boxes/
+    vgg localize predict --checkpoint runs/loc/best.pt --classifier runs/cls/best.pt photos/ --output-dir boxes/
 
 Training is the engine's (`vggnet.engine.train`) with a `LocalisationTask`:
 every flag of `vgg train` works here, under torchrun too.
@@ -18,18 +18,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-import torch
-
+from vggnet.arguments import (BOX_MODES, HEADS, METHODS, TARGETS, add_batch_size_argument, add_checkpoint_argument,
+                              add_data_argument, add_execution_arguments, add_json_argument, add_output_argument,
+                              add_output_dir_argument, add_progress_argument, add_workers_argument, non_negative_int,
+                              output_dir_default, parse_test_scales, positive_int, resolve_workers)
 from vggnet.errors import DataError, UserError
 from vggnet.paths import check_output, check_output_dir, distinct_outputs
-from vggnet.execution import add_threads_argument, set_threads
-from vggnet.inference import check_scales_fit, parse_test_scales, resolve_device
-from vggnet.localisation.task import (BOX_MODES, HEADS, TARGETS, count_images_without_boxes, load_classifier_checkpoint,
-                             load_localiser, mean_box, mean_box_error, protocol1)
+
+# torch, numpy and the task's modules are imported where they are used, so that the parsers are built
+# (and a wrong flag refused) without them
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["add_localize_arguments", "run_localize", "localize_train", "evaluate_localisation", "predict_localisation",
            "report_table", "demo_localize"]
@@ -73,6 +77,8 @@ def localize_train(config: Any, *, head: str = "pcr", finetune: str = "all", box
 
 def _check_boxes(config: Any) -> None:
     """Images without boxes are an error before training starts, naming how many and where."""
+    from vggnet.localisation.task import count_images_without_boxes
+
     from vggnet.data.datasets import build_dataset
 
     root = Path(config.data)
@@ -94,6 +100,8 @@ def _check_boxes(config: Any) -> None:
 
 
 def _val_dataset(data: str, classes: Sequence[str], labels_file: str | None = None) -> Any:
+    from vggnet.localisation.task import count_images_without_boxes
+
     from vggnet.data.datasets import build_dataset
 
     ds = build_dataset(data, split="val", classes=classes, labels_file=labels_file, strict=True, boxes=True)
@@ -106,6 +114,8 @@ def _val_dataset(data: str, classes: Sequence[str], labels_file: str | None = No
 
 def _mean_box_row(data: str, val: Any, classes: Sequence[str], sample: int) -> dict[str, Any] | None:
     """The mean training box, scored on the validation images (None without DATA/train)."""
+    from vggnet.localisation.task import mean_box, mean_box_error
+
     from vggnet.data.datasets import build_dataset
     from vggnet.localisation.task import raw_boxes
 
@@ -125,11 +135,14 @@ def evaluate_localisation(checkpoints: Sequence[str], data: str, *, protocol: st
                           cls_method: str = "dense", cls_scales: Sequence[int] | None = None,
                           merge_iou: float = 0.5, nms_iou: float = 0.5, device: str | torch.device = "auto", batch_size: int = 32, workers: int = 0,
                           mean_box_sample: int = 1000, max_images: int | None = None,
-                          progress: bool = False) -> dict[str, Any]:
+                          progress: bool = False, amp: str = "off", channels_last: bool = False) -> dict[str, Any]:
     """Protocol 1 ("central") or the full protocol ("full") on DATA's validation split.
 
     Returns the report: `{"protocol", "localisation_error" (percent; the first net at its
     first scale for "central", the greedy merge for "full"), "rows", "mean_box", ...}`."""
+    from vggnet.localisation.task import load_classifier_checkpoint, load_localiser, protocol1
+    from vggnet.inference import check_scales_fit, resolve_device
+
     if protocol not in ("central", "full"):
         raise UserError(f"--protocol: expected central or full, got {protocol!r}")
     if not checkpoints:
@@ -170,7 +183,7 @@ def evaluate_localisation(checkpoints: Sequence[str], data: str, *, protocol: st
         for loc in locs:
             for q in (scales or [loc.default_scale()]):
                 r = protocol1(loc.model.to(dev), val, head=loc.head, preprocessing=loc.preprocessing, scale=q,
-                              device=dev, batch_size=batch_size, workers=workers)
+                              device=dev, batch_size=batch_size, workers=workers, amp=amp)
                 rows.append({"net": f"{loc.name} {loc.head.upper()}", "test_scale": str(q), "method": "central crop",
                              "localisation_error": r["localisation_error"]})
         report["localisation_error"] = rows[0]["localisation_error"]
@@ -179,8 +192,8 @@ def evaluate_localisation(checkpoints: Sequence[str], data: str, *, protocol: st
 
         qs = scales or sorted({loc.default_scale() for loc in locs})
         res = localise_images(locs, list(classifiers), val, scales=qs, cls_scales=cls_scales, cls_method=cls_method,
-                              merge_iou=merge_iou,
-                              nms_iou=nms_iou, device=dev, workers=workers, batch_size=batch_size, progress=progress)
+                              merge_iou=merge_iou, nms_iou=nms_iou, device=dev, workers=workers, batch_size=batch_size,
+                              progress=progress, amp=amp, channels_last=channels_last)
         name = " + ".join(f"{l.name} {l.head.upper()}" for l in locs)
         for m in MERGE_METHODS:
             rows.append({"net": name, "test_scale": ",".join(map(str, qs)), "method": MERGE_LABELS[m],
@@ -284,11 +297,13 @@ def ground_truth(files: Sequence[str], annotations: str | None = None) -> list[l
 def predict_localisation(checkpoints: Sequence[str], classifiers: Sequence[str], images: Sequence[str], out: str, *,
                          scales: Sequence[int] | None = None, cls_method: str = "dense",
                          cls_scales: Sequence[int] | None = None, merge_iou: float = 0.5,
-                         device: str | torch.device = "auto", workers: int = 0,
-                         annotations: str | None = None) -> list[dict[str, Any]]:
+                         device: str | torch.device = "auto", workers: int = 0, amp: str = "off",
+                         channels_last: bool = False, annotations: str | None = None) -> list[dict[str, Any]]:
     """Five (class, box, score) per image (full protocol, greedy merge); writes OUT/<stem>.png with
     the boxes drawn (and the ground truth, green and dashed, where the image has an annotation:
     see `ground_truth`) and OUT/predictions.json. Returns the predictions."""
+    from vggnet.localisation.task import load_classifier_checkpoint, load_localiser
+    from vggnet.inference import resolve_device
     from vggnet.localisation.full_protocol import ImageFiles, localise_images
     from vggnet.checkpoint import atomic_write
 
@@ -306,7 +321,8 @@ def predict_localisation(checkpoints: Sequence[str], classifiers: Sequence[str],
     dev = resolve_device(device)
     qs = scales or sorted({loc.default_scale() for loc in locs})
     res = localise_images(locs, list(classifiers), ImageFiles(files, locs[0].classes), scales=qs, cls_method=cls_method,
-                          cls_scales=cls_scales, merge_iou=merge_iou, device=dev, workers=workers)
+                          cls_scales=cls_scales, merge_iou=merge_iou, device=dev, workers=workers, amp=amp,
+                          channels_last=channels_last)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = []
@@ -387,119 +403,126 @@ def _draw_predictions(path: str, preds: Sequence[tuple[int, Sequence[float], flo
 
 
 def _eval_arguments(p: argparse.ArgumentParser) -> None:
-    from vggnet.classification.evaluate import METHODS
-
-    p.add_argument("--checkpoint", action="append", required=True, metavar="LOC",
-                   help="localisation checkpoint; repeat it for several nets (the union of their boxes)")
-    p.add_argument("--classifier", action="append", default=[], metavar="CLS",
-                   help="classification checkpoint that ranks the classes (full protocol); repeat it to fuse")
-    p.add_argument("--test-scales", default=None, metavar="Q,Q,...",
+    add_checkpoint_argument(p, multiple=True, required=True, metavar="LOC",
+                            help="localisation checkpoint (the union of several nets' boxes)")
+    p.add_argument("--test-scales", type=parse_test_scales, default=None, metavar="Q,Q,...",
                    help="test scales Q (default: each localisation net's training S, the middle of [Smin, Smax])")
     p.add_argument("--classifier-method", dest="cls_method", choices=METHODS, default="dense",
                    help="how the classifier ranks the classes, as `vgg eval --method` (default: %(default)s)")
-    p.add_argument("--classifier-scales", dest="cls_scales", default=None, metavar="Q,Q,...",
+    p.add_argument("--classifier-scales", dest="cls_scales", type=parse_test_scales, default=None, metavar="Q,Q,...",
                    help="the classifiers' test scales, as `vgg eval --test-scales` (default: --test-scales); "
                         "the paper ranks with its best classification system (Table 6: D and E, Q = 256,384,512, "
                         "--classifier-method both)")
     p.add_argument("--merge-iou", type=float, default=0.5,
                    help="greedy merge: merge the closest pair while its IoU >= this (default: %(default)s)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: %(default)s)")
-    add_threads_argument(p)
-    p.add_argument("--workers", type=int, default=2, help="data-loading processes (default: %(default)s)")
+    add_execution_arguments(p)
+    add_workers_argument(p)
 
 
 def add_localize_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="train|eval|predict", required=True)
     t = sub.add_parser("train", help="fine-tune a classification net into a box regressor (Appendix A.1)",
                        description="Every flag of `vgg train`; lr defaults to 1e-3.")
-    try:
-        from vggnet.engine import add_train_arguments
-    except ImportError:  # a vggnet without the shared training engine: eval and predict still work
-        add_train_arguments = None
-    if add_train_arguments is not None:
-        add_train_arguments(t, lr=1e-3)
+    from vggnet.engine.config import add_train_arguments
+
+    add_train_arguments(t, lr=1e-3, output_dir=output_dir_default("localize train"))
     _task_arguments(t)
     e = sub.add_parser("eval", help="localisation error: protocol 1 (central) or the full protocol")
     _eval_arguments(e)
-    e.add_argument("--data", required=True, metavar="DIR", help="dataset root (DIR/val, boxes; DIR/train for the mean box)")
+    e.add_argument("--classifier", action="append", default=[], metavar="CLS",
+                   help="classification checkpoint that ranks the classes (--protocol full); repeat it to fuse")
+    add_data_argument(e, required=True, help="dataset root (DIR/val, boxes; DIR/train for the mean box)")
     e.add_argument("--protocol", choices=("central", "full"), default="central",
                    help="central: the central crop's box for the true class (Table 8); full: dense, top-5 classes, "
                         "greedy merge (Table 9) (default: %(default)s)")
     e.add_argument("--nms-iou", type=float, default=0.5, help="the NMS reference row's IoU (default: %(default)s)")
-    e.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: %(default)s)")
-    e.add_argument("--mean-box-sample", type=int, default=1000,
+    add_batch_size_argument(e)
+    e.add_argument("--mean-box-sample", type=non_negative_int, default=1000,
                    help="training images read for the mean-box baseline (default: %(default)s)")
-    e.add_argument("--max-images", type=int, default=None,
+    e.add_argument("--max-images", type=positive_int, default=None,
                    help="evaluate on this many validation images, evenly spaced (default: all)")
-    e.add_argument("--json", action="store_true", help="print the report as JSON")
-    e.add_argument("--output", metavar="FILE", help="also write the report: FILE.md or FILE.json")
+    add_json_argument(e, help="print the report as JSON")
+    add_progress_argument(e)
+    add_output_argument(e, help="also write the report: FILE.md or FILE.json")
     p = sub.add_parser("predict", help="five boxes per image, drawn, and one JSON")
     _eval_arguments(p)
+    p.add_argument("--classifier", action="append", required=True, metavar="CLS",
+                   help="classification checkpoint that ranks the classes; repeat it to fuse")
     p.add_argument("images", nargs="+", metavar="IMAGE|DIR", help="image files or folders")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder for the PNGs and predictions.json")
+    add_output_dir_argument(p, "localize predict", old="--out", help="folder for the PNGs and predictions.json")
     p.add_argument("--annotations", default=None, metavar="DIR|CSV",
                    help="ground-truth boxes to draw (green, dashed): a folder of VOC XML files or a "
                         "LOC_*_solution.csv (default: a dataset's ROOT/annotations/<split>/ or XML beside the image)")
-    for action in p._actions:  # the classifier ranks the classes: predict cannot run without it
-        if action.dest == "classifier":
-            action.required = True
 
 
-def _apply_config_file(args: argparse.Namespace, parser_defaults: dict[str, Any]) -> None:
-    """`--config-file` for `vgg localize train`: YAML values for the settings left at their defaults."""
+def _apply_config_file(args: argparse.Namespace, parser_defaults: dict[str, Any]) -> set[str]:
+    """`--config-file` for `vgg localize train`: YAML values for the settings left at their defaults;
+    returns the settings the file gives."""
     from vggnet.arguments import load_config_file
 
     values = load_config_file(args.config_file)
+    given = set()
     for key, value in values.items():
         dest = key.replace("-", "_")
         if dest not in parser_defaults or dest == "config_file":
             raise UserError(f"{args.config_file}: unknown setting {key!r}")
+        given.add(dest)
         if getattr(args, dest) == parser_defaults[dest]:
             setattr(args, dest, value)
+    return given
 
 
 def run_localize(args: argparse.Namespace) -> int:
     if args.action == "train":
-        try:
-            from vggnet.engine import TrainConfig
-        except ImportError:
-            raise UserError("`vgg localize train` needs the training engine (vggnet.engine), "
-                            "which this version of vggnet lacks") from None
+        from vggnet.engine.config import TrainConfig
+        from vggnet.engine.state import settings_from_init
 
+        explicit = set(getattr(args, "_explicit", ()))
         if getattr(args, "config_file", None):
             probe = argparse.ArgumentParser()
-            from vggnet.engine import add_train_arguments
+            from vggnet.engine.config import add_train_arguments
 
-            add_train_arguments(probe, lr=1e-3)
+            add_train_arguments(probe, lr=1e-3, output_dir=output_dir_default("localize train"))
             _task_arguments(probe)
-            _apply_config_file(args, {a.dest: a.default for a in probe._actions})
-        result = localize_train(TrainConfig.from_args(args), head=args.head, finetune=args.finetune,
-                                box_mode=args.box_mode, target=args.target)
+            explicit |= _apply_config_file(args, {a.dest: a.default for a in probe._actions})
+        config = TrainConfig.from_args(args)
+        taken = settings_from_init(config, explicit)  # the classification net's shape, scale and preprocessing
+        if taken and os.environ.get("RANK", "0") == "0":
+            print(f"vgg localize train: {taken}", file=sys.stderr)
+        result = localize_train(config, head=args.head, finetune=args.finetune, box_mode=args.box_mode,
+                                target=args.target)
         return 130 if result.get("signal") else 0
+    if args.action == "eval" and args.output and Path(args.output).suffix.lower() not in (".md", ".json"):
+        raise UserError(f"--output {args.output}: expected a .md or .json file name")
+    # every flag is checked: now torch
+    from vggnet.execution import choose_execution, set_threads
+    from vggnet.inference import resolve_device
+
     set_threads(args.threads)
-    scales = parse_test_scales(args.test_scales) if args.test_scales else None
-    if args.workers < 0:
-        raise UserError(f"--workers must be >= 0, got {args.workers}")
+    scales = args.test_scales
+    workers = resolve_workers(args.workers)
     try:
+        chosen = choose_execution(args.amp, args.channels_last, resolve_device(args.device))
+        print(f"vgg localize {args.action}: {chosen.reason}", file=sys.stderr)
         if args.action == "predict":
-            results = predict_localisation(args.checkpoint, args.classifier, args.images, args.out, scales=scales,
-                                           cls_method=args.cls_method, merge_iou=args.merge_iou, device=args.device,
-                                           cls_scales=parse_test_scales(args.cls_scales) if args.cls_scales else None,
-                                           workers=args.workers, annotations=args.annotations)
+            results = predict_localisation(args.checkpoint, args.classifier, args.images, args.output_dir,
+                                           scales=scales, cls_method=args.cls_method, cls_scales=args.cls_scales,
+                                           merge_iou=args.merge_iou, device=args.device, workers=workers,
+                                           amp=chosen.amp, channels_last=chosen.channels_last,
+                                           annotations=args.annotations)
             for r in results:
                 top = r["predictions"][0] if r["predictions"] else None
                 print(f"{r['image']}: " + (f"{top['class']} {top['box']} -> {r['drawn']}" if top else "no box"))
-            print(f"predictions: {Path(args.out) / 'predictions.json'}")
+            print(f"predictions: {Path(args.output_dir) / 'predictions.json'}")
             return 0
-        if args.output and Path(args.output).suffix.lower() not in (".md", ".json"):
-            raise UserError(f"--output {args.output}: expected a .md or .json file name")
         report = evaluate_localisation(args.checkpoint, args.data, protocol=args.protocol, classifiers=args.classifier,
                                        scales=scales, cls_method=args.cls_method,
-                                       cls_scales=parse_test_scales(args.cls_scales) if args.cls_scales else None,
+                                       cls_scales=args.cls_scales,
                                        merge_iou=args.merge_iou,
                                        nms_iou=args.nms_iou, device=args.device, batch_size=args.batch_size,
-                                       workers=args.workers, mean_box_sample=args.mean_box_sample,
-                                       max_images=args.max_images, progress=sys.stderr.isatty())
+                                       workers=workers, mean_box_sample=args.mean_box_sample,
+                                       max_images=args.max_images, progress=args.progress and sys.stderr.isatty(),
+                                       amp=chosen.amp, channels_last=chosen.channels_last)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     if args.json:

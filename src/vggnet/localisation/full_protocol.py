@@ -366,12 +366,14 @@ def predict_boxes(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor,
 def localise_images(locs: Sequence[Localiser], classifiers: Sequence[str], dataset: Any, *, scales: Sequence[int],
                     cls_scales: Sequence[int] | None = None, cls_method: str = "dense", flip: bool = True,
                     merge_iou: float = 0.5, nms_iou: float = 0.5, topk: int = 5, device: torch.device,
-                    workers: int = 0, batch_size: int = 32, progress: bool = False) -> FullResult:
+                    workers: int = 0, batch_size: int = 32, progress: bool = False, amp: str = "off",
+                    channels_last: bool = False) -> FullResult:
     """The full protocol on a `vggnet.data` dataset (built with boxes for evaluation, or
-    `ImageFiles` for prediction): class ranking by the fused classifiers, dense boxes, merge."""
+    `ImageFiles` for prediction): class ranking by the fused classifiers, dense boxes, merge.
+    `amp` ("bf16", "fp16" or "off") and `channels_last` as resolved by `vggnet.execution`."""
     import time
 
-    from vggnet.inference import load_nets, sample_paths, with_transform
+    from vggnet.inference import amp_context, load_nets, sample_paths, with_transform
     from vggnet.classification.evaluate import evaluate
 
     t0 = time.perf_counter()
@@ -388,11 +390,12 @@ def localise_images(locs: Sequence[Localiser], classifiers: Sequence[str], datas
     if small:
         raise UserError(f"--test-scales: Q={small[0]} is smaller than a localisation net's crop size")
     ranking = evaluate(list(ckpts), dataset, scales=cls_scales or scales, method=cls_method, flip=flip,
-                       batch_size=batch_size, workers=workers, device=device)
+                       batch_size=batch_size, workers=workers, device=device, amp=amp, channels_last=channels_last)
     posterior = ranking.final_posterior()                              # (N, classes), fused
     k = min(topk, len(classes))
     ranked = posterior.topk(k, dim=1).indices
-    nets = load_nets(ckpts, preprocessing=None, device=device, channels_last=False, use="--classifier")
+    nets = load_nets(ckpts, preprocessing=None, device=device, channels_last=channels_last,
+                     use="--classifier")
     for loc in locs:
         loc.model.eval().to(device)
     ds = with_transform(dataset, _MultiScale(scales))
@@ -411,7 +414,9 @@ def localise_images(locs: Sequence[Localiser], classifiers: Sequence[str], datas
             raise DataError(f"{paths[n]}: cannot be read (evaluation needs every image)")
         xs, label, boxes = item if len(item) == 3 else (*item, None)
         size = tuple(boxes.canvas_size) if boxes is not None else (int(xs[0].shape[-2]), int(xs[0].shape[-1]))
-        cand = _candidates(locs, nets, xs, size, ranked[n], device)
+        with amp_context(device, amp):
+            cand = _candidates(locs, nets, xs, size, ranked[n], device)
+        cand = tuple(c.float() if c.is_floating_point() else c for c in cand)
         windows += cand[0].shape[0]
         for m, p in predict_boxes(*cand, ranked[n].tolist(), merge_iou=merge_iou, nms_iou=nms_iou).items():
             preds[m].append(p)

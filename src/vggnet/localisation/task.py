@@ -65,9 +65,7 @@ __all__ = [
     "central_pass", "protocol1", "mean_box", "mean_box_error", "count_images_without_boxes",
 ]
 
-HEADS = ("scr", "pcr")
-BOX_MODES = ("whole", "clip")
-TARGETS = ("overlap", "largest")
+from vggnet.arguments import BOX_MODES, HEADS, TARGETS  # noqa: E402  (defined with the flags)
 IOU_THRESHOLD = 0.5          # the ILSVRC criterion: a box is correct at IoU >= 0.5
 TASK_NAME = "localisation"   # `meta["task"]` of a localisation checkpoint
 

@@ -14,7 +14,7 @@ import signal
 import sys
 
 from vggnet.errors import UserError
-from vggnet.execution import add_threads_argument
+from vggnet.arguments import add_threads_argument  # (torch-free: `vgg serve --help` loads no torch)
 
 __all__ = ["add_serve_arguments", "run_serve"]
 

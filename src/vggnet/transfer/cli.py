@@ -6,8 +6,8 @@ SVMs and prints). The descriptors are computed by `vggnet.transfer.descriptors`,
 and metrics by `vggnet.transfer.pipeline`. Only `vggnet.cli` imports this module (through
 its table of commands).
 
-    vgg features run/best.pt --data DIR --split train --test-scales 256,384,512 --out train.safetensors
-    vgg transfer D.pt E.pt --data VOCdevkit/VOC2007 --aggregate average --output-dir voc07 --json
+    vgg features --checkpoint run/best.pt --data DIR --split train --test-scales 256,384,512 --output train.safetensors
+    vgg transfer --checkpoint D.pt --checkpoint E.pt --data VOCdevkit/VOC2007 --aggregate average --output-dir voc07 --json
     vgg transfer predict voc07 photo.jpg more_photos/
 """
 
@@ -16,15 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-from vggnet.transfer.descriptors import AGGREGATIONS, DescriptorExtractor, list_images
-from vggnet.distributed import process_group
+from vggnet.arguments import (AGGREGATIONS, C_GRID, add_batch_size_argument, add_checkpoint_argument, add_data_argument,
+                              add_execution_arguments, add_json_argument, add_output_argument, add_output_dir_argument,
+                              add_progress_argument, add_workers_argument, check_required_output, parse_test_scales,
+                              positive_int, resolve_workers, take_positional_checkpoints)
 from vggnet.errors import UserError
 from vggnet.paths import check_output, check_output_dir
-from vggnet.inference import parse_test_scales
-from vggnet.execution import add_threads_argument, set_threads
-from vggnet.transfer.pipeline import C_GRID, fit_transfer, transfer_descriptors, predict_transfer
+# (descriptors, SVMs and torch are imported by run_<command>, after every flag is checked)
 
 __all__ = ["add_features_arguments", "run_features", "add_transfer_arguments", "run_transfer",
            "add_transfer_predict_arguments", "run_transfer_predict"]
@@ -44,25 +43,21 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="do not average with the horizontally flipped image's descriptor")
     parser.add_argument("--exclude-class", action="append", default=[], metavar="NAME",
                         help="leave a class folder out (repeatable), e.g. Caltech-101's BACKGROUND_Google")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: %(default)s)")
-    parser.add_argument("--workers", type=int, default=2, help="data-loading processes (default: %(default)s)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: %(default)s)")
-    parser.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default="auto",
-                        help="mixed precision as in vgg eval; auto = bf16 on CUDA and on CPUs that compute bf16 "
-                             "natively (AVX512-BF16/AMX), off elsewhere; part of the descriptor cache's key "
-                             "(default: %(default)s)")
-    add_threads_argument(parser)
+    add_batch_size_argument(parser)
+    add_workers_argument(parser)
+    add_progress_argument(parser)
+    add_execution_arguments(parser)  # --amp is part of the descriptor cache's key
 
 
 def add_features_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoints", nargs="+", metavar="CKPT",
-                        help="checkpoint(s); several nets' descriptors are stacked (late fusion)")
-    parser.add_argument("--data", required=True, metavar="DIR",
-                        help="a folder of class folders, a dataset root with --split, or a VOC devkit folder")
+    add_checkpoint_argument(parser, multiple=True, help="checkpoint; several nets' descriptors are stacked (late fusion)")
+    parser.add_argument("old_checkpoints", nargs="*", metavar="CKPT", help=argparse.SUPPRESS)  # the old form
+    add_data_argument(parser, required=True,
+                      help="a folder of class folders, a dataset root with --split, or a VOC devkit folder")
     parser.add_argument("--split", default=None, metavar="NAME",
                         help="DIR/NAME (class folders) or the VOC image set ImageSets/Main/NAME.txt")
-    parser.add_argument("--out", required=True, metavar="FILE", help="output descriptor file (.safetensors)")
-    parser.add_argument("--chunk-size", type=int, default=512,
+    add_output_argument(parser, required=True, old=["--out"], help="output descriptor file (.safetensors)")
+    parser.add_argument("--chunk-size", type=positive_int, default=512,
                         help="images per resumable chunk (default: %(default)s)")
     _common(parser)
 
@@ -70,19 +65,26 @@ def add_features_arguments(parser: argparse.ArgumentParser) -> None:
 def run_features(args: argparse.Namespace) -> int:
     """`vgg features`. Under torchrun every process computes its shard of every chunk (gathered on
     all of them); rank 0 alone writes the chunks and the file and prints."""
+    take_positional_checkpoints(args, "old_checkpoints")
+    check_required_output(args)
+    from vggnet.distributed import process_group
+    from vggnet.execution import set_threads
+    from vggnet.transfer.descriptors import DescriptorExtractor, list_images
+
     set_threads(args.threads)
-    check_output(args.out, flag="--out", inputs=[*args.checkpoints, args.data])
+    check_output(args.output, flag="--output", inputs=[*args.checkpoint, args.data])
     with process_group(args.device) as info:
         images = list_images(args.data, args.split, exclude=args.exclude_class)
-        extractor = DescriptorExtractor(args.checkpoints, scales=args.test_scales, flip=args.flip,
-                                        aggregation=args.aggregate, device=info.device, amp=args.amp,
-                                        batch_size=args.batch_size, workers=args.workers)
-        feats = extractor.extract(images, args.out, chunk_size=args.chunk_size,
-                                  progress=info.is_main and sys.stderr.isatty())
+        extractor = DescriptorExtractor(args.checkpoint, scales=args.test_scales, flip=args.flip,
+                                        aggregation=args.aggregate, device=info.device, amp=args.amp, channels_last=args.channels_last,
+                                        batch_size=args.batch_size,
+                                        workers=resolve_workers(args.workers))
+        feats = extractor.extract(images, args.output, chunk_size=args.chunk_size,
+                                  progress=info.is_main and args.progress and sys.stderr.isatty())
     if not info.is_main:
         return 0
     where = f" ({info.world_size} processes)" if info.distributed else ""
-    print(f"{args.out}: {feats.descriptors.shape[0]} descriptors of {feats.descriptors.shape[1]} dimensions "
+    print(f"{args.output}: {feats.descriptors.shape[0]} descriptors of {feats.descriptors.shape[1]} dimensions "
           f"({', '.join(c['name'] for c in extractor.checkpoints)} at Q = {', '.join(map(str, extractor.scales))}, "
           f"{extractor.aggregation}, flip {'on' if extractor.flip else 'off'}; key {extractor.key[:16]}){where}")
     return 0
@@ -90,11 +92,11 @@ def run_features(args: argparse.Namespace) -> int:
 
 def add_transfer_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = "`vgg transfer predict --help`: apply a trained classifier to images."
-    parser.add_argument("items", nargs="+", metavar="CKPT", help="checkpoint(s) (descriptors stacked)")
-    parser.add_argument("--data", metavar="DIR", help="VOC devkit folder, dataset root with train/ and test/ (or "
-                                                      "val/), or with --train-per-class a folder of classes")
-    parser.add_argument("--output-dir", default="transfer_run", metavar="DIR",
-                        help="descriptor cache, classifier and results (default: %(default)s)")
+    add_checkpoint_argument(parser, multiple=True, help="checkpoint; several nets' descriptors are stacked")
+    parser.add_argument("items", nargs="*", metavar="CKPT", help=argparse.SUPPRESS)  # the old form: positional CKPTs
+    add_data_argument(parser, help="VOC devkit folder, dataset root with train/ and test/ (or val/), or with "
+                                   "--train-per-class a folder of classes")
+    add_output_dir_argument(parser, "transfer", help="descriptor cache, classifier and results")
     parser.add_argument("--train-split", default=None, metavar="NAME",
                         help="training image set (default: VOC trainval if test exists, else train)")
     parser.add_argument("--test-split", default=None, metavar="NAME", help="test image set (default: test, else val)")
@@ -102,7 +104,7 @@ def add_transfer_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Caltech protocol: N random training images per class (Caltech-101: 30, -256: 60)")
     parser.add_argument("--test-per-class", type=int, default=None, metavar="M",
                         help="at most M test images per class (Caltech-101: 50; default: all the others)")
-    parser.add_argument("--splits", type=int, default=1, help="random splits (seeds 0..N-1), mean and std reported")
+    parser.add_argument("--splits", type=positive_int, default=1, help="random splits (seeds 0..N-1), mean and std reported")
     parser.add_argument("--C-grid", dest="c_grid", default=",".join(f"{c:g}" for c in C_GRID), metavar="C,C,...",
                         help="SVM C values tried (default: %(default)s)")
     parser.add_argument("--C-selection", dest="c_selection", choices=("holdout", "cv"), default="holdout",
@@ -110,7 +112,7 @@ def add_transfer_arguments(parser: argparse.ArgumentParser) -> None:
                              "--folds cross-validation (folds x more fits) (default: %(default)s)")
     parser.add_argument("--holdout", type=float, default=0.2, metavar="FRACTION",
                         help="the hold-out's share of the training images (default: %(default)s)")
-    parser.add_argument("--folds", type=int, default=3,
+    parser.add_argument("--folds", type=positive_int, default=3,
                         help="cross-validation folds, with --C-selection cv (default: %(default)s)")
     parser.add_argument("--train-features", metavar="FILE", help="training descriptors from `vgg features`")
     parser.add_argument("--test-features", metavar="FILE", help="test descriptors from `vgg features`")
@@ -120,13 +122,14 @@ def add_transfer_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--action-setting", choices=("image", "image+box"), default="image+box",
                         help="with --task action: the whole image's descriptor only, or stacked with the person "
                              "box's (default: %(default)s)")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    add_json_argument(parser)
     _common(parser)
 
 
 def _run_action(args: argparse.Namespace, grid: list[float]) -> int:
     """`vgg transfer --task action`: Table 12 (train on --train-split, default train; test on
     --test-split, default val)."""
+    from vggnet.distributed import process_group
     from vggnet.transfer.action import action_descriptors, fit_action
 
     caltech = [f for f, v in (("--train-per-class", args.train_per_class), ("--test-per-class", args.test_per_class),
@@ -137,10 +140,10 @@ def _run_action(args: argparse.Namespace, grid: list[float]) -> int:
                         f"which person is trained on and which is tested)")
     with process_group(args.device) as info:
         work = action_descriptors(
-            args.items, args.data, output_dir=args.output_dir, setting=args.action_setting,
+            args.checkpoint, args.data, output_dir=args.output_dir, setting=args.action_setting,
             train_split=args.train_split, test_split=args.test_split, scales=args.test_scales, flip=args.flip,
             aggregation=args.aggregate, device=info.device, amp=args.amp, batch_size=args.batch_size,
-            workers=args.workers, progress=info.is_main and sys.stderr.isatty())
+            workers=resolve_workers(args.workers), progress=info.is_main and args.progress and sys.stderr.isatty())
     if work is None:
         return 0
     report = fit_action(work, c_grid=grid, folds=args.folds, c_selection=args.c_selection, holdout=args.holdout)
@@ -160,25 +163,30 @@ def run_transfer(args: argparse.Namespace) -> int:
     """`vgg transfer` and `vgg transfer predict`. Under torchrun every process computes its shard of
     the descriptors; the process group is then left, and rank 0 alone fits the SVMs (which can take
     longer than a collective's timeout), writes the files and prints; the other ranks exit with 0."""
-    set_threads(args.threads)
+    take_positional_checkpoints(args, "items")
     if not args.data:
         raise UserError("--data DIR is required")
     check_output_dir(args.output_dir, flag="--output-dir",
-                     inputs=[*args.items, args.data, args.train_features, args.test_features])
+                     inputs=[*args.checkpoint, args.data, args.train_features, args.test_features])
     try:
         grid = [float(c) for c in args.c_grid.split(",") if c.strip()]
     except ValueError:
         raise UserError(f"--C-grid: expected comma-separated numbers such as 0.1,1,10, got {args.c_grid!r}") from None
+    from vggnet.distributed import process_group
+    from vggnet.execution import set_threads
+    from vggnet.transfer.pipeline import fit_transfer, transfer_descriptors
+
+    set_threads(args.threads)
     if args.task == "action":
         return _run_action(args, grid)
     with process_group(args.device) as info:
         work = transfer_descriptors(
-            args.items, args.data, output_dir=args.output_dir, scales=args.test_scales, flip=args.flip,
+            args.checkpoint, args.data, output_dir=args.output_dir, scales=args.test_scales, flip=args.flip,
             aggregation=args.aggregate, train_split=args.train_split, test_split=args.test_split,
             train_per_class=args.train_per_class, test_per_class=args.test_per_class, splits=args.splits,
             exclude=args.exclude_class, c_grid=grid, folds=args.folds, train_features=args.train_features,
-            test_features=args.test_features, device=info.device, amp=args.amp, batch_size=args.batch_size,
-            workers=args.workers, progress=info.is_main and sys.stderr.isatty())
+            test_features=args.test_features, device=info.device, amp=args.amp, channels_last=args.channels_last, batch_size=args.batch_size,
+            workers=resolve_workers(args.workers), progress=info.is_main and args.progress and sys.stderr.isatty())
     if work is None:  # a rank > 0: its share of the descriptors is done
         return 0
     report = fit_transfer(work, c_grid=grid, folds=args.folds, c_selection=args.c_selection, holdout=args.holdout)
@@ -217,21 +225,23 @@ def add_transfer_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("classifier", metavar="OUT",
                         help="what `vgg transfer` wrote: its --output-dir, or the classifier.safetensors in it")
     parser.add_argument("images", nargs="+", metavar="IMAGE|DIR", help="image files and folders of images")
-    parser.add_argument("--top", type=int, default=5, metavar="K",
+    parser.add_argument("--top", type=positive_int, default=5, metavar="K",
                         help="SVM scores printed per image, highest first (default: %(default)s; --json has all)")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: %(default)s)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: %(default)s)")
-    parser.add_argument("--json", action="store_true", help="print every image's scores and labels as JSON")
-    add_threads_argument(parser)
+    add_batch_size_argument(parser)
+    add_execution_arguments(parser)
+    add_json_argument(parser, help="print every image's scores and labels as JSON")
 
 
 def run_transfer_predict(args: argparse.Namespace) -> int:
     """apply a `vgg transfer` classifier to images: each image's classes and SVM scores (Appendix B)"""
-    if args.top < 1:
-        raise UserError(f"--top must be >= 1, got {args.top}")
+    from vggnet.distributed import process_group
+    from vggnet.execution import set_threads
+    from vggnet.transfer.pipeline import predict_transfer
+
     set_threads(args.threads)
     with process_group(args.device) as info:
-        results = predict_transfer(args.classifier, args.images, device=info.device, batch_size=args.batch_size)
+        results = predict_transfer(args.classifier, args.images, device=info.device, batch_size=args.batch_size,
+                                   amp=args.amp, channels_last=args.channels_last)
     if not info.is_main:
         return 0
     if args.json:

@@ -10,7 +10,7 @@ descriptors of several nets are stacked (the paper's D+E fusion); the result is
 L2-normalised. Always in eval mode. The linear SVMs trained on them are
 `vggnet.transfer.pipeline`'s; `vgg features` (`vggnet.transfer.cli`) writes them to a file.
 
-    vgg features run/best.pt --data DIR --split train --test-scales 256,384,512 --out train.safetensors
+    vgg features --checkpoint run/best.pt --data DIR --split train --test-scales 256,384,512 --output train.safetensors
 
 Images of different sizes are batched by rescaled size, exactly as dense
 evaluation does (`vggnet.classification.evaluate.run_pass`). Descriptor files are written in
@@ -55,7 +55,7 @@ __all__ = [
     "DescriptorExtractor", "Features", "load_features",
 ]
 
-AGGREGATIONS = ("average", "stack")
+from vggnet.arguments import AGGREGATIONS  # noqa: E402  (defined with the flags)
 FEATURES_FORMAT = "vggnet.features"
 
 
@@ -217,7 +217,7 @@ class DescriptorExtractor:
     def __init__(self, checkpoints: Sequence[str | os.PathLike | Mapping[str, Any]], *,
                  scales: Sequence[int] | None = None, flip: bool = True, aggregation: str = "average",
                  device: str | torch.device | None = None, amp: str = "off", batch_size: int = 32,
-                 workers: int = 0) -> None:
+                 workers: int = 0, channels_last: str | bool = False) -> None:
         if aggregation not in AGGREGATIONS:
             raise UserError(f"--aggregate: expected one of {', '.join(AGGREGATIONS)}, got {aggregation!r}")
         if not checkpoints:
@@ -225,7 +225,9 @@ class DescriptorExtractor:
         if batch_size < 1 or workers < 0:
             raise UserError(f"--batch-size must be >= 1 and --workers >= 0, got {batch_size} and {workers}")
         self.device = resolve_device(device)
-        self.nets = load_nets(list(checkpoints), preprocessing=None, device=self.device, channels_last=False,
+        chosen = choose_execution(amp, channels_last, self.device)  # auto: bf16 on CUDA and bf16-native CPUs
+        self.nets = load_nets(list(checkpoints), preprocessing=None, device=self.device,
+                              channels_last=chosen.channels_last,
                               use="descriptors (vgg features, vgg transfer)")
         crop = max(net.crop_size for net in self.nets)
         self.scales = sorted(set(scales)) if scales else default_scales(crop)
@@ -233,7 +235,7 @@ class DescriptorExtractor:
             raise UserError(f"--test-scales: Q={self.scales[0]} is smaller than the crop size {crop}; the dense "
                             f"net needs Q >= crop_size")
         self.flip, self.aggregation = bool(flip), aggregation
-        self.amp = choose_execution(amp, False, self.device).amp  # auto: bf16 on CUDA and bf16-native CPUs
+        self.amp = chosen.amp
         for net in self.nets:  # a Q that cannot fit is refused with the estimate, before any work
             check_scales_fit(net.model, self.scales, self.device, method="dense", flip=self.flip, amp=self.amp,
                              where=f"net {net.name}")

@@ -51,7 +51,7 @@ __all__ = [
 
 CLASSIFIER_FORMAT = "vggnet.transfer.pipeline.classifier"
 # C of the linear SVM, chosen by cross-validation over this log grid (descriptors are L2-normalised).
-C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)
+from vggnet.arguments import C_GRID  # noqa: E402  (defined with the flags)
 
 
 # --------------------------------------------------------------------------- linear SVMs
@@ -314,7 +314,7 @@ def transfer(
     checkpoints: Sequence[str | os.PathLike | Mapping[str, Any]],
     data: str | os.PathLike,
     *,
-    output_dir: str | os.PathLike = "transfer_run",
+    output_dir: str | os.PathLike = "runs/transfer",
     scales: Sequence[int] | None = None,
     flip: bool = True,
     aggregation: str = "average",
@@ -382,6 +382,7 @@ def transfer_descriptors(
     test_features: str | None,
     device: str | torch.device | None,
     amp: str,
+    channels_last: str | bool = False,
     batch_size: int,
     workers: int,
     progress: bool,
@@ -401,7 +402,7 @@ def transfer_descriptors(
     out = Path(output_dir)
     cache = out / "features"
     extractor = DescriptorExtractor(checkpoints, scales=scales, flip=flip, aggregation=aggregation, device=device,
-                                    amp=amp, batch_size=batch_size, workers=workers)
+                                    amp=amp, batch_size=batch_size, workers=workers, channels_last=channels_last)
     root = Path(data)
     runs: list[tuple[ImageSet, np.ndarray, ImageSet, np.ndarray]] = []
     if train_per_class is not None:
@@ -499,7 +500,8 @@ def _summarise(results: list[dict[str, Any]], *, multi_label: bool) -> dict[str,
 
 
 def predict_transfer(output_dir: str | os.PathLike, images: Sequence[str | os.PathLike], *,
-                     device: str | torch.device | None = None, batch_size: int = 32) -> list[dict[str, Any]]:
+                     device: str | torch.device | None = None, batch_size: int = 32, amp: str = "auto",
+                     channels_last: str | bool = False) -> list[dict[str, Any]]:
     """Apply a saved `vgg transfer` classifier end to end: image -> descriptor -> SVM scores.
 
     Each result: `{"image", "scores": {class: score}, "labels": [...]}` where labels
@@ -530,7 +532,10 @@ def predict_transfer(output_dir: str | os.PathLike, images: Sequence[str | os.Pa
     if not files:
         raise UserError("no images to classify")
     extractor = DescriptorExtractor(ckpts, scales=settings["scales"], flip=settings["flip"],
-                                    aggregation=settings["aggregation"], amp=settings.get("amp", "off"),
+                                    aggregation=settings["aggregation"],
+                                    # auto: the precision the SVMs' descriptors were computed in
+                                    amp=settings.get("amp", "off") if amp == "auto" else amp,
+                                    channels_last=channels_last,
                                     device=device, batch_size=batch_size)
     X = extractor.compute(ImageSet(files, np.zeros(len(files), dtype=np.int64), ["?"])).numpy()
     scores = svm.decision_function(X)
