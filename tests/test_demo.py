@@ -19,11 +19,14 @@ def test_demo_quick_leaves_a_complete_run_folder(tmp_path, capsys):
     out = tmp_path / "demo"
     threads = torch.get_num_threads()
     try:
-        assert main(["demo", "--quick", "--output-dir", str(out), "--workers", "0", "--threads", "1",
-                     "--no-progress"]) == 0
+        # progress bars asked for, as `make demo > log` does: stderr is not a terminal, so none is drawn
+        assert main(["demo", "--quick", "--output-dir", str(out), "--workers", "0", "--threads", "1"]) == 0
     finally:
         torch.set_num_threads(threads)  # the demo sets the process's thread count
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert "it/s" not in captured.err and "%|" not in captured.err and "\r" not in captured.err + printed
+    assert [q for q in (32, 40, 48) if f"evaluated Q={q} (dense, multi-crop)" in printed] == [32, 40, 48]  # a line a pass
     # 1. the dataset on disk, in the ImageNet layout, with its statistics
     data = out / "data"
     classes = sorted(p.name for p in (data / "train").iterdir())
@@ -46,6 +49,7 @@ def test_demo_quick_leaves_a_complete_run_folder(tmp_path, capsys):
     assert predictions and all(line.split()[0] in ("ok", "ERR") and "top-3:" in line for line in predictions)
     assert "final (" in printed and "top-1 accuracy" in printed
     _check_contents(out, classes, rows, best, printed)
+    _check_record(out, printed)
     # 4. the transfer stage (Appendix B): SVMs on descriptors vs on raw pixels, both reported
     transfer = json.loads((out / "transfer" / "results.json").read_text())
     assert transfer["classes"] == classes and {"mAP", "mAP_area", "ap"} <= set(transfer)
@@ -61,6 +65,60 @@ def test_demo_quick_leaves_a_complete_run_folder(tmp_path, capsys):
     again = capsys.readouterr().out
     assert "reusing" in again and "already finished" in again
     assert (run / "last.pt").stat().st_mtime_ns == mtime
+
+
+def _check_record(out: Path, printed: str) -> None:
+    """The run record holds the numbers the demo printed, its settings and seed, and the stage times."""
+    from vggnet.demo import RECORD, record_settings
+
+    record = json.loads((out / RECORD).read_text())
+    assert record["settings"] == record_settings(quick=True, seed=0)
+    r = record["results"]
+    assert f"top-1 accuracy {r['top1_accuracy']:.2f}% (top-1 error {r['top1_error']:.2f}%" in printed
+    assert (f"protocol 1 {r['localisation_protocol1_error']:.2f}%, full protocol (top-5, greedy merge) "
+            f"{r['localisation_full_error']:.2f}%; a fixed mean box: {r['localisation_mean_box_error']:.2f}%") in printed
+    assert f"mAP {r['transfer_mAP']:.1f}% (VOC-2007" in printed and f"vs {r['transfer_mAP_pixels']:.1f}% (" in printed
+    assert set(record["timings"]) >= {"dataset", "train", "evaluate", "localisation", "transfer"}
+    assert f"{_minutes(record['seconds'])} in all" in printed
+    assert record["machine"]["cores"] >= 1 and record["threads"] == {"training": 1, "evaluation": 1} and record["workers"] == 0
+
+
+def _minutes(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m}m{s:02d}s"
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+RECORDED = Path(__file__).resolve().parents[1] / "docs" / "demo-run.json"
+
+
+def test_readme_states_the_recorded_demo_run():
+    """README.md's demo numbers are those of the recorded run (docs/demo-run.json, the `demo-run.json` a
+    `vgg demo` run writes), and that run had the current code's settings and seed: a change to the demo's
+    settings or a hand-edited README number fails here until the demo is rerun and its record copied."""
+    from vggnet.demo import record_settings
+
+    record = json.loads(RECORDED.read_text())
+    assert record["format"] == "vggnet.demo-run"
+    assert record["settings"] == record_settings(quick=False, seed=record["settings"]["seed"]), (
+        "docs/demo-run.json was written with other demo settings: rerun `vgg demo` and copy its demo-run.json")
+    text = README.read_text()
+    r = {k: (f"{v:.1f}" if v is not None else None) for k, v in record["results"].items()}
+    m = re.search(r"\*\*([\d.]+)% top-1 accuracy\*\* \(top-1 error ([\d.]+)%, top-5 error ([\d.]+)%", text)
+    assert m and m.groups() == (r["top1_accuracy"], r["top1_error"], r["top5_error"]), m and m.groups()
+    m = re.search(r"\| localisation, protocol 1 [^|]*\| ([\d.]+)% error \(a fixed mean box: ([\d.]+)%\)", text)
+    assert m and m.groups() == (r["localisation_protocol1_error"], r["localisation_mean_box_error"])
+    m = re.search(r"\| localisation, full protocol [^|]*\| ([\d.]+)% error", text)
+    assert m and m.group(1) == r["localisation_full_error"]
+    m = re.search(r"\| ([\d.]+)% mAP \(VOC-2007 11-point; raw pixels: ([\d.]+)%\)", text)
+    assert m and m.groups() == (r["transfer_mAP"], r["transfer_mAP_pixels"])
+    # the time and the stage breakdown, and the machine
+    t = {k: _minutes(v) for k, v in record["timings"].items()}
+    stated = (f"took {_minutes(record['seconds'])} (dataset {t['dataset']}, training {t['train']}, evaluation "
+              f"{t['evaluate']}, localisation {t['localisation']}, transfer {t['transfer']})")
+    assert stated in " ".join(text.split()), stated
+    machine = record["machine"]
+    assert f"{machine['cores']}-core" in text and ", ".join(machine["flags"]) in text
 
 
 def _check_contents(out: Path, classes: list[str], rows: list[dict], best: dict, printed: str) -> None:
@@ -79,7 +137,10 @@ def _check_contents(out: Path, classes: list[str], rows: list[dict], best: dict,
     assert steps[0] > 0 and steps[1] == 2 * steps[0]
     for r in rows:
         assert math.isfinite(float(r["train_loss"])) and float(r["train_loss"]) > 0 and float(r["lr"]) > 0
-        assert 0 <= float(r["val_top1_error"]) <= 100 and float(r["val_top5_error"]) <= float(r["val_top1_error"])
+        assert 0 <= float(r["val_top1_error"]) <= 100
+        # top-5 error: an empty cell with 5 classes or fewer (every label is in the top 5)
+        assert (r["val_top5_error"] == "" if len(classes) <= 5
+                else float(r["val_top5_error"]) <= float(r["val_top1_error"]))
         assert int(r["bad_images"]) == 0
     errors = [float(r["val_top1_error"]) for r in rows]
     assert best["meta"]["epoch"] == 1 + errors.index(min(errors))  # best.pt is the first epoch with the least error

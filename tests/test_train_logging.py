@@ -142,7 +142,7 @@ def bars(monkeypatch):
     those of disabled bars (validation's, in training)."""
     import tqdm as tqdm_package
 
-    monkeypatch.setattr("vggnet.engine.outputs.stderr_is_terminal", lambda: True)  # capsys's stream, as a terminal
+    monkeypatch.setattr("vggnet.progress.stderr_is_terminal", lambda: True)  # capsys's stream, as a terminal
 
     made: list[dict] = []
 

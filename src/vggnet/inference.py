@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -38,6 +37,7 @@ from vggnet.arguments import parse_test_scales
 from vggnet.errors import CheckpointError, DataError, UserError
 from vggnet.execution import choose_execution
 from vggnet.models import VGG
+from vggnet.progress import progress_bar
 
 __all__ = [
     "Net", "amp_context", "available_bytes", "check_net", "check_scales_fit", "dense_pass_bytes",
@@ -256,11 +256,7 @@ def run_pass(
                     continue
                 out[(k, "dense")][rows] = dense_fn(net.model, x, flip=flip).float().cpu()
 
-    try:
-        from tqdm import tqdm
-        iterator: Iterable = tqdm(loader, total=n, desc=desc, disable=not progress, leave=False, file=sys.stderr)
-    except ImportError:  # tqdm is a dependency, but a progress bar is not worth failing over
-        iterator = loader
+    iterator: Iterable = progress_bar(loader, total=n, desc=desc, enabled=progress)
     with torch.inference_mode():
         for index, x01, label, error in iterator:
             if error is not None:

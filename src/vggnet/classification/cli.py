@@ -140,7 +140,9 @@ def run_eval(args: argparse.Namespace) -> int:
         from vggnet.distributed import process_group
         from vggnet.execution import choose_execution
 
-        tty = sys.stderr.isatty() and args.progress  # a file or a CI log gets one line per pass, not progress-bar fragments
+        from vggnet.progress import stderr_is_terminal
+
+        tty = stderr_is_terminal() and args.progress  # a file or a CI log gets one line per pass, not progress-bar fragments
         # under torchrun: joins the process group, one GPU per process
         with process_group(args.device) as info:
             try:

@@ -2,7 +2,7 @@
 
 - the console and `train.log` (one logger, rank 0 only, printed above the
   progress bar when there is one);
-- the tqdm progress bar on stderr (rank 0, `progress=True`);
+- the tqdm progress bar on stderr (rank 0, `progress=True`, a terminal only: `vggnet.progress`);
 - `metrics.csv`, one row per epoch, rewritten whole from the history so that
   after a resume it matches the checkpoint; a metric that does not apply
   (top-5 error with 5 classes or fewer) is an empty cell;
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from vggnet.checkpoint import atomic_write
+from vggnet.progress import progress_bar
 
 __all__ = ["RunOutputs", "plot_curves", "duration", "metric"]
 
@@ -52,14 +53,8 @@ class RunOutputs:
     def open_bar(self, *, total: int, initial: int, desc: str) -> None:
         """A tqdm bar on a terminal only: a file or a CI log would collect its fragments
         (`epoch 3/30:   0%|`); there the epoch's one log line says what the bar would."""
-        from tqdm import tqdm
-
-        if not stderr_is_terminal():
-            self.bar = None
-            return
-
-        self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True, file=sys.stderr,
-                        leave=False, mininterval=0.5)
+        self.bar = progress_bar(None, total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True,
+                                mininterval=0.5)
 
     def close_bar(self) -> None:
         if self.bar is not None:
@@ -125,11 +120,6 @@ def metric(value: Any) -> float | None:
     """A validation metric as the history keeps it: a float, or None where it does not apply (top-5
     error with 5 classes or fewer), which metrics.csv writes as an empty cell and curves.png leaves out."""
     return None if value is None else float(value)
-
-
-def stderr_is_terminal() -> bool:
-    """Whether progress bars can be drawn: stderr is a terminal, not a file, pipe or CI log."""
-    return sys.stderr.isatty()
 
 
 def duration(seconds: float) -> str:

@@ -521,7 +521,7 @@ def run_localize(args: argparse.Namespace) -> int:
                                        merge_iou=args.merge_iou,
                                        nms_iou=args.nms_iou, device=args.device, batch_size=args.batch_size,
                                        workers=workers, mean_box_sample=args.mean_box_sample,
-                                       max_images=args.max_images, progress=args.progress and sys.stderr.isatty(),
+                                       max_images=args.max_images, progress=args.progress,  # drawn on a terminal only
                                        amp=chosen.amp, channels_last=chosen.channels_last)
     except ValueError as exc:
         raise UserError(str(exc)) from None
@@ -571,7 +571,7 @@ def demo_localize(cls_ckpt: str | Path, data_dir: str | Path, workdir: str | Pat
         data=str(data_dir), stats=str(stats) if stats.is_file() else None, init=f"from:{cls_ckpt}", lr=1e-3,
         epochs=epochs or (1 if quick else 5), lr_patience=1, batch_size=16 if quick else 32, seed=seed,
         device=device, workers=workers, val_batch_size=32, output_dir=str(run_dir), resume="auto",
-        progress=progress, channels_last="on")
+        progress=progress, channels_last="on", amp="off")  # fp32 on every CPU: the same numbers everywhere
     result = localize_train(cfg, head="pcr")
     if result.get("signal"):
         return {"interrupted": True}

@@ -32,7 +32,6 @@ Two reference rows make the merge earn its place:
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -45,6 +44,7 @@ from torchvision.ops import batched_nms, box_iou
 from vggnet.errors import CheckpointError, DataError, UserError
 from vggnet.localisation.task import (IOU_THRESHOLD, Localiser, gt_boxes, load_classifier_checkpoint, params_to_boxes,
                              sanitize_boxes)
+from vggnet.progress import progress_bar
 
 __all__ = ["STRIDE", "MERGE_METHODS", "dense_boxes", "greedy_merge", "nms_clusters", "best_window",
            "best_per_class", "top5_localisation_error", "localise_images", "FullResult"]
@@ -403,12 +403,7 @@ def localise_images(locs: Sequence[Localiser], classifiers: Sequence[str], datas
     loader = DataLoader(ds, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_identity)
     preds: dict[str, list] = {m: [] for m in MERGE_METHODS}
     labels, gts, sizes, windows = [], [], [], 0
-    try:
-        from tqdm import tqdm
-        iterator: Iterable = tqdm(loader, total=len(ds), desc="full protocol", disable=not progress, leave=False,
-                                  file=sys.stderr)
-    except ImportError:
-        iterator = loader
+    iterator: Iterable = progress_bar(loader, total=len(ds), desc="full protocol", enabled=progress)
     for n, item in enumerate(iterator):
         if item is None:
             raise DataError(f"{paths[n]}: cannot be read (evaluation needs every image)")

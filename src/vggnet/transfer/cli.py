@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from vggnet.arguments import (AGGREGATIONS, C_GRID, add_batch_size_argument, add_checkpoint_argument, add_data_argument,
                               add_execution_arguments, add_json_argument, add_output_argument, add_output_dir_argument,
@@ -80,7 +79,7 @@ def run_features(args: argparse.Namespace) -> int:
                                         batch_size=args.batch_size,
                                         workers=resolve_workers(args.workers))
         feats = extractor.extract(images, args.output, chunk_size=args.chunk_size,
-                                  progress=info.is_main and args.progress and sys.stderr.isatty())
+                                  progress=info.is_main and args.progress)
     if not info.is_main:
         return 0
     where = f" ({info.world_size} processes)" if info.distributed else ""
@@ -143,7 +142,7 @@ def _run_action(args: argparse.Namespace, grid: list[float]) -> int:
             args.checkpoint, args.data, output_dir=args.output_dir, setting=args.action_setting,
             train_split=args.train_split, test_split=args.test_split, scales=args.test_scales, flip=args.flip,
             aggregation=args.aggregate, device=info.device, amp=args.amp, batch_size=args.batch_size,
-            workers=resolve_workers(args.workers), progress=info.is_main and args.progress and sys.stderr.isatty())
+            workers=resolve_workers(args.workers), progress=info.is_main and args.progress)
     if work is None:
         return 0
     report = fit_action(work, c_grid=grid, folds=args.folds, c_selection=args.c_selection, holdout=args.holdout)
@@ -186,7 +185,7 @@ def run_transfer(args: argparse.Namespace) -> int:
             train_per_class=args.train_per_class, test_per_class=args.test_per_class, splits=args.splits,
             exclude=args.exclude_class, c_grid=grid, folds=args.folds, train_features=args.train_features,
             test_features=args.test_features, device=info.device, amp=args.amp, channels_last=args.channels_last, batch_size=args.batch_size,
-            workers=resolve_workers(args.workers), progress=info.is_main and args.progress and sys.stderr.isatty())
+            workers=resolve_workers(args.workers), progress=info.is_main and args.progress)
     if work is None:  # a rank > 0: its share of the descriptors is done
         return 0
     report = fit_transfer(work, c_grid=grid, folds=args.folds, c_selection=args.c_selection, holdout=args.holdout)
