@@ -221,9 +221,11 @@ def test_boxes_requested_but_none_found(tmp_path):
     with pytest.raises(DataError, match="boxes not found"):
         build_dataset(tmp_path, boxes=tmp_path / "nowhere")
     _voc(tmp_path / "annotations" / "train" / "a" / "a_0.xml", [(5, 5, 2, 9)])
-    ds = build_dataset(tmp_path, boxes=True)
+    # a broken annotation is a bad sample: an error naming it in evaluation (strict), named and skipped in training
     with pytest.raises(DataError, match=r"a_0\.xml: <bndbox> of 'a' has xmin > xmax"):
-        ds[0]
+        build_dataset(tmp_path, boxes=True, strict=True)[0]
+    with pytest.warns(BadImageWarning, match=r"a_0\.JPEG: its annotation cannot be used: .*a_0\.xml: <bndbox>"):
+        assert build_dataset(tmp_path, boxes=True, strict=False)[0] is None
 
 
 def _with_bad_files(root):

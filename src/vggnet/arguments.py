@@ -17,7 +17,7 @@ from vggnet.errors import UserError
 
 __all__ = ["parse_args_with_config", "explicit_settings", "load_config_file", "add_model_arguments", "MODEL_NAMES_HELP",
            "AMP_CHOICES", "CHANNELS_LAST_CHOICES", "METHODS", "CROP_PCT", "HEADS", "BOX_MODES", "TARGETS",
-           "AGGREGATIONS", "C_GRID", "IMPORT_FORMATS", "EXPORT_FORMATS", "parse_test_scales", "INFERENCE_BATCH_SIZE", "AtLeast", "positive_int",
+           "AGGREGATIONS", "C_GRID", "IMPORT_FORMATS", "EXPORT_FORMATS", "parse_test_scales", "TestScalesError", "INFERENCE_BATCH_SIZE", "AtLeast", "positive_int",
            "non_negative_int", "default_workers", "resolve_workers", "deprecation_note", "add_checkpoint_argument",
            "add_data_argument", "output_dir_default", "add_output_dir_argument", "add_output_argument",
            "add_execution_arguments", "add_threads_argument", "add_workers_argument", "add_batch_size_argument",
@@ -270,6 +270,11 @@ IMPORT_FORMATS = ("torchvision", "timm", "keras", "caffe", "safetensors")
 EXPORT_FORMATS = ("safetensors", "torchvision", "onnx")
 
 
+class TestScalesError(UserError, argparse.ArgumentTypeError):
+    """Bad test scales: argparse names the flag when it parses them; called by a command (a grid's
+    list, a flag read as text), it is a `UserError`: a message, exit status 2, no traceback."""
+
+
 def parse_test_scales(value: str | int | Sequence[int]) -> list[int]:
     """`--test-scales 256,384,512` (or a YAML list) -> [256, 384, 512]."""
     if isinstance(value, str):
@@ -281,9 +286,10 @@ def parse_test_scales(value: str | int | Sequence[int]) -> list[int]:
     try:
         scales = [int(p) for p in parts]
     except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 256,384,512, got {value!r}")
+        raise TestScalesError(f"test scales: expected comma-separated integers such as 256,384,512, got {value!r}") \
+            from None
     if not scales or min(scales) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers such as 256,384,512, got {value!r}")
+        raise TestScalesError(f"test scales: expected positive integers such as 256,384,512, got {value!r}")
     return sorted(set(scales))
 
 

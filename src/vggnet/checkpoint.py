@@ -39,6 +39,12 @@ __all__ = [
     "is_checkpoint",
     "weights_checksum",
     "SKIP_CHECKSUM_ENV",
+    "KINDS",
+    "checkpoint_kind",
+    "kind_from_contents",
+    "require_kind",
+    "verify_checksum",
+    "check_finite",
 ]
 
 FORMAT = "vggnet.checkpoint"
@@ -147,9 +153,12 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
                 os.close(dfd)
         except OSError:
             pass
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno is not None and exc.filename is None:
+            # a failed write names no file (File too large, No space left): name the one being written
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
         raise
     return path
 
@@ -173,11 +182,64 @@ def weights_checksum(state_dict: Mapping[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+# What a checkpoint's net is, stored as ckpt["kind"]: what its outputs mean decides which commands may
+# use it (a localiser's box coordinates are not class scores).
+KINDS = {
+    "classifier": "classification net (one score per class)",
+    "localiser-scr": "SCR localisation net (one box for every class)",
+    "localiser-pcr": "PCR localisation net (one box per class)",
+}
+# A `vgg transfer` classifier (linear SVMs over descriptors) is a safetensors file with this header key.
+TRANSFER_CLASSIFIER_KEY = "vggnet.transfer.pipeline.classifier"
+
+
+def kind_from_contents(ckpt: Mapping[str, Any]) -> str:
+    """The kind a checkpoint's contents say, whatever its "kind" entry: `meta["task"]` (and the
+    localisation head) when written by vggnet since tasks were recorded; for older files, the
+    outputs against the class names (4 per class: PCR; 4 for another number of classes: SCR)."""
+    meta = ckpt.get("meta") if isinstance(ckpt.get("meta"), Mapping) else {}
+    task = meta.get("task")
+    if task == "localisation":
+        head = str((meta.get("task_settings") or {}).get("head", "")).lower()
+        return f"localiser-{head}" if f"localiser-{head}" in KINDS else "localiser-pcr"
+    if task:
+        return "classifier" if task == "classification" else str(task)
+    try:
+        outputs, names = int(ckpt["build"]["num_classes"]), len(ckpt.get("classes") or [])
+    except (KeyError, TypeError, ValueError):
+        return "classifier"
+    if names > 1 and outputs == 4 * names:
+        return "localiser-pcr"
+    if outputs == 4 and names not in (0, 4):
+        return "localiser-scr"
+    return "classifier"
+
+
+def checkpoint_kind(ckpt: Mapping[str, Any]) -> str:
+    """What a checkpoint's net is (a key of `KINDS`): its "kind" entry, or what its contents say."""
+    kind = ckpt.get("kind")
+    return str(kind) if kind else kind_from_contents(ckpt)
+
+
+def require_kind(ckpt: Mapping[str, Any], where: str, kinds: Sequence[str], *, use: str) -> str:
+    """A `CheckpointError` naming what the checkpoint is when it is not one of `kinds` (for `use`)."""
+    kind = checkpoint_kind(ckpt)
+    if kind not in kinds:
+        wanted = " or ".join(KINDS.get(k, k) for k in kinds)
+        hint = {"localiser-scr": "; use it with `vgg localize eval|predict --checkpoint`",
+                "localiser-pcr": "; use it with `vgg localize eval|predict --checkpoint`",
+                "classifier": "; use it with `vgg eval|predict`"}.get(kind, "")
+        raise CheckpointError(f"{where} is a {KINDS.get(kind, kind)} ({kind}); {use} needs a {wanted}{hint}")
+    return kind
+
+
 def save_checkpoint(path: str | os.PathLike, ckpt: Mapping[str, Any]) -> Path:
-    """Write `ckpt` to `path` atomically (temporary file, fsync, rename), with its weights' checksum."""
+    """Write `ckpt` to `path` atomically (temporary file, fsync, rename), with its weights' checksum
+    and its kind (`checkpoint_kind`)."""
     blob = dict(ckpt)
     if isinstance(blob.get("state_dict"), Mapping):
         blob["weights_sha256"] = weights_checksum(blob["state_dict"])
+    blob["kind"] = checkpoint_kind(blob)
     return atomic_write(path, lambda f: torch.save(blob, f))
 
 
@@ -190,6 +252,15 @@ def verify_checksum(ckpt: Mapping[str, Any], path: Path) -> None:
         raise CheckpointError(f"checkpoint {path}: its weights do not match the checksum stored with them (bits "
                               f"changed on disk or in a copy); use an earlier checkpoint, or, if you edited the "
                               f"weights on purpose, load it with {SKIP_CHECKSUM_ENV}=1")
+
+
+def check_finite(state_dict: Mapping[str, Any], where: str, *, advice: str) -> None:
+    """A `CheckpointError` naming the tensors of `state_dict` that hold NaN or infinite values."""
+    bad = [k for k, t in state_dict.items()
+           if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise CheckpointError(f"{where}: {len(bad)} weight tensor(s) hold NaN or infinite values "
+                              f"({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}); {advice}")
 
 
 def torch_load(path: Path, map_location: str | torch.device = "cpu", what: str = "checkpoint") -> Any:
@@ -228,8 +299,21 @@ def _is_safetensors(path: Path) -> bool:
 
 
 def _safetensors_hint(path: Path) -> str:
+    if _is_safetensors(path) and _is_transfer_classifier(path):
+        return (f"; it is a `vgg transfer` classifier (linear SVMs over descriptors), not a net: apply it with "
+                f"`vgg transfer predict {path.parent} IMAGE...`")
     return (f"; it is a safetensors file: convert it with `vgg import safetensors {path} --output CKPT.pt` "
             f"(a vggnet export keeps its classes and preprocessing)") if _is_safetensors(path) else ""
+
+
+def _is_transfer_classifier(path: Path) -> bool:
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            return TRANSFER_CLASSIFIER_KEY in (f.metadata() or {})
+    except Exception:  # not readable as safetensors: no hint
+        return False
 
 
 def is_checkpoint(obj: Any) -> bool:
@@ -248,6 +332,12 @@ def check_checkpoint(ckpt: Any, path: Path) -> dict[str, Any]:
     for key in ("build", "state_dict", "preprocessing", "classes"):
         if key not in ckpt:
             raise CheckpointError(f"checkpoint {path} has no {key!r} entry")
+    verify_checksum(ckpt, path)  # every reader of a checkpoint file, export and import included
+    stored = ckpt.get("kind")
+    if stored is not None and (stored not in KINDS or stored != kind_from_contents(ckpt)) \
+            and kind_from_contents(ckpt) in KINDS:
+        raise CheckpointError(f"checkpoint {path}: its kind entry says {stored!r}, and its contents (meta task, "
+                              f"outputs, classes) say {kind_from_contents(ckpt)!r}: it was edited or damaged")
     return ckpt
 
 
@@ -255,24 +345,27 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     """Read a vggnet checkpoint safely; a `CheckpointError` naming the file if it is not one."""
     path = Path(path)
     ckpt = check_checkpoint(torch_load(path, map_location), path)
-    verify_checksum(ckpt, path)
     return ckpt
 
 
 def model_from_checkpoint(
-    ckpt: Mapping[str, Any] | str | os.PathLike, map_location: str | torch.device = "cpu"
+    ckpt: Mapping[str, Any] | str | os.PathLike, map_location: str | torch.device = "cpu", *,
+    kinds: Sequence[str] | None = None, use: str = "this command",
 ) -> tuple[VGG, dict[str, Any]]:
     """Rebuild the model a checkpoint describes and load its weights (strict).
 
     The model is built on the meta device and takes CPU copies of the
     checkpoint's tensors (in the model's dtypes), so no time goes into an
     initialisation that would be overwritten (about 1 s for net D), and the
-    model shares no memory with `ckpt`.
+    model shares no memory with `ckpt`. With `kinds`, a checkpoint of another
+    kind (`KINDS`) is refused naming what it is.
     """
     source = "checkpoint"
     if not isinstance(ckpt, Mapping):
         source = str(ckpt)
         ckpt = load_checkpoint(ckpt, map_location=map_location)
+    if kinds is not None:  # what the net's outputs mean, before building it (see KINDS)
+        require_kind(ckpt, source, kinds, use=use)
     try:
         with torch.device("meta"):
             model = vgg(**ckpt["build"])

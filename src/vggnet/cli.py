@@ -19,7 +19,7 @@ import sys
 from typing import Sequence
 
 from vggnet.arguments import parse_args_with_config
-from vggnet.errors import UserError
+from vggnet.errors import UserError, plain_message
 
 __all__ = ["COMMANDS", "main", "load_command"]
 
@@ -119,11 +119,21 @@ def _main(argv: Sequence[str] | None) -> int:
         args = parse_args_with_config(parser, rest)
         return int(run(args) or 0)
     except UserError as exc:
-        print(f"vgg {name}: error: {exc}", file=sys.stderr)
+        print(f"vgg {name}: error: {plain_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"vgg {name}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        raise  # main's: the reader has gone
+    except OSError as exc:
+        # what the system refused (a file too large for `ulimit -f`, a full disk, a read-only folder): the
+        # file and the reason, not a traceback; the commands name their inputs' problems before this
+        if exc.errno is None:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"vgg {name}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

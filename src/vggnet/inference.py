@@ -304,7 +304,10 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
-def load_nets(items: Sequence[Any], *, preprocessing: Any, device: torch.device, channels_last: bool) -> list[Net]:
+def load_nets(items: Sequence[Any], *, preprocessing: Any, device: torch.device, channels_last: bool,
+              kinds: Sequence[str] = ("classifier",), use: str = "this command") -> list[Net]:
+    """`Net`s of checkpoints (paths or dicts) or models; a checkpoint not of `kinds` (see
+    `vggnet.checkpoint.KINDS`) is refused naming what it is."""
     from vggnet.data.transforms import Preprocessing
     from vggnet.checkpoint import model_from_checkpoint, unwrap
 
@@ -319,7 +322,7 @@ def load_nets(items: Sequence[Any], *, preprocessing: Any, device: torch.device,
             nets.append(Net(model=model, preprocessing=pre, classes=[str(i) for i in range(model.num_classes)],
                              name=model.name))
             continue
-        model, ckpt = model_from_checkpoint(item)
+        model, ckpt = model_from_checkpoint(item, kinds=kinds, use=use)
         try:
             pre = Preprocessing.from_dict(ckpt["preprocessing"])
         except ValueError as exc:
@@ -340,11 +343,10 @@ def load_nets(items: Sequence[Any], *, preprocessing: Any, device: torch.device,
 
 def check_net(model: VGG, classes: Sequence[str], where: str) -> None:
     """Refuse a net whose answers would be meaningless: non-finite weights, or fewer class names than outputs."""
-    bad = [k for k, t in model.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
-    if bad:
-        raise CheckpointError(f"{where}: {len(bad)} weight tensor(s) hold NaN or infinite values "
-                              f"({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}); the run that wrote it had "
-                              f"diverged: use an earlier checkpoint (e.g. best.pt or a numbered one)")
+    from vggnet.checkpoint import check_finite
+
+    check_finite(model.state_dict(), where, advice="the run that wrote it had diverged: use an earlier "
+                                                   "checkpoint (e.g. best.pt or a numbered one)")
     if len(classes) != model.num_classes:
         raise CheckpointError(f"{where}: lists {len(classes)} class names for the net's {model.num_classes} "
                               f"outputs; a checkpoint needs one name per output (its 'classes' entry)")

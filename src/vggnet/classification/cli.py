@@ -34,6 +34,7 @@ from vggnet.arguments import (CROP_PCT, METHODS, add_batch_size_argument, add_ch
                               add_execution_arguments, add_json_argument, add_output_argument, add_progress_argument,
                               add_workers_argument, parse_test_scales, positive_int, resolve_workers)
 # (the work's modules, and torch with them, are imported by run_<command>: a wrong flag is answered first)
+from vggnet.paths import check_output
 
 __all__ = [
     "add_train_arguments",
@@ -126,6 +127,7 @@ def run_eval(args: argparse.Namespace) -> int:
             raise UserError("--data DIR (or --val-dir DIR) is required")
         if not Path(data).exists():
             raise UserError(f"--{'val-dir' if args.val_dir else 'data'} {data}: no such directory")
+    _check_eval_outputs(args)
     # every flag is checked: now the work (and torch)
     from vggnet.classification.results import METHOD_LABELS, load_posteriors
     from vggnet.execution import set_threads
@@ -184,6 +186,18 @@ def run_eval(args: argparse.Namespace) -> int:
         if not args.json:
             print("confusion matrix: " + ", ".join(map(str, written)))
     return 0
+
+
+def _check_eval_outputs(args: argparse.Namespace) -> None:
+    """Every file `vgg eval` writes: checked before any work (see `vggnet.paths`)."""
+    inputs = [*(args.checkpoint or []), *(args.posteriors or []), args.val_dir or args.data, args.labels_file]
+    for flag, value in (("--output", args.output), ("--save-posteriors", args.save_posteriors),
+                        ("--confusion-matrix", args.confusion_matrix)):
+        if value:
+            check_output(value, flag=flag, inputs=inputs)
+    if args.confusion_matrix:
+        check_output(Path(args.confusion_matrix).with_suffix(".png"), flag="--confusion-matrix (its drawing)",
+                     inputs=inputs)
 
 
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:

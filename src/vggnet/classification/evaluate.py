@@ -182,7 +182,7 @@ def evaluate(
         raise ValueError("evaluate: no checkpoints or models given")
     dev = resolve_device(device)
     amp, channels_last = inference_execution(amp, channels_last, dev)
-    nets = load_nets(items, preprocessing=preprocessing, device=dev, channels_last=channels_last)
+    nets = load_nets(items, preprocessing=preprocessing, device=dev, channels_last=channels_last, use="evaluation")
     classes = nets[0].classes
     for net in nets[1:]:
         if net.classes != classes and net.from_checkpoint and nets[0].from_checkpoint:

@@ -64,7 +64,7 @@ class Predictor:
         self.device, self.amp, self.method, self.flip, self.batch_size = dev, amp, method, flip, batch_size
         self.grid, self.crop_pct = grid, crop_pct
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        model, ckpt = model_from_checkpoint(checkpoint)
+        model, ckpt = model_from_checkpoint(checkpoint, kinds=("classifier",), use="vgg predict")
         self.preprocessing = Preprocessing.from_dict(ckpt["preprocessing"])
         self.classes = list(ckpt["classes"])
         self.where = "checkpoint" if isinstance(checkpoint, Mapping) else str(checkpoint)

@@ -30,6 +30,7 @@ from vggnet.inference import distinct_names
 from vggnet.errors import UserError
 
 __all__ = [
+    "csv_text",
     "topk_correct",
     "topk_errors",
     "per_class_accuracy",
@@ -119,6 +120,14 @@ def markdown_table(head: Sequence[str], body: Sequence[Sequence[str]]) -> str:
              "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in body]
     return "\n".join(lines)
+
+
+def csv_text(text: str) -> str:
+    """A text cell a spreadsheet will not run: a leading = + - @ (or tab / carriage return) makes
+    Excel, LibreOffice and Google Sheets read a formula (`=1+2`, `=HYPERLINK(...)`); a leading
+    apostrophe keeps it text (OWASP's advice for CSV injection)."""
+    text = str(text)
+    return f"'{text}" if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
 @dataclass
@@ -261,9 +270,9 @@ class EvalResult:
         matrix = self.confusion_matrix()
         buf = io.StringIO()
         writer = csv.writer(buf)
-        writer.writerow(["true \\ predicted", *self.classes])
+        writer.writerow(["true \\ predicted", *map(csv_text, self.classes)])
         for name, row in zip(self.classes, matrix.tolist()):
-            writer.writerow([name, *row])
+            writer.writerow([csv_text(name), *row])
         written = [atomic_write(path, lambda f: f.write(buf.getvalue().encode("utf-8")))]
         if len(self.classes) <= max_plot_classes:
             from matplotlib.backends.backend_agg import FigureCanvasAgg

@@ -15,7 +15,20 @@ import numpy as np
 
 from vggnet.errors import DataError
 
-__all__ = ["read_synsets", "read_voc_xml", "read_loc_solution", "read_labels_file"]
+__all__ = ["read_synsets", "read_voc_xml", "read_loc_solution", "read_labels_file", "read_text_file"]
+
+
+def read_text_file(path: str | Path, what: str = "list file", encoding: str = "utf-8") -> str:
+    """A text file the user gives (an image list, a class list, a labels file): a `DataError` naming
+    the file and the byte when it is not UTF-8 or cannot be read."""
+    path = Path(path)
+    try:
+        return path.read_text(encoding=encoding)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: this {what} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                        f"{exc.start}); save it as UTF-8") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read this {what}: {exc.strerror or exc}") from None
 
 _HEADER_WORDS = {"image", "images", "filename", "file", "path", "name", "imageid", "image_id", "id"}
 
@@ -49,7 +62,7 @@ def read_synsets(path: str | Path) -> list[str]:
             raise DataError(f"{path}: not an ILSVRC2012 devkit meta.mat ({type(exc).__name__}: {exc})") from None
         return [wnid for _, wnid, children in sorted(rows) if children == 0]
     wnids = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(read_text_file(path, "synset list").splitlines(), 1):
         if line.strip():
             wnids.append(line.split()[0].rstrip(","))
     if not wnids:
@@ -61,6 +74,8 @@ def read_synsets(path: str | Path) -> list[str]:
 
 def _voc_box(obj: ET.Element, path: Path) -> tuple[str, list[float]]:
     name = (obj.findtext("name") or "").strip()
+    if not name:  # an empty name would become a class of its own
+        raise DataError(f"{path}: an <object> has no <name> (the class of its box)")
     bb = obj.find("bndbox")
     if bb is None:
         raise DataError(f"{path}: <object> {name!r} has no <bndbox>")
@@ -107,7 +122,9 @@ def read_loc_solution(path: str | Path) -> dict[str, tuple[np.ndarray, list[str]
     if not path.is_file():
         raise DataError(f"{path}: LOC solution file not found")
     out: dict[str, tuple[np.ndarray, list[str]]] = {}
-    with path.open(newline="", encoding="utf-8") as f:
+    import io
+
+    with io.StringIO(read_text_file(path, "LOC solution file"), newline="") as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None or [h.strip() for h in header[:2]] != ["ImageId", "PredictionString"]:
@@ -145,10 +162,7 @@ def read_labels_file(path: str | Path, synsets: str | Path | Sequence[str] | Non
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: labels file not found")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read the labels file: {exc}") from None
+    text = read_text_file(path, "labels file", encoding="utf-8-sig")
     lines = [ln.strip() for ln in text.splitlines()]
     content = [ln for ln in lines if ln]
     if not content:

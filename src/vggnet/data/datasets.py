@@ -282,7 +282,12 @@ class ImageDataset(Dataset):
             boxes = None
             if self.box_sources is not None:
                 w, h = displayed_size(img)
-                arr, _ = self.raw_boxes(index)
+                try:
+                    arr, _ = self.raw_boxes(index)
+                except BadImageError:
+                    raise
+                except DataError as exc:  # a broken annotation is a bad sample, like a broken image
+                    raise BadImageError(None, f"its annotation cannot be used: {exc}") from None
                 boxes = tv_tensors.BoundingBoxes(torch.as_tensor(arr, dtype=torch.float32).reshape(-1, 4),
                                                  format="XYXY", canvas_size=(h, w))
             if self.transform is None or not hasattr(self.transform, "decode_side"):
@@ -494,13 +499,16 @@ def _box_sources(samples: Sequence[tuple[str, int]], split_dir: Path, data_root:
         for path, _ in samples:
             out.append(table.get(Path(path).stem))
     else:
+        # An image's annotation is the XML at its own relative path (train/<class>/x.jpg ->
+        # annotations/train/<class>/x.xml), or, for a flat folder of XML files (ImageNet's val), the one
+        # of its file name. Never the XML of the same name in another class's folder: that is another
+        # image's box.
         xmls: dict[str, Path] = {}
         for dirpath, _, filenames in os.walk(source, followlinks=True):
             for f in filenames:
                 if f.lower().endswith(".xml"):
                     full = Path(dirpath) / f
                     xmls.setdefault(full.relative_to(source).with_suffix("").as_posix(), full)
-                    xmls.setdefault(Path(f).stem, full)
         for path, _ in samples:
             p = Path(path)
             rel = p.relative_to(split_dir).with_suffix("").as_posix() if p.is_relative_to(split_dir) else p.stem

@@ -36,10 +36,14 @@ _EXIF_ORIENTATION = 0x0112
 class BadImageError(DataError):
     """An image file that cannot be decoded: the message names the file and the reason."""
 
-    def __init__(self, path: str | Path | None, reason: str) -> None:
+    def __init__(self, path: str | Path | None, reason: str | None = None) -> None:
+        if reason is None:  # one message, as torch rebuilds an error raised in a loader worker
+            path, reason = None, str(path)
+            super().__init__(reason)
+        else:
+            super().__init__(f"{path or '<image>'}: {reason}")
         self.path = None if path is None else str(path)
         self.reason = reason
-        super().__init__(f"{self.path or '<image>'}: {reason}")
 
 
 def exif_orientation(img: Image.Image) -> int:

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from vggnet.data.annotations import read_voc_xml
+from vggnet.data.annotations import read_text_file, read_voc_xml
 from vggnet.errors import DataError
 
 __all__ = ["is_voc_devkit", "voc_splits", "read_voc_split"]
@@ -60,7 +60,7 @@ def read_voc_split(root: str | os.PathLike, split: str, classes: Sequence[str] |
         found = voc_splits(root) if (root / "ImageSets" / "Main").is_dir() else []
         raise DataError(f"{listing}: no such image set (found: {', '.join(found) or 'none'}); "
                         f"pass --split / --train-split / --test-split with one of these")
-    ids = [line.split()[0] for line in listing.read_text(encoding="utf-8").splitlines() if line.strip()]
+    ids = [line.split()[0] for line in read_text_file(listing, "image set").splitlines() if line.strip()]
     if not ids:
         raise DataError(f"{listing}: lists no images")
     paths: list[str] = []

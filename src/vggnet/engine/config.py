@@ -367,8 +367,12 @@ def parse_init(init: str) -> tuple[str, str | None]:
         path = init[len("from:"):]
         if not path:
             raise UserError("--init from:CKPT needs a checkpoint path after 'from:'")
+        if Path(path).is_dir():
+            raise UserError(f"--init {init}: {path} is a folder; give the checkpoint file in it (e.g. "
+                            f"{Path(path) / 'best.pt'})")
         if not Path(path).is_file():
-            raise UserError(f"--init {init}: no such file {path}")
+            raise UserError(f"--init {init}: " + (f"no such file {path}" if not Path(path).exists()
+                                                  else f"{path} is not a regular file"))
         return "from", path
     if init not in SCHEMES:
         raise UserError(f"--init must be one of {', '.join(SCHEMES)} or from:CKPT (a trained net A, or a net of "

@@ -22,7 +22,7 @@ from vggnet import distributed
 from vggnet.data.datasets import BadImageWarning
 from vggnet.engine.config import TrainConfig
 
-__all__ = ["SeededAugmentation", "SkippedImage", "EpochTagged", "worker_init", "build_datasets",
+__all__ = ["SeededAugmentation", "SkippedImage", "EpochTagged", "worker_init", "build_datasets", "close_loader",
            "make_train_loader"]
 
 
@@ -141,3 +141,16 @@ def make_train_loader(dataset: Dataset, sampler: distributed.ResumableDistribute
         num_workers=workers, collate_fn=collate_naming_skips(collate), pin_memory=pin_memory,
         worker_init_fn=worker_init,
         generator=torch.Generator().manual_seed(seed), prefetch_factor=4 if workers > 0 else None)
+
+
+def close_loader(batches: Any) -> None:
+    """Shut the worker processes of a loader iterator down now (a no-op without workers).
+
+    Dropping the iterator is not enough when an exception passes: its traceback
+    keeps the iterator alive until the interpreter exits, and there the workers
+    (which ignore SIGTERM, see `worker_init`) would block multiprocessing's final
+    join forever. torch's iterator shuts down by this method in its own `__del__`.
+    """
+    shutdown = getattr(batches, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()

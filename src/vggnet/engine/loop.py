@@ -39,6 +39,7 @@ import torch
 
 from vggnet import distributed
 from vggnet.engine.config import TrainConfig, parse_init
+from vggnet.engine.data import close_loader
 from vggnet.engine.outputs import RunOutputs, duration, metric
 from vggnet.engine.setup import TrainerSetup
 from vggnet.engine.state import StopRequest, agree_on_resume, capture_rng, claim_run_folder, link_or_copy, plain
@@ -314,7 +315,10 @@ class Trainer(TrainerSetup):
                 if save_flag or every_due:
                     self.save()
         finally:
-            del batches  # shuts the loader workers down now, also when an exception passes
+            # shut the loader workers down now, also when an exception passes (its traceback would keep
+            # the iterator, and so the workers, alive until exit, where they ignore multiprocessing's SIGTERM)
+            close_loader(batches)
+            del batches
             self.outputs.close_bar()
         return False
 
@@ -503,12 +507,15 @@ class Trainer(TrainerSetup):
         init_ckpt = None
         scheme, init_path = parse_init(cfg.init)
         if resume is None and init_path is not None:
-            from vggnet.checkpoint import load_checkpoint
+            from vggnet.checkpoint import check_finite, load_checkpoint
 
             try:
                 init_ckpt = load_checkpoint(init_path)
             except CheckpointError as exc:
                 raise CheckpointError(f"--init from:{init_path}: {exc}") from None
+            # NaN weights would make the first loss NaN, which would be blamed on the learning rate
+            check_finite(init_ckpt["state_dict"], f"--init from:{init_path}",
+                         advice="the run that wrote it had diverged: start from an earlier checkpoint")
             self.task.check_checkpoint(init_ckpt, init_path, purpose="init")
         if self.info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)

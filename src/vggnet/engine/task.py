@@ -143,7 +143,12 @@ class Task:
 
 
 def checkpoint_task(ckpt: Mapping[str, Any]) -> str:
-    """The task a checkpoint was trained for ("classification" when it does not say)."""
+    """The task a checkpoint was trained for: its `meta["task"]`, or, for a file that does not say,
+    what its kind (`vggnet.checkpoint.checkpoint_kind`: outputs against class names) tells."""
+    from vggnet.checkpoint import checkpoint_kind
+
     meta = ckpt.get("meta") or {}
     task = meta.get("task") if isinstance(meta, Mapping) else None
-    return str(task) if task else "classification"
+    if task:
+        return str(task)
+    return "localisation" if checkpoint_kind(ckpt).startswith("localiser") else "classification"

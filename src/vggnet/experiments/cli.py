@@ -9,6 +9,7 @@ from typing import Any
 from vggnet.arguments import (add_batch_size_argument, add_data_argument, add_execution_arguments,
                               add_output_dir_argument, add_seed_argument, add_workers_argument, positive_int)
 from vggnet.errors import UserError
+from vggnet.paths import check_output_dir
 
 __all__ = ["add_experiment_arguments", "run_experiment"]
 
@@ -135,6 +136,7 @@ def run_experiment(args: argparse.Namespace) -> int:
                   file=sys.stderr)
     elif not Path(args.data).is_dir():
         raise UserError(f"--data {args.data}: no such directory")
+    check_output_dir(args.output_dir, flag="--output-dir", inputs=[args.data, grid.path])
     only = [c.strip() for c in args.cells.split(",") if c.strip()] if args.cells else None
     plan = plan_grid(grid, data=args.data, root=args.output_dir, overrides=_overrides(args), only=only)
     if args.dry_run:

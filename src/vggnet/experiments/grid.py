@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from vggnet.errors import UserError
+from vggnet.paths import inside
 
 __all__ = ["GRID_DIR", "KINDS", "Cell", "Grid", "Row", "known_grids", "load_grid", "grid_path", "PAPER_CROP",
            "EXECUTION_SETTINGS", "needs_command", "digest"]
@@ -235,7 +236,11 @@ def load_grid(name_or_path: str | Path) -> Grid:
     bad = [p for p in plots if p not in _PLOTS]
     if bad:
         raise UserError(f"{where}: unknown plot(s) {', '.join(bad)}; known: {', '.join(sorted(_PLOTS))}")
-    grid = Grid(name=str(raw.get("name") or path.stem), title=str(raw.get("title") or path.stem), path=path,
+    name = str(raw.get("name") or path.stem)
+    inside(Path("reports"), name, what=f"{where}: name")  # the reports go to OUTPUT_DIR/reports/<name>/
+    if len(Path(name).parts) != 1:
+        raise UserError(f"{where}: name {name!r}: expected one folder name (letters, digits, - and _), not a path")
+    grid = Grid(name=name, title=str(raw.get("title") or path.stem), path=path,
                 cells=cells, rows=rows, columns=columns, defaults=defaults, metrics=metrics, plots=plots,
                 paper_source=str(raw.get("paper_source") or ""), description=str(raw.get("description") or ""),
                 needs=sorted({c.command for c in cells.values()} - {"train", "eval"}))

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from vggnet.errors import UserError
+from vggnet.paths import folder_fingerprint
 from vggnet.experiments.grid import (EXECUTION_SETTINGS, PAPER_CROP, Cell, Grid, digest, needs_command)
 
 __all__ = ["Plan", "PlannedCell", "plan_grid", "run_plan", "dry_run_lines", "cell_status", "Overrides", "grid_px"]
@@ -124,9 +125,12 @@ def _scales_list(value: Any, factor: float, where: str) -> list[int]:
     if isinstance(values, str):
         values = values.split(",")
     try:
-        return sorted({grid_px(int(v), factor) for v in values})
+        ints = [int(v) for v in values]
     except (TypeError, ValueError):
         raise UserError(f"{where}: test_scales must be integers such as [256, 384, 512], got {value!r}") from None
+    if not ints or min(ints) < 1:  # scaled, 0 and -5 would have become Q = 1
+        raise UserError(f"{where}: test_scales must be positive integers such as [256, 384, 512], got {value!r}")
+    return sorted({grid_px(q, factor) for q in ints})
 
 
 def _flag(key: str) -> str:
@@ -153,10 +157,23 @@ def _train_argv(settings: Mapping[str, Any]) -> list[str]:
     return argv
 
 
+_FINGERPRINTS: dict[str, str] = {}
+
+
+def _data_files(folder: str) -> str:
+    """The dataset's files as they are now (`vggnet.paths.folder_fingerprint`), part of every cell's
+    hash: a cell is not "done (cached)" after its data changed. Computed once per plan."""
+    if folder not in _FINGERPRINTS:
+        _FINGERPRINTS[folder] = folder_fingerprint(folder)
+    return _FINGERPRINTS[folder]
+
+
 def plan_grid(grid: Grid, *, data: str | Path, root: str | Path, overrides: Overrides | None = None,
               only: Sequence[str] | None = None) -> Plan:
     """Resolve every cell of `grid` (or of `only` and what they need) into its command and cache directory."""
     from vggnet.engine.config import TrainConfig
+
+    _FINGERPRINTS.clear()  # the files as they are for this plan
 
     overrides = overrides or Overrides()
     data = str(Path(data).resolve())
@@ -231,7 +248,7 @@ def _plan_train(cell: Cell, grid: Grid, planned: Mapping[str, PlannedCell], *, d
     resolved = {k: v for k, v in config.to_dict().items() if k not in EXECUTION_SETTINGS}
     resolved["init"] = f"from:cell:{dep.hash}" if dep is not None else resolved["init"]
     resolved.pop("data")
-    hashed = {"kind": cell.kind, "data": data, "train": resolved, **extra}
+    hashed = {"kind": cell.kind, "data": data, "data_files": _data_files(data), "train": resolved, **extra}
     h = digest(hashed)
     model = str(config.model)
     cdir = root / "cells" / f"{cell.kind}-{model}-{h[:12]}"
@@ -271,7 +288,7 @@ def _plan_eval(cell: Cell, planned: Mapping[str, PlannedCell], *, data: str, roo
     if method not in ("dense", "multi-crop", "both", "center"):
         raise UserError(f"{where}: method must be dense, multi-crop, both or center, got {method!r}")
     nets = [planned[n] for n in cell.nets]
-    hashed = {"kind": "eval", "data": data, "nets": [n.hash for n in nets], "test_scales": scales, "method": method,
+    hashed = {"kind": "eval", "data": data, "data_files": _data_files(data), "nets": [n.hash for n in nets], "test_scales": scales, "method": method,
               "flip": bool(s.get("flip", True)), "grid": int(s.get("grid", 5)), "amp": s.get("amp", "off")}
     h = digest(hashed)
     cdir = root / "cells" / f"eval-{h[:12]}"
@@ -319,7 +336,7 @@ def _plan_localize_eval(cell: Cell, planned: Mapping[str, PlannedCell], *, data:
     if cls_method not in ("dense", "multi-crop", "both", "center"):
         raise UserError(f"{where}: classifier_method must be dense, multi-crop, both or center, got {cls_method!r}")
     cls_scales = _scales_list(s["classifier_scales"], factor, where) if "classifier_scales" in s else None
-    hashed = {"kind": "localize-eval", "data": data, "nets": [n.hash for n in nets],
+    hashed = {"kind": "localize-eval", "data": data, "data_files": _data_files(data), "nets": [n.hash for n in nets],
               "classifiers": [c.hash for c in cls], "protocol": protocol, "test_scales": scales}
     if cls and (cls_method != "dense" or cls_scales):  # (absent when default: earlier cells keep their hash)
         hashed.update({"classifier_method": cls_method, "classifier_scales": cls_scales})
@@ -352,7 +369,7 @@ def _plan_transfer(cell: Cell, planned: Mapping[str, PlannedCell], *, root: Path
     aggregate = s.get("aggregate", "average")
     nets = [planned[n] for n in cell.nets]
     extra = [str(x) for x in s.get("extra") or []]
-    hashed = {"kind": "transfer", "data": tdata, "nets": [n.hash for n in nets], "test_scales": scales,
+    hashed = {"kind": "transfer", "data": tdata, "data_files": _data_files(tdata), "nets": [n.hash for n in nets], "test_scales": scales,
               "aggregate": aggregate, "extra": extra}
     h = digest(hashed)
     cdir = root / "cells" / f"transfer-{h[:12]}"

@@ -9,6 +9,7 @@ import sys
 from vggnet.arguments import (EXPORT_FORMATS, IMPORT_FORMATS, MODEL_NAMES_HELP, add_checkpoint_argument,
                               add_output_argument, check_required_output, positive_int, take_positional_checkpoints)
 from vggnet.errors import UserError
+from vggnet.paths import check_output
 # (the format modules, and torch, are imported by run_<command> after every flag is checked)
 
 __all__ = ["add_import_arguments", "run_import", "add_export_arguments", "run_export"]
@@ -43,6 +44,7 @@ def run_import(args: argparse.Namespace) -> int:
     from vggnet.interop.common import describe_build, read_class_file
 
     build = {"width": args.width, "fc_width": args.fc_width, "crop_size": args.crop_size, "dropout": args.dropout}
+    check_output(args.output, flag="--output", inputs=[args.file, args.classes])
     if args.format is None:
         args.format = detect_format(args.file)
         print(f"detected format: {args.format}")
@@ -58,6 +60,10 @@ def run_import(args: argparse.Namespace) -> int:
                 ckpt["meta"]["class_descriptions"] = descriptions
     else:
         ckpt = import_weights(args.format, args.file, name=args.model, classes=args.classes, **build)
+    from vggnet.checkpoint import check_finite
+
+    check_finite(ckpt["state_dict"], f"{args.file}", advice="a net with them answers nothing; import the "
+                                                              "weights of a run that had not diverged")
     out = save_checkpoint(args.output, ckpt)
     b, p = ckpt["build"], ckpt["preprocessing"]
     print(f"imported {args.format} {args.file}: {describe_build(b)}")
@@ -102,6 +108,12 @@ def run_export(args: argparse.Namespace) -> int:
         raise UserError(f"--dense and --dynamo apply to ONNX exports only, not {args.format}")
     if args.format == "onnx" and (args.int8 or args.calibration):
         _check_int8_flags(args)
+    from vggnet.interop.safetensors import sidecar_path
+
+    inputs = [args.checkpoint, args.calibration, args.val]
+    check_output(args.output, flag="--output", inputs=inputs)
+    if args.format == "safetensors":  # and its JSON sidecar
+        check_output(sidecar_path(args.output), flag="--output (its JSON sidecar)", inputs=inputs)
     from vggnet.interop import check_onnx, export_onnx, export_safetensors, export_torchvision, load_weights
     from vggnet.interop import torchvision_name
 
@@ -147,6 +159,10 @@ def _check_int8_flags(args: argparse.Namespace) -> None:
 
 def _run_int8(args: argparse.Namespace, ckpt: dict) -> int:
     _check_int8_flags(args)
+    from vggnet.checkpoint import require_kind
+
+    require_kind(ckpt, args.checkpoint, ("classifier",), use="--int8 (a crop classifier checked by its top-1 "
+                                                             "accuracy)")
     try:
         from vggnet.interop.quantize import quantize_onnx
     except ImportError as exc:

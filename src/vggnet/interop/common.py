@@ -53,6 +53,9 @@ def read_classes(path: str | os.PathLike) -> list[str]:
     names = [line.strip() for line in lines]
     if not names or any(not n for n in names):
         raise UserError(f"--classes {path}: expected one non-empty class name per line")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise UserError(f"--classes {path}: class names must be distinct; repeated: {', '.join(repeated[:5])}")
     return names
 
 

@@ -18,7 +18,8 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from vggnet.checkpoint import VERSION, atomic_write, checkpoint_from_state
+from vggnet.checkpoint import (SKIP_CHECKSUM_ENV, VERSION, atomic_write, checkpoint_from_state, checkpoint_kind,
+                               weights_checksum)
 from vggnet.data.transforms import deployment_config
 from vggnet.errors import CheckpointError, UserError
 from vggnet.interop.common import as_checkpoint, check_state, class_names
@@ -79,6 +80,11 @@ def import_safetensors(
         state = load_file(path)
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{where} cannot be read (truncated or not safetensors): {exc}") from None
+    stored = _header_value(path, "vggnet.weights_sha256")
+    if stored and weights_checksum(state) != stored and os.environ.get(SKIP_CHECKSUM_ENV) != "1":
+        raise CheckpointError(f"{where}: its weights do not match the checksum stored in its header (bits changed "
+                              f"on disk or in a copy); export it again from a good checkpoint, or, if you edited "
+                              f"the weights on purpose, import it with {SKIP_CHECKSUM_ENV}=1")
     build = info["build"]
     state = check_state(where, build, state)
     names = class_names(classes, int(build["num_classes"])) or info["classes"]
@@ -97,6 +103,13 @@ def _read_sidecar(sidecar: Path) -> dict[str, Any]:
         if key not in info:
             raise CheckpointError(f"sidecar {sidecar} has no {key!r} entry")
     return info
+
+
+def _header_value(path: Path, key: str) -> str | None:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return (f.metadata() or {}).get(key)
 
 
 def _header_info(path: Path, where: str) -> dict[str, Any] | None:
@@ -138,7 +151,9 @@ def export_safetensors(ckpt: Mapping[str, Any] | str | os.PathLike, path: str | 
               "vggnet.format": WEIGHTS_FORMAT, "vggnet.version": str(VERSION),
               "vggnet.build": json.dumps(ckpt["build"]), "vggnet.preprocessing": json.dumps(ckpt["preprocessing"]),
               "vggnet.classes": json.dumps(list(ckpt["classes"])), "vggnet.meta": json.dumps(meta),
-              "vggnet.pretrained_cfg": json.dumps(cfg)}
+              "vggnet.pretrained_cfg": json.dumps(cfg),
+              # the checkpoint's weights checksum travels with them: `vgg import` verifies it
+              "vggnet.weights_sha256": weights_checksum(state), "vggnet.kind": checkpoint_kind(ckpt)}
     atomic_write(path, lambda f: f.write(save(state, metadata=header)))
     info = {"format": WEIGHTS_FORMAT, "version": VERSION, "weights": path.name, "sha256": _sha256(path),
             "build": ckpt["build"], "preprocessing": ckpt["preprocessing"], "classes": ckpt["classes"],

@@ -28,6 +28,7 @@ from vggnet.arguments import (BOX_MODES, HEADS, METHODS, TARGETS, add_batch_size
                               add_output_dir_argument, add_progress_argument, add_workers_argument, non_negative_int,
                               output_dir_default, parse_test_scales, positive_int, resolve_workers)
 from vggnet.errors import DataError, UserError
+from vggnet.paths import check_output, check_output_dir, distinct_outputs
 
 # torch, numpy and the task's modules are imported where they are used, so that the parsers are built
 # (and a wrong flag refused) without them
@@ -140,7 +141,7 @@ def evaluate_localisation(checkpoints: Sequence[str], data: str, *, protocol: st
     Returns the report: `{"protocol", "localisation_error" (percent; the first net at its
     first scale for "central", the greedy merge for "full"), "rows", "mean_box", ...}`."""
     from vggnet.localisation.task import load_classifier_checkpoint, load_localiser, protocol1
-    from vggnet.inference import resolve_device
+    from vggnet.inference import check_scales_fit, resolve_device
 
     if protocol not in ("central", "full"):
         raise UserError(f"--protocol: expected central or full, got {protocol!r}")
@@ -153,10 +154,19 @@ def evaluate_localisation(checkpoints: Sequence[str], data: str, *, protocol: st
         raise UserError(f"--merge-iou and --nms-iou must be in (0, 1], got {merge_iou} and {nms_iou}")
     if not Path(data).exists():
         raise UserError(f"--data {data}: no such directory")
+    if max_images is not None and max_images < 1:
+        raise UserError(f"--max-images must be >= 1 (leave it out for every image), got {max_images}")
+    if mean_box_sample < 1:
+        raise UserError(f"--mean-box-sample must be >= 1 (training images the mean box is taken over), "
+                        f"got {mean_box_sample}")
     for c in classifiers:
         load_classifier_checkpoint(c)  # a localisation checkpoint given as --classifier: named, before any work
     dev = resolve_device(device)
     locs = [load_localiser(c) for c in checkpoints]
+    for loc in locs:  # a Q that cannot fit is refused with the estimate, before any work
+        check_scales_fit(loc.model, scales or [loc.default_scale()], dev,
+                         method="dense" if protocol == "full" else "central crop", flip=protocol == "full",
+                         amp="off", where=f"localisation net {loc.name}")
     classes = locs[0].classes
     val = _val_dataset(data, classes)
     if max_images and max_images < len(val):   # evenly spaced, so every class keeps its share
@@ -237,10 +247,13 @@ def _image_files(items: Sequence[str]) -> list[str]:
         p = Path(item)
         if p.is_dir():
             files += sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in _IMAGE_SUFFIXES)
-        elif p.is_file():
+        else:  # the one rule of training and predict: a FIFO is named as one, not "no such file"
+            from vggnet.data.datasets import image_file_problem
+
+            problem = image_file_problem(p)
+            if problem is not None:
+                raise UserError(f"{item}: {'no such file or directory' if problem == 'no such file' else problem}")
             files.append(str(p))
-        else:
-            raise UserError(f"{item}: no such file or directory")
     if not files:
         raise UserError(f"no image files in {', '.join(items)}")
     return files
@@ -299,6 +312,10 @@ def predict_localisation(checkpoints: Sequence[str], classifiers: Sequence[str],
     for c in classifiers:
         load_classifier_checkpoint(c)
     files = _image_files(images)
+    check_output_dir(out, flag="--out", inputs=[*checkpoints, *classifiers, *files, annotations])
+    drawings = distinct_outputs(files, out, ".png")  # a/x.jpg and b/x.jpg: two drawings
+    for png in drawings:  # --out D D/x.png: the drawing would replace its own image
+        check_output(png, flag="--out", inputs=files)
     truths = ground_truth(files, annotations)
     locs = [load_localiser(c) for c in checkpoints]
     dev = resolve_device(device)
@@ -315,7 +332,7 @@ def predict_localisation(checkpoints: Sequence[str], classifiers: Sequence[str],
         # a merged box may reach past the image (the regressor is unconstrained): clip it, in the drawing and the JSON
         preds = [(c, [min(max(b[0], 0.0), pw), min(max(b[1], 0.0), ph), min(max(b[2], 0.0), pw),
                       min(max(b[3], 0.0), ph)], sc) for c, b, sc in preds]
-        drawn = _draw_predictions(path, preds, (ph, pw), res.classes, out_dir, truth=truths[i])
+        drawn = _draw_predictions(path, preds, (ph, pw), res.classes, drawings[i], truth=truths[i])
         results.append({"image": path, "drawn": str(drawn),
                         "predictions": [{"rank": k + 1, "class": res.classes[c], "index": c,
                                          "box": [round(v, 2) for v in b], "score": s}
@@ -336,10 +353,10 @@ TRUTH_COLOUR = (40, 200, 60)  # the ground truth: green, dashed, labelled "truth
 
 
 def _draw_predictions(path: str, preds: Sequence[tuple[int, Sequence[float], float]], size: tuple[int, int],
-                      classes: Sequence[str], out_dir: Path,
+                      classes: Sequence[str], png: Path,
                       truth: Sequence[tuple[str, Sequence[float]]] | None = None) -> Path:
-    """OUT/<stem>.png: the rank-1 box thick and labelled with its class and score, ranks 2-5 thin, light and
-    numbered only (they are listed in predictions.json); the image upscaled to a smallest side of
+    """`png` (OUT/<stem>.png; `vggnet.paths.distinct_outputs`): the rank-1 box thick and labelled with its
+    class and score, ranks 2-5 thin, light and numbered only (they are listed in predictions.json); the image upscaled to a smallest side of
     DRAWING_MIN_SIDE when smaller, so that the label is legible whatever the image's size."""
     from PIL import Image, ImageDraw, ImageFont
 
@@ -378,7 +395,6 @@ def _draw_predictions(path: str, preds: Sequence[tuple[int, Sequence[float], flo
         ty = box[1] - (bottom - top) - 6 if box[1] >= (bottom - top) + 6 else box[1] + width
         draw.rectangle([tx, ty, tx + right - left + 4, ty + bottom + 4], fill=(230, 20, 20))
         draw.text((tx + 2, ty + 2), label, fill=(255, 255, 255), font=font)
-    png = out_dir / f"{Path(path).stem}.png"
     img.save(png)
     return png
 

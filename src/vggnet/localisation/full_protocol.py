@@ -394,7 +394,8 @@ def localise_images(locs: Sequence[Localiser], classifiers: Sequence[str], datas
     posterior = ranking.final_posterior()                              # (N, classes), fused
     k = min(topk, len(classes))
     ranked = posterior.topk(k, dim=1).indices
-    nets = load_nets(ckpts, preprocessing=None, device=device, channels_last=channels_last)
+    nets = load_nets(ckpts, preprocessing=None, device=device, channels_last=channels_last,
+                     use="--classifier")
     for loc in locs:
         loc.model.eval().to(device)
     ds = with_transform(dataset, _MultiScale(scales))

@@ -296,6 +296,10 @@ class LocalisationTask(Task):
                            box_mode=self.box_mode, target=self.target)
         crops, empty = all_reduce_sum([self._crops, self._empty])
         self._crops = self._empty = 0
+        if crops and empty == crops:  # every box outside its crop: a loss of 0 that trains nothing
+            raise DataError(f"every one of the {int(crops)} training crops since the last validation held no part "
+                            f"of its box (loss 0, nothing learnt): are the training boxes inside their images "
+                            f"(VOC XML pixels, 1-based, of the displayed image)?")
         result["empty_crops"] = 100.0 * empty / crops if crops else 0.0
         return result
 
@@ -376,8 +380,10 @@ def load_localiser(checkpoint: Any, *, flag: str = "--checkpoint") -> Localiser:
         raise CheckpointError(f"{flag} {where} is a {task} checkpoint, not a localisation net; "
                               f"train one with `vgg localize train --init from:{where}`"
                               + ("; give classification nets with --classifier" if task == "classification" else ""))
+    from vggnet.checkpoint import checkpoint_kind
+
     settings = _task_settings(ckpt)
-    head = settings.get("head")
+    head = settings.get("head") or checkpoint_kind(ckpt).removeprefix("localiser-")  # older files: their kind
     if head not in HEADS:
         raise CheckpointError(f"{where}: localisation checkpoint without a valid head (meta.task_settings.head = "
                               f"{head!r}; expected one of {', '.join(HEADS)})")
@@ -448,11 +454,13 @@ def central_pass(model: nn.Module, dataset: Any, indices: Sequence[int], *, head
     ds = with_transform(dataset, CentralCropPreset(scale=scale, crop_size=crop, preprocessing=pre))
     loader = DataLoader(Subset(ds, list(indices)), batch_size=batch_size, shuffle=False, num_workers=workers,
                         collate_fn=collate_skip_bad)
-    sums = {"images": 0.0, "correct": 0.0, "loss": 0.0, "loss_crops": 0.0, "no_boxes": 0.0}
+    sums = {"images": 0.0, "correct": 0.0, "loss": 0.0, "loss_crops": 0.0, "no_boxes": 0.0, "bad_images": 0.0}
     was_training = net.training
     net.eval()
     try:
         for batch in loader:
+            # a non-strict dataset's unreadable files (a training run's validation) are counted, as classification's
+            sums["bad_images"] += getattr(batch, "skipped", 0)
             if not batch:
                 continue
             if len(batch) < 3:
@@ -495,15 +503,15 @@ def protocol1(model: nn.Module, dataset: Any, *, head: str, preprocessing: Any, 
     s = central_pass(model, dataset, range(rank, len(dataset), world), head=head, preprocessing=preprocessing,
                      scale=scale, device=dev, batch_size=batch_size, workers=workers, amp=amp, box_mode=box_mode,
                      target=target)
-    images, correct, loss, crops, no_boxes = all_reduce_sum(
-        [s["images"], s["correct"], s["loss"], s["loss_crops"], s["no_boxes"]])
+    images, correct, loss, crops, no_boxes, bad = all_reduce_sum(
+        [s["images"], s["correct"], s["loss"], s["loss_crops"], s["no_boxes"], s["bad_images"]])
     if no_boxes:
         raise DataError(f"{int(no_boxes)} validation image(s) have no usable box (none annotated, or only "
                         f"zero-area ones); protocol 1 needs a ground-truth box for every image")
     if images == 0:
         raise DataError("protocol 1: the validation set has no images")
     return {"localisation_error": 100.0 * (images - correct) / images, "loss": loss / crops if crops else 0.0,
-            "images": int(images)}
+            "images": int(images), "bad_images": int(bad)}
 
 
 # --------------------------------------------------------------------------- datasets and the mean box

@@ -21,6 +21,7 @@ from vggnet.arguments import (AGGREGATIONS, C_GRID, add_batch_size_argument, add
                               add_progress_argument, add_workers_argument, check_required_output, parse_test_scales,
                               positive_int, resolve_workers, take_positional_checkpoints)
 from vggnet.errors import UserError
+from vggnet.paths import check_output, check_output_dir
 # (descriptors, SVMs and torch are imported by run_<command>, after every flag is checked)
 
 __all__ = ["add_features_arguments", "run_features", "add_transfer_arguments", "run_transfer",
@@ -70,6 +71,7 @@ def run_features(args: argparse.Namespace) -> int:
     from vggnet.transfer.descriptors import DescriptorExtractor, list_images
 
     set_threads(args.threads)
+    check_output(args.output, flag="--output", inputs=[*args.checkpoint, args.data])
     with process_group(args.device) as info:
         images = list_images(args.data, args.split, exclude=args.exclude_class)
         extractor = DescriptorExtractor(args.checkpoint, scales=args.test_scales, flip=args.flip,
@@ -163,6 +165,8 @@ def run_transfer(args: argparse.Namespace) -> int:
     take_positional_checkpoints(args, "items")
     if not args.data:
         raise UserError("--data DIR is required")
+    check_output_dir(args.output_dir, flag="--output-dir",
+                     inputs=[*args.checkpoint, args.data, args.train_features, args.test_features])
     try:
         grid = [float(c) for c in args.c_grid.split(",") if c.strip()]
     except ValueError:

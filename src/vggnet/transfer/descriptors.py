@@ -34,6 +34,7 @@ import json
 import os
 import shutil
 from dataclasses import dataclass
+import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -44,9 +45,10 @@ import torch.nn.functional as F
 from vggnet import distributed
 from vggnet.errors import CheckpointError, DataError, UserError
 from vggnet.distributed import agree, gather_shards, on_main, rank_world
-from vggnet.inference import identity_preprocessing, load_nets, resolve_device, run_pass, with_transform
+from vggnet.inference import check_scales_fit, identity_preprocessing, load_nets, resolve_device, run_pass, with_transform
 from vggnet.execution import choose_execution
 from vggnet.models import VGG
+from vggnet.paths import fingerprint
 
 __all__ = [
     "AGGREGATIONS", "ImageSet", "list_images", "split_per_class", "pooled_descriptor", "checkpoint_digest",
@@ -126,6 +128,8 @@ def list_images(data: str | os.PathLike, split: str | None = None, *, classes: S
         raise UserError(f"--exclude-class {unknown[0]}: no such class in {ds.root} (classes: {', '.join(names[:8])}"
                         f"{' ...' if len(names) > 8 else ''})")
     kept = [c for c in names if c not in exclude]
+    if not kept:
+        raise UserError(f"--exclude-class leaves no class of {ds.root} (it names all {len(names)}); exclude fewer")
     remap = {names.index(c): i for i, c in enumerate(kept)}
     samples = [(p, remap[t]) for p, t in ds.samples if t in remap]
     return ImageSet([p for p, _ in samples], np.array([t for _, t in samples], dtype=np.int64), kept,
@@ -223,7 +227,8 @@ class DescriptorExtractor:
         self.device = resolve_device(device)
         chosen = choose_execution(amp, channels_last, self.device)  # auto: bf16 on CUDA and bf16-native CPUs
         self.nets = load_nets(list(checkpoints), preprocessing=None, device=self.device,
-                              channels_last=chosen.channels_last)
+                              channels_last=chosen.channels_last,
+                              use="descriptors (vgg features, vgg transfer)")
         crop = max(net.crop_size for net in self.nets)
         self.scales = sorted(set(scales)) if scales else default_scales(crop)
         if self.scales[0] < crop:
@@ -231,6 +236,9 @@ class DescriptorExtractor:
                             f"net needs Q >= crop_size")
         self.flip, self.aggregation = bool(flip), aggregation
         self.amp = chosen.amp
+        for net in self.nets:  # a Q that cannot fit is refused with the estimate, before any work
+            check_scales_fit(net.model, self.scales, self.device, method="dense", flip=self.flip, amp=self.amp,
+                             where=f"net {net.name}")
         self.batch_size, self.workers = int(batch_size), int(workers)
         self.checkpoints = [{"name": net.name, "path": None if isinstance(c, Mapping) else str(Path(c).resolve()),
                              "sha256": checkpoint_digest(c)} for net, c in zip(self.nets, checkpoints)]
@@ -343,7 +351,7 @@ class DescriptorExtractor:
         """
         from safetensors.torch import save as st_save
 
-        from vggnet.checkpoint import atomic_write
+        from vggnet.checkpoint import atomic_write, weights_checksum
 
         out = Path(out)
         if chunk_size < 1:
@@ -352,7 +360,8 @@ class DescriptorExtractor:
         parts = out.with_name(f"{out.name}.parts-{self.key[:16]}")
         n = len(images.paths)
         chunk_rows = [list(range(start, min(start + chunk_size, n))) for start in range(0, n, chunk_size)]
-        tags = [_digest([images.paths[i] for i in rows]) for rows in chunk_rows]
+        # a chunk is reused for the same images, unchanged (paths, sizes, mtimes: `vggnet.paths.fingerprint`)
+        tags = [fingerprint([images.paths[i] for i in rows]) for rows in chunk_rows]
 
         found = on_main(lambda: self._on_disk(images, out, parts, chunk_rows, tags))  # rank 0 looks
         existing, done = found if found is not None else (None, {})
@@ -373,7 +382,8 @@ class DescriptorExtractor:
             d = self._chunk(images, rows, progress=progress, desc=f"chunk {c + 1}/{len(chunk_rows)} ")
             path = parts / f"chunk_{c:06d}.safetensors"
             on_main(lambda d=d, path=path, tag=tags[c]: atomic_write(
-                path, lambda f: f.write(st_save({"descriptors": d.contiguous()}, {"images": tag}))))
+                path, lambda f: f.write(st_save({"descriptors": d.contiguous()},
+                                                {"images": tag, "sha256": weights_checksum({"descriptors": d})}))))
             chunks.append(d)
         descriptors = torch.cat(chunks) if chunks else torch.zeros(0, self.dim)
 
@@ -392,6 +402,8 @@ class DescriptorExtractor:
         images, else the chunks of `parts` whose images are these chunks' (by index)."""
         from safetensors import SafetensorError, safe_open
 
+        from vggnet.checkpoint import weights_checksum
+
         if out.is_file():
             try:
                 existing = load_features(out)
@@ -407,11 +419,16 @@ class DescriptorExtractor:
                 continue
             try:
                 with safe_open(str(path), framework="pt") as f:
-                    if (f.metadata() or {}).get("images") != tag:
+                    header = f.metadata() or {}
+                    if header.get("images") != tag:
                         continue  # other images (another --chunk-size or another list): computed again
                     d = f.get_tensor("descriptors")
             except (SafetensorError, OSError):
                 continue  # unreadable: computed again and replaced
+            if header.get("sha256") != weights_checksum({"descriptors": d}):
+                warnings.warn(f"{path}: its descriptors do not match their checksum (damaged on disk, or written "
+                              f"by an older vggnet): computed again", stacklevel=2)
+                continue
             if d.dtype == torch.float32 and tuple(d.shape) == (len(rows), self.dim):
                 done[c] = d
         return None, done

@@ -39,7 +39,7 @@ from vggnet.transfer.descriptors import (  # re-exported: they were defined here
     Features as Features, ImageSet as ImageSet, checkpoint_digest as checkpoint_digest,
     default_scales as default_scales, list_images as list_images, load_features as load_features,
     pooled_descriptor as pooled_descriptor, split_per_class as split_per_class)
-from vggnet.errors import CheckpointError, UserError
+from vggnet.errors import CheckpointError, DataError, UserError
 from vggnet.distributed import rank_world
 
 __all__ = [
@@ -463,6 +463,10 @@ def fit_transfer(work: TransferWork, *, c_grid: Sequence[float], folds: int, c_s
     first_svm = None
     for train_set, X_tr, test_set, X_te in work.runs:
         Y = train_set.targets()
+        for name, images, targets in (("training", train_set, Y), ("test", test_set, test_set.targets())):
+            if images.multi_label and not (np.asarray(targets) > 0).any():  # every AP undefined: mAP nan
+                raise DataError(f"{work.data}: none of the {len(images.paths)} {name} images has an object of any "
+                                f"class (every annotation empty?); AP needs positives")
         C, cv = select_C(X_tr, Y, multi_label=train_set.multi_label, grid=c_grid, folds=folds,
                          selection=c_selection, holdout=holdout)
         svm = LinearSVMs(C).fit(X_tr, Y)
