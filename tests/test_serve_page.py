@@ -3,7 +3,6 @@ headless Chromium (Debian's chromium + chromedriver through selenium; skipped, s
 
 import os
 import shutil
-import time
 
 import pytest
 import torch

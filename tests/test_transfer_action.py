@@ -12,7 +12,7 @@ from vggnet.checkpoint import make_checkpoint, save_checkpoint
 from vggnet.cli import main
 from vggnet.data.synthetic_action import ACTIONS, write_actions
 from vggnet.data.voc_action import is_voc_action, read_action_split
-from vggnet.errors import DataError, UserError
+from vggnet.errors import DataError
 from vggnet.transfer.action import action_descriptors, crop_boxes, fit_action
 from vggnet.transfer.descriptors import DescriptorExtractor, ImageSet
 
