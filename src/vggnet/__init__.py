@@ -11,10 +11,10 @@ torch, so `vgg --help` starts in a fraction of a second; the first use of
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from vggnet.errors import CheckpointError, DataError, UserError
+from vggnet.lazy import lazy_attributes
 
 __version__ = "0.1.0"
 
@@ -48,14 +48,4 @@ if TYPE_CHECKING:
     from vggnet.models import ALIASES, CONFIGS, NAMES, VGG, count_macs, count_parameters, resolve_name, vgg
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'vggnet' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # resolved once
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

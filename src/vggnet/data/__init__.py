@@ -5,8 +5,9 @@
     >>> train = build_dataset("DATA", TrainPreset(crop_size=224, scale=(256, 512), preprocessing=pre, pca=stats))
 """
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from vggnet.lazy import lazy_attributes
 
 # The public names resolve lazily (PEP 562), as in `vggnet` itself: importing one module of this
 # package (its flags, for `--help` and argument errors) does not import torch.
@@ -74,14 +75,4 @@ if TYPE_CHECKING:
     from vggnet.data.images import BadImageError, decode_image, load_image, open_image, to_rgb
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # resolved once
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

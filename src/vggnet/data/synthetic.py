@@ -313,7 +313,7 @@ def _write_range(args: tuple[Path, dict[str, Any], str, int, int, int, int]) -> 
     return stop - start
 
 
-def _prepare_output(out: str | os.PathLike, force: bool, folders: Sequence[str],
+def prepare_output(out: str | os.PathLike, force: bool, folders: Sequence[str],
                     counts: Sequence[tuple[int, str]]) -> Path:
     """`out` ready to be written: refused if it is a file, or not empty without `force` (then only
     `folders` and synthetic.json, what a writer here makes, are removed); image counts checked."""
@@ -343,7 +343,7 @@ def write_synthetic(out: str | os.PathLike, classes: int | Sequence[str] = 10, t
     this function writes (train/, val/, annotations/, synthetic.json).
     Returns the settings written to `out/synthetic.json`.
     """
-    out = _prepare_output(out, force, ("train", "val", "annotations"), ((train, "--train"), (val, "--val")))
+    out = prepare_output(out, force, ("train", "val", "annotations"), ((train, "--train"), (val, "--val")))
     if not 1 <= quality <= 100:
         raise UserError(f"--quality: expected 1 to 100, got {quality}")
     names = _resolve_classes(classes)
@@ -408,7 +408,7 @@ def write_multilabel(out: str | os.PathLike, classes: int | Sequence[str] = 10, 
 
     `trainval` images are split in halves into train and val; `test` images follow.
     """
-    out = _prepare_output(out, force, ("JPEGImages", "Annotations", "ImageSets"),
+    out = prepare_output(out, force, ("JPEGImages", "Annotations", "ImageSets"),
                           ((trainval, "--train"), (test, "--val")))
     names = _resolve_classes(classes)
     SyntheticShapes(0, classes=names, image_size=image_size)  # validates image_size

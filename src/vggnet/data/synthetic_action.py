@@ -17,13 +17,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from vggnet.data.synthetic import prepare_output
 from vggnet.errors import UserError
 
 __all__ = ["ACTIONS", "write_actions"]
@@ -105,14 +105,7 @@ def _xml(filename: str, size: tuple[int, int], people: list[tuple[str, tuple]]) 
 def write_actions(out: str | os.PathLike, train: int = 200, val: int = 100, seed: int = 0, force: bool = False, *,
                   image_size: int = 96, quality: int = 90) -> dict[str, Any]:
     """Write `train` + `val` images (trainval = both) in the VOC-2012 action layout; returns the parameters."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()):
-        if not force:
-            raise UserError(f"{out}: exists and is not empty; pass --force (force=True) to overwrite it")
-        for name in ("JPEGImages", "Annotations", "ImageSets"):
-            shutil.rmtree(out / name, ignore_errors=True)
+    out = prepare_output(out, force, ("JPEGImages", "Annotations", "ImageSets"), ())
     for n, flag in ((train, "--train"), (val, "--val")):
         if n < 1:
             raise UserError(f"{flag}: expected a number of images >= 1, got {n}")

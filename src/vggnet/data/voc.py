@@ -38,7 +38,8 @@ def voc_splits(root: str | os.PathLike) -> list[str]:
     return sorted(p.stem for p in main.glob("*.txt") if "_" not in p.stem)
 
 
-def _image_path(root: Path, image_id: str) -> Path | None:
+def image_path(root: Path, image_id: str) -> Path | None:
+    """`root/JPEGImages/<image_id>` with the first image suffix that exists (.jpg, .jpeg, .png), or None."""
     for suffix in _IMAGE_SUFFIXES:
         p = root / "JPEGImages" / f"{image_id}{suffix}"
         if p.is_file():
@@ -66,7 +67,7 @@ def read_voc_split(root: str | os.PathLike, split: str, classes: Sequence[str] |
     paths: list[str] = []
     objects: list[dict[str, bool]] = []  # per image: class -> has a non-difficult instance
     for image_id in ids:
-        image = _image_path(root, image_id)
+        image = image_path(root, image_id)
         if image is None:
             raise DataError(f"{listing}: lists image {image_id!r}, but {root / 'JPEGImages' / image_id}.jpg "
                             f"does not exist; restore the file or remove the id from the list")

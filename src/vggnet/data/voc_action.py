@@ -22,11 +22,11 @@ from typing import Sequence
 import numpy as np
 
 from vggnet.data.annotations import read_voc_xml
+from vggnet.data.voc import image_path
 from vggnet.errors import DataError
 
 __all__ = ["ActionSet", "is_voc_action", "action_splits", "read_action_split"]
 
-_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 @dataclass
@@ -60,14 +60,6 @@ def action_splits(root: str | os.PathLike) -> dict[str, list[str]]:
     return out
 
 
-def _image_path(root: Path, image_id: str) -> Path | None:
-    for suffix in _IMAGE_SUFFIXES:
-        p = root / "JPEGImages" / f"{image_id}{suffix}"
-        if p.is_file():
-            return p
-    return None
-
-
 def read_action_split(root: str | os.PathLike, split: str, actions: Sequence[str] | None = None) -> ActionSet:
     """The person instances of `split` with their boxes and per-action labels.
 
@@ -99,7 +91,7 @@ def read_action_split(root: str | os.PathLike, split: str, actions: Sequence[str
             labels.setdefault((image_id, index), np.full(len(names), -1, dtype=np.int8))[a] = np.sign(flag)
     paths, boxes, instances = [], [], []
     for image_id, index in sorted(labels):
-        image = _image_path(root, image_id)
+        image = image_path(root, image_id)
         xml = root / "Annotations" / f"{image_id}.xml"
         if image is None:
             raise DataError(f"{root / 'JPEGImages' / image_id}.jpg: listed in ImageSets/Action/*_{split}.txt but "

@@ -20,8 +20,9 @@ Several processes, one machine or many (see `vggnet.distributed`):
     torchrun --standalone --nproc-per-node=8 -m vggnet.cli train --config-file configs/s256.yaml
 """
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from vggnet.lazy import lazy_attributes
 
 # The public names resolve lazily (PEP 562), as in `vggnet` itself: importing one module of this
 # package (its flags, for `--help` and argument errors) does not import torch.
@@ -54,14 +55,4 @@ if TYPE_CHECKING:
     from vggnet.engine.task import Task, checkpoint_task
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # resolved once
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

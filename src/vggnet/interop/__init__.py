@@ -16,13 +16,13 @@ See docs/interop.md.
 
 from __future__ import annotations
 
-import importlib
 import os
 import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from vggnet.errors import CheckpointError, UserError
+from vggnet.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from vggnet.interop.caffe import import_caffe
@@ -45,13 +45,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # resolved once
-    return value
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
 
 
 __all__ = [
