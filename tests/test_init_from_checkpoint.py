@@ -52,8 +52,8 @@ def test_train_init_from_without_model_flags_takes_the_checkpoints_net(net_a, da
             build["num_classes"]) == ("A", 1 / 16, 16, 32, True, 3)
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["scale"] in ([32, 40], "32:40") and saved["dropout"] == 0.0
-    err = capsys.readouterr().err
-    assert f"from {net_a}: model A, width 0.0625, fc width 16, batch norm True, crop size 32" in err
+    assert (f"settings from {net_a}: model A, width 0.0625, fc width 16, batch norm True, crop size 32"
+            in (out / "train.log").read_text())
 
 
 def test_an_explicit_crop_size_overrides_and_scale_follows_it(net_a, data, tmp_path):
@@ -120,3 +120,67 @@ def test_localize_train_init_from_without_repeating_the_shape_flags(net_a, data,
     assert (build["name"], build["width"], build["fc_width"], build["crop_size"], build["batch_norm"]) == (
         "A", 1 / 16, 16, 32, True)
     assert json.loads(json.dumps(yaml.safe_load((out / "config.yaml").read_text())))["dropout"] == 0.0
+
+
+# --------------------------------------------------------------------------- the same from Python
+
+API = dict(batch_size=4, epochs=3, workers=0, stats_sample=8, device="cpu", amp="off", progress=False)
+
+
+def test_the_python_api_takes_the_checkpoints_net(net_a, data, tmp_path):
+    out = tmp_path / "run"
+    config = TrainConfig(data=str(data), init=f"from:{net_a}", **API, max_steps=1, output_dir=str(out))
+    train(config)
+    build = build_of(out / "last.pt")
+    assert (build["name"], build["width"], build["fc_width"], build["crop_size"], build["batch_norm"],
+            build["dropout"], build["num_classes"]) == ("A", 1 / 16, 16, 32, True, 0.0, 3)
+    assert yaml.safe_load((out / "config.yaml").read_text())["scale"] in ([32, 40], "32:40")
+    assert f"settings from {net_a}: model A, width 0.0625" in (out / "train.log").read_text()
+    assert config.model is None and config.width is None  # the caller's config is left as given
+
+
+def test_without_init_from_the_unset_net_settings_are_the_papers():
+    config = TrainConfig().validate()
+    assert (config.model, config.width, config.fc_width, config.crop_size, config.dropout, config.batch_norm,
+            config.scale) == ("D", 1.0, 4096, 224, 0.5, False, 256)
+
+
+def test_a_conflicting_width_from_python_names_both_values(net_a, data, tmp_path):
+    from vggnet.errors import UserError
+
+    with pytest.raises(UserError, match=r"--width 0.125 and from:.*'s width 0.0625 differ: .*drop --width"):
+        train(TrainConfig(data=str(data), init=f"from:{net_a}", width=0.125, **API, output_dir=str(tmp_path / "run")))
+    assert not (tmp_path / "run").exists()
+
+
+def test_model_d_from_a_in_python_is_the_papers_pre_initialisation(net_a, data, tmp_path):
+    out = tmp_path / "run"
+    train(TrainConfig(model="D", data=str(data), init=f"from:{net_a}", **API, max_steps=1, output_dir=str(out)))
+    build = build_of(out / "last.pt")
+    assert (build["name"], build["width"], build["fc_width"], build["batch_norm"], build["dropout"]) == (
+        "D", 1 / 16, 16, True, 0.5)  # A's shape; the paper's dropout for the deeper net, not A's 0
+    assert "net A's first 4 conv and 3 FC layers" in (out / "train.log").read_text()
+
+
+@pytest.mark.parametrize("model, again", [(None, "python"), ("D", "config.yaml")])
+def test_a_run_that_took_its_net_from_the_checkpoint_resumes_bitwise(net_a, data, tmp_path, model, again):
+    """2 steps + resume + 2 steps == 4 steps straight, mid-epoch (3 steps an epoch), resumed either with the
+    same Python settings or from the run's config.yaml."""
+    def config(out: Path, **more) -> TrainConfig:
+        given = {"model": model} if model else {}
+        return TrainConfig(**given, data=str(data), init=f"from:{net_a}", **API, output_dir=str(out), **more)
+
+    train(config(tmp_path / "straight", max_steps=4))
+    train(config(tmp_path / "split", max_steps=2))
+    if again == "python":
+        second = config(tmp_path / "split", max_steps=4, resume="auto")
+    else:
+        saved = yaml.safe_load((tmp_path / "split" / "config.yaml").read_text())
+        second = TrainConfig.from_dict({**saved, "max_steps": 4, "resume": "auto"})
+    result = train(second)
+    assert result["global_step"] == 4
+    assert "resuming" in (tmp_path / "split" / "train.log").read_text()
+    a, b = (torch.load(tmp_path / run / "last.pt", map_location="cpu", weights_only=True)
+            for run in ("straight", "split"))
+    assert a["build"] == b["build"] and a["build"]["name"] == (model or "A")
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])

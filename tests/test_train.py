@@ -690,7 +690,7 @@ def test_deep_nets_learn_from_scratch_with_the_default_settings(tmp_path, model)
     result = train(TrainConfig(model=model, width=1 / 16, fc_width=64, crop_size=32, scale=32, data=str(data),
                                batch_size=8, epochs=16, lr_patience=100, workers=0, progress=False,
                                stats_sample=16, device="cpu", amp="off", output_dir=str(tmp_path / "run")))
-    defaults = TrainConfig()
+    defaults = TrainConfig().validate()  # the net's settings resolved: the paper's D
     cfg = load(tmp_path / "run" / "last.pt")["train"]["config"]
     assert (cfg["init"], cfg["lr"], cfg["momentum"], cfg["weight_decay"], cfg["dropout"]) == (
         defaults.init, defaults.lr, defaults.momentum, defaults.weight_decay, defaults.dropout) == (

@@ -234,16 +234,23 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 MODEL_NAMES_HELP = "A, A-LRN, B, B-5x5, C, D, E, vgg11, vgg13, vgg16, vgg19"
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, *, model_default: str = "D") -> None:
-    """The model's build arguments as flags (`--model`, `--width`, ...), shared by train and friends."""
+def add_model_arguments(parser: argparse.ArgumentParser, *, model_default: str | None = None) -> None:
+    """The model's build arguments as flags (`--model`, `--width`, ...), shared by train and friends.
+
+    Left out, a flag stays None: the net of an `--init from:CKPT` checkpoint gives it, else the
+    paper's value named in its help (the engine's `NET_DEFAULTS`)."""
+    from_ckpt = "with --init from:CKPT the checkpoint's, else"
     g = parser.add_argument_group("model")
     g.add_argument("--model", default=model_default, metavar="NAME",
-                   help=f"configuration: {MODEL_NAMES_HELP} (default: %(default)s)")
-    g.add_argument("--width", type=float, default=1.0, help="conv channel multiplier (default: %(default)s)")
-    g.add_argument("--fc-width", type=int, default=4096, help="hidden FC width (default: %(default)s)")
-    g.add_argument("--crop-size", type=int, default=224, help="training crop, a multiple of 32 (default: %(default)s)")
-    g.add_argument("--dropout", type=float, default=0.5, help="dropout after FC1 and FC2 (default: %(default)s)")
-    g.add_argument("--batch-norm", action="store_true", help="BatchNorm after every conv (beyond the paper)")
+                   help=f"configuration: {MODEL_NAMES_HELP} (default: "
+                        f"{model_default or from_ckpt + ' D'})")
+    g.add_argument("--width", type=float, default=None, help=f"conv channel multiplier (default: {from_ckpt} 1.0)")
+    g.add_argument("--fc-width", type=int, default=None, help=f"hidden FC width (default: {from_ckpt} 4096)")
+    g.add_argument("--crop-size", type=int, default=None,
+                   help=f"training crop, a multiple of 32 (default: {from_ckpt} 224)")
+    g.add_argument("--dropout", type=float, default=None, help=f"dropout after FC1 and FC2 (default: {from_ckpt} 0.5)")
+    g.add_argument("--batch-norm", action="store_true", default=None,
+                   help=f"BatchNorm after every conv (beyond the paper) (default: {from_ckpt} off)")
 
 
 # --------------------------------------------------------------------------- the shared vocabulary

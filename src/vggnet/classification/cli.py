@@ -58,13 +58,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from vggnet.classification.task import ClassificationTask
     from vggnet import TrainConfig, train
-    from vggnet.engine.state import settings_from_init
 
-    config = TrainConfig.from_args(args)
-    taken = settings_from_init(config, getattr(args, "_explicit", ()))  # --init from:CKPT knows its net
-    if taken and os.environ.get("RANK", "0") == "0":
-        print(f"vgg train: {taken}", file=sys.stderr)
-    result = train(config, ClassificationTask())
+    # (a model flag left out stays None: the engine takes it from --init from:CKPT, else the paper's)
+    result = train(TrainConfig.from_args(args), ClassificationTask())
     if result.get("signal"):
         return 128 + int(result["signal"])  # the shell's convention for "stopped by a signal"
     return 0

@@ -19,8 +19,13 @@ from typing import Any, Mapping
 from vggnet.arguments import default_workers
 from vggnet.errors import UserError
 
-__all__ = ["TrainConfig", "RESUME_MUST_MATCH", "parse_init", "add_train_arguments", "show_setting", "default_scale",
-           "default_workers"]
+__all__ = ["TrainConfig", "NET_DEFAULTS", "RESUME_MUST_MATCH", "parse_init", "add_train_arguments", "show_setting",
+           "default_scale", "default_workers"]
+
+
+# The net a run builds when neither its settings nor an `--init from:CKPT` checkpoint say otherwise:
+# the paper's configuration D (§3.1).
+NET_DEFAULTS = {"model": "D", "width": 1.0, "fc_width": 4096, "crop_size": 224, "dropout": 0.5, "batch_norm": False}
 
 
 @dataclass
@@ -28,13 +33,14 @@ class TrainConfig:
     """Every setting of a training run; the field names are the `vgg train` flags
     and the YAML keys (`--micro-batch-size` = `micro_batch_size`)."""
 
-    # -- model (the build arguments of vggnet.vgg)
-    model: str = "D"
-    width: float = 1.0                   # conv channel multiplier (1 = the paper)
-    fc_width: int = 4096
-    crop_size: int = 224                 # the training crop (§3.1: 224)
-    dropout: float = 0.5                 # on FC1 and FC2
-    batch_norm: bool = False             # an extension beyond the paper
+    # -- model (the build arguments of vggnet.vgg). None: not given, so `--init from:CKPT`'s net gives
+    # it (the engine reads the checkpoint), else `NET_DEFAULTS`, the paper's D; `validate()` resolves it.
+    model: str | None = None             # D
+    width: float | None = None           # conv channel multiplier (1 = the paper)
+    fc_width: int | None = None          # 4096
+    crop_size: int | None = None         # the training crop (§3.1: 224)
+    dropout: float | None = None         # on FC1 and FC2 (0.5)
+    batch_norm: bool | None = None       # an extension beyond the paper (off)
     # -- data
     data: str | None = None              # DIR with DIR/train and DIR/val; None: synthetic shapes in memory
     train_dir: str | None = None
@@ -135,6 +141,9 @@ class TrainConfig:
         from vggnet.models import resolve_name
 
         self._check_types()
+        for key, value in NET_DEFAULTS.items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
         try:
             self.model = resolve_name(self.model)
         except ValueError as exc:

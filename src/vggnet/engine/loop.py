@@ -42,7 +42,8 @@ from vggnet.engine.config import TrainConfig, parse_init
 from vggnet.engine.data import close_loader
 from vggnet.engine.outputs import RunOutputs, duration, metric
 from vggnet.engine.setup import TrainerSetup
-from vggnet.engine.state import StopRequest, agree_on_resume, capture_rng, claim_run_folder, link_or_copy, plain
+from vggnet.engine.state import (StopRequest, agree_on_resume, capture_rng, claim_run_folder, link_or_copy, plain,
+                                 settings_from_init)
 from vggnet.engine.task import Task
 from vggnet.errors import CheckpointError, UserError
 
@@ -87,6 +88,7 @@ class Trainer(TrainerSetup):
         self.last_save_time = time.monotonic()
         self.finished_before = False
         self.signal: int | None = None
+        self.settings_taken: str | None = None  # what `--init from:CKPT` gave the settings, in words (logged)
         self.reported_bad: set[str] = set()  # unreadable training files already named in the log
         self.deferred: Any = None  # the TrainPreset applied on the device (--decode-device cuda), or None
         self.decode_where = "cpu"
@@ -609,11 +611,14 @@ def train(config: TrainConfig | Mapping[str, Any], task: Task) -> dict[str, Any]
     Under torchrun it joins (and finally leaves) the process group.
     """
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
-    cfg = dataclasses.replace(cfg).validate()  # a copy: the caller's config is not normalised in place
+    cfg = dataclasses.replace(cfg)  # a copy: the caller's config is not normalised in place
+    taken = settings_from_init(cfg)  # --init from:CKPT knows its net: the settings left unset come from it
+    cfg.validate()
     owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     info = distributed.setup(cfg.device)
     try:
         trainer = Trainer(cfg, info, task)
+        trainer.settings_taken = taken
         out = trainer.run()
         out["signal"] = trainer.signal
         distributed.barrier()

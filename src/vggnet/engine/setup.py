@@ -31,7 +31,7 @@ from typing import Any, Mapping
 import torch
 
 from vggnet import distributed
-from vggnet.engine.config import RESUME_MUST_MATCH, TrainConfig, parse_init, show_setting
+from vggnet.engine.config import NET_DEFAULTS, RESUME_MUST_MATCH, TrainConfig, parse_init, show_setting
 from vggnet.engine.data import build_datasets, make_train_loader
 from vggnet.engine.state import init_from, make_optimizer, make_scheduler, plain, restore_rng, seed_everything
 from vggnet.engine.task import Task
@@ -48,8 +48,8 @@ CPU_NOTE_MACS = 2e9
 class TrainerSetup:
     """The set-up methods of `Trainer` (its base class; `Trainer.__init__` makes the attributes).
 
-    They read `cfg`, `info`, `task`, `device`, `log`, `resume_path`, `decode_where`, `best_key`
-    and `totals`, and set:
+    They read `cfg`, `info`, `task`, `device`, `log`, `resume_path`, `decode_where`, `best_key`,
+    `settings_taken` and `totals`, and set:
 
     - `resolve_execution`: `micro`, `accum`, `amp`, `amp_dtype`, `channels_last`, `execution_reason`;
     - `resolve_decoding`: `decode_where`, `decode_text`;
@@ -87,7 +87,7 @@ class TrainerSetup:
         self.task.check_checkpoint(ckpt, str(path), purpose="resume")
         saved = train.get("config", {})
         mismatched = []
-        defaults = TrainConfig().to_dict()
+        defaults = {**TrainConfig().to_dict(), **NET_DEFAULTS}
         # (a setting added after the checkpoint was written had its default then)
         must_match = RESUME_MUST_MATCH + (("epochs",) if self.cfg.lr_scheduler == "cosine" else ())
         if train.get("batch_reduced_from") == self.cfg.batch_size:  # reduced to the training set: as it was
@@ -349,6 +349,8 @@ class TrainerSetup:
         task = f"; task {self.task.describe()}" if self.task.describe() else ""
         self.log(f"vgg train: {cfg.model} (width {cfg.width:g}, fc {cfg.fc_width}, {self.n_params:,} parameters, "
                  f"{len(self.classes)} classes), init {self.init_text}{task}")
+        if self.settings_taken:
+            self.log(f"settings {self.settings_taken}")
         self.log(f"data: {self.data_text}: {len(self.train_set)} training / {len(self.val_set)} validation images; "
                  f"S={s}, crop {cfg.crop_size}, validation at Q={cfg.val_scale}; mean RGB "
                  f"{', '.join(f'{v:.1f}' for v in self.stats['mean'])} from {self.stats_source}")

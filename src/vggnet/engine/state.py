@@ -419,12 +419,14 @@ def build_differences(theirs: Mapping[str, Any], mine: Mapping[str, Any], keys: 
 INIT_SETTINGS = ("model", "width", "fc_width", "batch_norm", "crop_size", "dropout", "scale")
 
 
-def settings_from_init(cfg: TrainConfig, explicit: Any = ()) -> str | None:
+def settings_from_init(cfg: TrainConfig) -> str | None:
     """`--init from:CKPT`: the net's shape comes from the checkpoint (configuration, width, fc width,
-    batch norm, crop size, dropout, and its training scale), except what `explicit` (the settings the
-    user gave: flags or YAML keys) sets. Changes `cfg` in place; returns what was taken, in words.
+    batch norm, crop size, dropout, and its training scale) for every one of these settings that
+    `cfg` leaves unset (None: not given as a flag, a YAML key or a `TrainConfig` argument). Changes
+    `cfg` in place; returns what was taken, in words. `vggnet.engine.train` calls it, once, for every
+    run (command line or Python), before `TrainConfig.validate()` fills what is still unset.
 
-    An explicit setting overrides where that is meaningful: `--model` of a deeper net with a net A
+    A setting given overrides where that is meaningful: `--model` of a deeper net with a net A
     (§3.1's pre-initialisation), `--crop-size` (FC1 re-initialised), `--fc-width` for the same
     configuration (the FC layers re-initialised), `--scale`, `--dropout`. Where it cannot be (the
     convs would not fit), a `UserError` names both values and the flag to drop. Preprocessing and
@@ -434,7 +436,14 @@ def settings_from_init(cfg: TrainConfig, explicit: Any = ()) -> str | None:
     _, path = parse_init(cfg.init)
     if path is None:
         return None
-    explicit = set(explicit)
+    explicit = {key for key in INIT_SETTINGS if getattr(cfg, key) is not None}
+    if "model" in explicit:
+        if not isinstance(cfg.model, str):
+            raise UserError(f"--model must be text, got {cfg.model!r}")
+        try:
+            cfg.model = resolve_name(cfg.model)
+        except ValueError as exc:
+            raise UserError(f"--model: {exc}") from None
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # the header; tensors stay on disk
     except FileNotFoundError:
@@ -472,8 +481,7 @@ def settings_from_init(cfg: TrainConfig, explicit: Any = ()) -> str | None:
         if key == "dropout" and model_given:
             continue  # a deeper net from A: the paper's own training, not A's settings
         value = theirs[key]
-        if plain(getattr(cfg, key)) != plain(value):
-            taken.append(f"{key.replace('_', ' ')} {value if not isinstance(value, list) else ':'.join(map(str, value))}")
+        taken.append(f"{key.replace('_', ' ')} {value if not isinstance(value, list) else ':'.join(map(str, value))}")
         setattr(cfg, key, value)
     return (f"from {path}: {', '.join(taken)} (a flag overrides)" if taken else None)
 

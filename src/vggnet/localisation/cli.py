@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -475,20 +474,16 @@ def _apply_config_file(args: argparse.Namespace, parser_defaults: dict[str, Any]
 def run_localize(args: argparse.Namespace) -> int:
     if args.action == "train":
         from vggnet.engine.config import TrainConfig
-        from vggnet.engine.state import settings_from_init
 
-        explicit = set(getattr(args, "_explicit", ()))
         if getattr(args, "config_file", None):
             probe = argparse.ArgumentParser()
             from vggnet.engine.config import add_train_arguments
 
             add_train_arguments(probe, lr=1e-3, output_dir=output_dir_default("localize train"))
             _task_arguments(probe)
-            explicit |= _apply_config_file(args, {a.dest: a.default for a in probe._actions})
+            _apply_config_file(args, {a.dest: a.default for a in probe._actions})
+        # the shape flags left out stay None: the engine takes the classification net's from --init from:CKPT
         config = TrainConfig.from_args(args)
-        taken = settings_from_init(config, explicit)  # the classification net's shape, scale and preprocessing
-        if taken and os.environ.get("RANK", "0") == "0":
-            print(f"vgg localize train: {taken}", file=sys.stderr)
         result = localize_train(config, head=args.head, finetune=args.finetune, box_mode=args.box_mode,
                                 target=args.target)
         return 130 if result.get("signal") else 0
