@@ -483,7 +483,7 @@ def settings_from_init(cfg: TrainConfig) -> str | None:
         value = theirs[key]
         taken.append(f"{key.replace('_', ' ')} {value if not isinstance(value, list) else ':'.join(map(str, value))}")
         setattr(cfg, key, value)
-    return (f"from {path}: {', '.join(taken)} (a flag overrides)" if taken else None)
+    return (f"from {path}: {', '.join(taken)} (a setting given wins)" if taken else None)
 
 
 def _shape_note(key: str, state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> str:
