@@ -184,3 +184,14 @@ def test_a_run_that_took_its_net_from_the_checkpoint_resumes_bitwise(net_a, data
             for run in ("straight", "split"))
     assert a["build"] == b["build"] and a["build"]["name"] == (model or "A")
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+
+
+def test_localize_train_from_python_takes_the_classification_nets_shape(net_a, data, tmp_path):
+    from vggnet.localisation.cli import localize_train
+
+    out = tmp_path / "loc"
+    localize_train(TrainConfig(data=str(data), init=f"from:{net_a}", lr=1e-3, **API, max_steps=1,
+                               output_dir=str(out)), head="scr")
+    build = build_of(out / "last.pt")
+    assert (build["name"], build["width"], build["fc_width"], build["crop_size"], build["batch_norm"],
+            build["num_classes"]) == ("A", 1 / 16, 16, 32, True, 4)  # SCR: one box, 4 outputs
