@@ -138,6 +138,12 @@ def test_the_runner_passes_the_papers_settings_to_the_commands(tmp_path):
     assert argv[argv.index("--classifier-method") + 1] == "both"
     assert argv[argv.index("--classifier-scales") + 1] == "256,384,512"
     assert sum(a == "--classifier" for a in argv) == 2 and argv[argv.index("--test-scales") + 1] == "352,384"
+    # the fusion row: the S = 256 net at Q = 256, the S = 384 net at Q = 352, 384 (Table 9's last row)
+    argv = t9.cells["fusion"].argv
+    pairs = [(argv[i + 1], argv[i + 3]) for i, a in enumerate(argv) if a == "--checkpoint"]
+    assert [(Path(c).parent.name, q) for c, q in pairs] == [
+        (t9.cells["PCR-S256"].run_dir.name, "256"), (t9.cells["PCR-S384"].run_dir.name, "352,384")]
+    assert sum(a == "--test-scales" for a in argv) == 2
     b = plan_grid(load_grid("b_vs_b5x5"), data=data, root=tmp_path / "r")
     argv = b.cells["B5x5-S256-center"].argv
     assert argv[argv.index("--method") + 1] == "center" and argv[argv.index("--test-scales") + 1] == "256"
@@ -149,3 +155,18 @@ def test_the_runner_passes_the_papers_settings_to_the_commands(tmp_path):
     # the S = 384 localisation nets of Table 8 start from the classification D at S = 384
     t8 = plan_grid(load_grid("table8"), data=data, root=tmp_path / "r")
     assert str(t8.cells["D-S384"].run_dir) in " ".join(t8.cells["PCR-all"].argv)
+
+
+def test_table9_dry_run_shows_each_fused_nets_own_scales(tmp_path, capsys):
+    from vggnet.cli import main
+
+    data = tmp_path / "data"
+    (data / "train").mkdir(parents=True)
+    (data / "val").mkdir()
+    assert main(["experiment", "table9", "--data", str(data), "--output-dir", str(tmp_path / "r"), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    fusion = lines[[k for k, line in enumerate(lines) if line.startswith("# fusion ")][0] + 1]
+    assert re.search(r"--checkpoint \S+/best\.pt --test-scales 256 --checkpoint \S+/best\.pt --test-scales 352,384 ",
+                     fusion), fusion
+    single = lines[[k for k, line in enumerate(lines) if line.startswith("# S384-Q352-384 ")][0] + 1]
+    assert single.count("--test-scales") == 1 and "--test-scales 352,384" in single

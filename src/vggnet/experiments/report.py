@@ -160,8 +160,10 @@ def ran_labels(plan: Plan, row: Row) -> dict[str, str]:
     if pc is None:
         return labels
     scales = pc.settings.get("test_scales")
-    if "test Q" in labels and scales and re.fullmatch(r"[\d,\s]+", labels["test Q"]):
-        labels["test Q"] = ",".join(map(str, scales))  # what the evaluation ran (sizes that met are one)
+    if "test Q" in labels and scales and re.fullmatch(r"[\d,/\s]+", labels["test Q"]):
+        # what the evaluation ran (sizes that met are one); one list per net: each net's, joined by " / "
+        per_net = scales if isinstance(scales[0], list) else [scales]
+        labels["test Q"] = " / ".join(",".join(map(str, qs)) for qs in per_net)
     if "init" in labels:
         inits = list(dict.fromkeys(_init_label(plan, c) for c in _sources(plan, pc)))
         if inits and not _words(" / ".join(inits)) <= _words(labels["init"]):  # the grid's says less: ours
