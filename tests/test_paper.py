@@ -45,8 +45,10 @@ def test_every_grid_paper_value_is_the_papers(name):
             continue
         if table == "table11":
             net = row.labels["net"]
-            want = paper.find("table11", net=net, dataset=_TRANSFER[name])["value"]
-            assert list(row.paper.values()) == [want], f"{name}: row {row.cell}: {row.paper} against {want}"
+            found = paper.find("table11", net=net, dataset=_TRANSFER[name])
+            metric = next(m for m in row.paper if not m.endswith("_std"))
+            want = {metric: found["value"], **({f"{metric}_std": found["std"]} if found["std"] is not None else {})}
+            assert row.paper == want, f"{name}: row {row.cell}: {row.paper} against {want}"  # Caltech: mean ± std
             checked += 1
             continue
         candidates = [r for r in paper.TABLES[table]
@@ -170,3 +172,39 @@ def test_table9_dry_run_shows_each_fused_nets_own_scales(tmp_path, capsys):
                      fusion), fusion
     single = lines[[k for k, line in enumerate(lines) if line.startswith("# S384-Q352-384 ")][0] + 1]
     assert single.count("--test-scales") == 1 and "--test-scales 352,384" in single
+
+
+def test_caltech_report_shows_mean_and_std_over_the_splits(tmp_path):
+    """The paper's Caltech numbers are mean ± std over 3 splits: the report prints ours and the
+    paper's that way, and the CSV gives each std a column of its own."""
+    import csv
+    import io
+    import json
+
+    from vggnet.experiments.report import build_report, to_csv, to_markdown
+    from vggnet.experiments.runner import Overrides, plan_grid
+
+    data = tmp_path / "data"
+    (data / "train").mkdir(parents=True)
+    (data / "val").mkdir()
+    plan = plan_grid(load_grid("appendix_b_caltech101"), data=data, root=tmp_path / "r",
+                     overrides=Overrides(transfer_data=str(tmp_path)))
+    pc = plan.cells["DE-stack"]   # what `vgg transfer --splits 3` writes: fractions, the mean and its std
+    pc.dir.mkdir(parents=True)
+    pc.result_file.write_text(json.dumps({"mean_class_accuracy": 0.9123, "mean_class_accuracy_std": 0.0045,
+                                          "splits": [{"mean_class_accuracy": 0.91}] * 3}))
+    report = build_report(plan)
+    row = next(r for r in report["rows"] if r["cell"] == "DE-stack")
+    assert row["ours_std"] == {"mean_class_accuracy": pytest.approx(0.45)}
+    line = next(x for x in to_markdown(report).splitlines() if x.startswith("| D & E") and "stacked" in x)
+    assert [c.strip() for c in line.split("|")][3:5] == ["91.23 ± 0.45", "92.7 ± 0.5"], line
+    d = next(x for x in to_markdown(report).splitlines() if x.startswith("| D ") and "stacked" in x)
+    assert [c.strip() for c in d.split("|")][3:5] == ["-", "91.8 ± 1.0"], d   # the paper's, though ours did not run
+    rows = list(csv.DictReader(io.StringIO(to_csv(report))))
+    de = next(r for r in rows if r["cell"] == "DE-stack")
+    assert float(de["ours_mean_class_accuracy"]) == pytest.approx(91.23)
+    assert float(de["ours_mean_class_accuracy_std"]) == pytest.approx(0.45)
+    assert de["paper_mean_class_accuracy"] == "92.7" and de["paper_mean_class_accuracy_std"] == "0.5"
+    # a grid without splits keeps its columns
+    t9 = plan_grid(load_grid("table9"), data=data, root=tmp_path / "r9")
+    assert "_std" not in to_csv(build_report(t9)).splitlines()[0]
