@@ -432,6 +432,51 @@ def test_cli_eval_central_full_and_predict(tmp_path, synthetic, capsys):
         assert sorted(p["class"] for p in item["predictions"]) == sorted(classes)
 
 
+def test_full_protocol_runs_each_localisation_net_at_its_own_scales(tmp_path, synthetic, capsys, monkeypatch):
+    """Table 9's fusion: `--test-scales` once per `--checkpoint`; each net's boxes come from its own Q
+    only, and the memory estimate is made for each net at its own Q."""
+    import vggnet.inference as inference
+    import vggnet.localisation.full_protocol as full_protocol
+
+    classes = json.loads((synthetic / "synthetic.json").read_text())["classes"]
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    cls_path, loc_a = _checkpoints(tmp_path / "a", classes, scale=40)
+    _, loc_b = _checkpoints(tmp_path / "b", classes, scale=48)
+    passes, estimates = [], []
+    real_dense, real_fit = full_protocol.dense_boxes, inference.check_scales_fit
+
+    def dense(model, x, **kw):  # (which net, Q) of every dense pass
+        passes.append((id(model), min(x.shape[-2:])))
+        return real_dense(model, x, **kw)
+
+    def fit(model, scales, *args, **kw):
+        estimates.append((id(model), list(scales)))
+        return real_fit(model, scales, *args, **kw)
+
+    monkeypatch.setattr(full_protocol, "dense_boxes", dense)
+    monkeypatch.setattr(inference, "check_scales_fit", fit)
+    base = ["localize", "eval", "--classifier", str(cls_path), "--data", str(synthetic), "--protocol", "full",
+            "--max-images", "2", "--workers", "0", "--json"]
+    assert main([*base, "--checkpoint", str(loc_a), "--test-scales", "40", "--checkpoint", str(loc_b),
+                 "--test-scales", "56,48"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [n["test_scales"] for n in report["nets"]] == [[40], [48, 56]]
+    assert report["test_scales"] == [40, 48, 56] and report["rows"][0]["test_scale"] == "40 / 48,56"
+    first, second = estimates[0][0], estimates[1][0]
+    assert estimates == [(first, [40]), (second, [48, 56])]
+    assert sorted(set(passes)) == sorted({(first, 40), (second, 48), (second, 56)})
+    assert len(passes) == 2 * 3   # 2 images, 3 (net, Q) pairs: no net at another net's Q
+    # one --test-scales: every net at the same Q; neither once nor once per net: refused, naming the flag
+    passes.clear()
+    assert main([*base, "--checkpoint", str(loc_a), "--checkpoint", str(loc_b), "--test-scales", "40"]) == 0
+    capsys.readouterr()
+    assert sorted(q for _, q in passes) == [40] * 4 and len({m for m, _ in passes}) == 2
+    assert main([*base, "--checkpoint", str(loc_a), "--test-scales", "40", "--checkpoint", str(loc_b),
+                 "--test-scales", "48", "--test-scales", "56"]) == 2
+    err = capsys.readouterr().err
+    assert "--test-scales: given 3 times for 2 localisation nets" in err and "Traceback" not in err
+
+
 def test_predict_clips_boxes_past_the_image_and_draws_the_ground_truth(tmp_path, synthetic, monkeypatch):
     import numpy as np
 

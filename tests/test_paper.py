@@ -45,8 +45,10 @@ def test_every_grid_paper_value_is_the_papers(name):
             continue
         if table == "table11":
             net = row.labels["net"]
-            want = paper.find("table11", net=net, dataset=_TRANSFER[name])["value"]
-            assert list(row.paper.values()) == [want], f"{name}: row {row.cell}: {row.paper} against {want}"
+            found = paper.find("table11", net=net, dataset=_TRANSFER[name])
+            metric = next(m for m in row.paper if not m.endswith("_std"))
+            want = {metric: found["value"], **({f"{metric}_std": found["std"]} if found["std"] is not None else {})}
+            assert row.paper == want, f"{name}: row {row.cell}: {row.paper} against {want}"  # Caltech: mean ± std
             checked += 1
             continue
         candidates = [r for r in paper.TABLES[table]
@@ -138,6 +140,12 @@ def test_the_runner_passes_the_papers_settings_to_the_commands(tmp_path):
     assert argv[argv.index("--classifier-method") + 1] == "both"
     assert argv[argv.index("--classifier-scales") + 1] == "256,384,512"
     assert sum(a == "--classifier" for a in argv) == 2 and argv[argv.index("--test-scales") + 1] == "352,384"
+    # the fusion row: the S = 256 net at Q = 256, the S = 384 net at Q = 352, 384 (Table 9's last row)
+    argv = t9.cells["fusion"].argv
+    pairs = [(argv[i + 1], argv[i + 3]) for i, a in enumerate(argv) if a == "--checkpoint"]
+    assert [(Path(c).parent.name, q) for c, q in pairs] == [
+        (t9.cells["PCR-S256"].run_dir.name, "256"), (t9.cells["PCR-S384"].run_dir.name, "352,384")]
+    assert sum(a == "--test-scales" for a in argv) == 2
     b = plan_grid(load_grid("b_vs_b5x5"), data=data, root=tmp_path / "r")
     argv = b.cells["B5x5-S256-center"].argv
     assert argv[argv.index("--method") + 1] == "center" and argv[argv.index("--test-scales") + 1] == "256"
@@ -149,3 +157,54 @@ def test_the_runner_passes_the_papers_settings_to_the_commands(tmp_path):
     # the S = 384 localisation nets of Table 8 start from the classification D at S = 384
     t8 = plan_grid(load_grid("table8"), data=data, root=tmp_path / "r")
     assert str(t8.cells["D-S384"].run_dir) in " ".join(t8.cells["PCR-all"].argv)
+
+
+def test_table9_dry_run_shows_each_fused_nets_own_scales(tmp_path, capsys):
+    from vggnet.cli import main
+
+    data = tmp_path / "data"
+    (data / "train").mkdir(parents=True)
+    (data / "val").mkdir()
+    assert main(["experiment", "table9", "--data", str(data), "--output-dir", str(tmp_path / "r"), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    fusion = lines[[k for k, line in enumerate(lines) if line.startswith("# fusion ")][0] + 1]
+    assert re.search(r"--checkpoint \S+/best\.pt --test-scales 256 --checkpoint \S+/best\.pt --test-scales 352,384 ",
+                     fusion), fusion
+    single = lines[[k for k, line in enumerate(lines) if line.startswith("# S384-Q352-384 ")][0] + 1]
+    assert single.count("--test-scales") == 1 and "--test-scales 352,384" in single
+
+
+def test_caltech_report_shows_mean_and_std_over_the_splits(tmp_path):
+    """The paper's Caltech numbers are mean ± std over 3 splits: the report prints ours and the
+    paper's that way, and the CSV gives each std a column of its own."""
+    import csv
+    import io
+    import json
+
+    from vggnet.experiments.report import build_report, to_csv, to_markdown
+    from vggnet.experiments.runner import Overrides, plan_grid
+
+    data = tmp_path / "data"
+    (data / "train").mkdir(parents=True)
+    (data / "val").mkdir()
+    plan = plan_grid(load_grid("appendix_b_caltech101"), data=data, root=tmp_path / "r",
+                     overrides=Overrides(transfer_data=str(tmp_path)))
+    pc = plan.cells["DE-stack"]   # what `vgg transfer --splits 3` writes: fractions, the mean and its std
+    pc.dir.mkdir(parents=True)
+    pc.result_file.write_text(json.dumps({"mean_class_accuracy": 0.9123, "mean_class_accuracy_std": 0.0045,
+                                          "splits": [{"mean_class_accuracy": 0.91}] * 3}))
+    report = build_report(plan)
+    row = next(r for r in report["rows"] if r["cell"] == "DE-stack")
+    assert row["ours_std"] == {"mean_class_accuracy": pytest.approx(0.45)}
+    line = next(x for x in to_markdown(report).splitlines() if x.startswith("| D & E") and "stacked" in x)
+    assert [c.strip() for c in line.split("|")][3:5] == ["91.23 ± 0.45", "92.7 ± 0.5"], line
+    d = next(x for x in to_markdown(report).splitlines() if x.startswith("| D ") and "stacked" in x)
+    assert [c.strip() for c in d.split("|")][3:5] == ["-", "91.8 ± 1.0"], d   # the paper's, though ours did not run
+    rows = list(csv.DictReader(io.StringIO(to_csv(report))))
+    de = next(r for r in rows if r["cell"] == "DE-stack")
+    assert float(de["ours_mean_class_accuracy"]) == pytest.approx(91.23)
+    assert float(de["ours_mean_class_accuracy_std"]) == pytest.approx(0.45)
+    assert de["paper_mean_class_accuracy"] == "92.7" and de["paper_mean_class_accuracy_std"] == "0.5"
+    # a grid without splits keeps its columns
+    t9 = plan_grid(load_grid("table9"), data=data, root=tmp_path / "r9")
+    assert "_std" not in to_csv(build_report(t9)).splitlines()[0]

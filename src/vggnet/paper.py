@@ -66,10 +66,11 @@ TABLES: dict[str, list[dict[str, Any]]] = {
     "table8": _rows(("fine-tuned layers", "regression type", "localisation_error"),
                     ("1st and 2nd FC", "SCR", 36.4), ("1st and 2nd FC", "PCR", 34.3),
                     ("all", "PCR", 33.1)),
-    # Table 9: full protocol, top-5 localisation error, validation (test in `test_error`)
+    # Table 9: full protocol, top-5 localisation error, validation (test in `test_error`); the
+    # paper's last row reads "fusion: 256/256 and 384/352,384" (each net at its own Q)
     "table9": _rows(("train S", "test Q", "localisation_error", "test_error"),
                     ("256", "256", 29.5, None), ("384", "384", 28.2, 26.7),
-                    ("384", "352,384", 27.5, None), ("fusion", "fusion", 26.9, 25.3)),
+                    ("384", "352,384", 27.5, None), ("256 / 384", "256 / 352,384", 26.9, 25.3)),
     # Table 10: localisation, comparison with the state of the art (ILSVRC test, top-5)
     "table10": _rows(("method", "localisation_error"), ("VGG", 25.3), ("GoogLeNet", 26.7),
                      ("OverFeat", 29.9), ("Krizhevsky et al.", 34.2)),

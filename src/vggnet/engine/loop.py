@@ -566,7 +566,7 @@ class Trainer(TrainerSetup):
                      f"(continue with --resume auto)")
         else:
             how = (f"validation plateau after {cfg.lr_drops} lr reductions" if self.stopped == "plateau"
-                   else f"{self.epoch} epochs")
+                   else f"{self.epoch} epoch{'' if self.epoch == 1 else 's'}")
             self.log(f"done ({how}): best {self.task.monitor_label} {self.best:.2f}"
                      f"{self.task.units.get(self.task.monitor, '')} at epoch {self.best_epoch}; {self.out / 'best.pt'}")
         self.signal = stop.signal

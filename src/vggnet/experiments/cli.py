@@ -89,12 +89,14 @@ def _list(args: argparse.Namespace) -> int:
     from vggnet.experiments.runner import read_json
 
     print("grids (configs/experiments/):")
-    for name, path in known_grids().items():
+    grids = known_grids()
+    width = max((len(name) for name in grids), default=0)
+    for name, path in grids.items():
         grid = load_grid(path)
         missing = [c for c in grid.needs if needs_command(c)]
         need = f"  [needs `vgg {'`, `vgg '.join(missing)}`, not in this version]" if missing else ""
         trains = sum(c.kind in ("train", "localize-train") for c in grid.cells.values())
-        print(f"  {name:<12} {grid.title}  ({len(grid.cells)} cells, {trains} training runs){need}")
+        print(f"  {name:<{width}}  {grid.title}  ({len(grid.cells)} cells, {trains} training runs){need}")
     plans = sorted(Path(args.output_dir).glob("reports/*/plan.json"))
     if plans:
         print(f"\nin {args.output_dir}:")

@@ -25,7 +25,7 @@ from vggnet.experiments.grid import PAPER_CROP, Row
 from vggnet.experiments.runner import Plan, PlannedCell, cell_status, grid_px, read_json, write_json
 
 __all__ = ["environment", "build_report", "write_report", "format_table", "METRIC_LABELS", "PIXEL_COLUMNS",
-           "ran_labels", "label"]
+           "ran_labels", "label", "row_stds", "std_metrics"]
 
 METRIC_LABELS = {"top1_error": "top-1 err (%)", "top5_error": "top-5 err (%)",
                  "localisation_error": "loc. err (%)", "mAP": "mAP (%)",
@@ -112,6 +112,22 @@ def row_numbers(plan: Plan, row: Row) -> dict[str, float | None]:
     return out
 
 
+def row_stds(plan: Plan, row: Row) -> dict[str, float]:
+    """The standard deviation over random splits of each metric that has one (`<metric>_std`
+    in the cell's result: `vgg transfer --splits N`), in the unit of `row_numbers`."""
+    result = _cell_result(plan, row.cell) if row.cell in plan.cells else None
+    if result is None or plan.cells[row.cell].cell.kind in ("eval", "fuse"):
+        return {}
+    out = {}
+    for m in plan.grid.metrics:
+        std, value = _find(result, f"{m}_std"), _find(result, m)
+        if std is None:
+            continue
+        fraction = value is not None and m in ("mAP", "mean_class_accuracy", "accuracy") and value <= 1.0
+        out[m] = float(std) * (100.0 if fraction else 1.0)  # the mean's unit (a fraction's std is one too)
+    return out
+
+
 def per_scale_numbers(plan: Plan, name: str) -> dict[str, dict[int, float]]:
     """For an eval cell: method -> {Q: top-1 error} (each test scale alone)."""
     result = _cell_result(plan, name)
@@ -160,8 +176,10 @@ def ran_labels(plan: Plan, row: Row) -> dict[str, str]:
     if pc is None:
         return labels
     scales = pc.settings.get("test_scales")
-    if "test Q" in labels and scales and re.fullmatch(r"[\d,\s]+", labels["test Q"]):
-        labels["test Q"] = ",".join(map(str, scales))  # what the evaluation ran (sizes that met are one)
+    if "test Q" in labels and scales and re.fullmatch(r"[\d,/\s]+", labels["test Q"]):
+        # what the evaluation ran (sizes that met are one); one list per net: each net's, joined by " / "
+        per_net = scales if isinstance(scales[0], list) else [scales]
+        labels["test Q"] = " / ".join(",".join(map(str, qs)) for qs in per_net)
     if "init" in labels:
         inits = list(dict.fromkeys(_init_label(plan, c) for c in _sources(plan, pc)))
         if inits and not _words(" / ".join(inits)) <= _words(labels["init"]):  # the grid's says less: ours
@@ -196,6 +214,7 @@ def build_report(plan: Plan, records: Mapping[str, Mapping[str, Any]] | None = N
         rows.append({**ran, "cell": row.cell, "method": row.method, "status": status,
                      "paper_labels": {c: str(v) for c, v in row.labels.items() if str(v) != ran.get(c)},
                      "ours": row_numbers(plan, row) if row.cell in plan.cells else {m: None for m in grid.metrics},
+                     "ours_std": row_stds(plan, row),
                      "paper": row.paper, "note": row.note})
     return {"grid": grid.name, "title": grid.title, "paper_source": grid.paper_source,
             "description": grid.description, "columns": grid.columns, "metrics": grid.metrics,
@@ -243,8 +262,23 @@ def label(row: Mapping[str, Any], column: str) -> str:
     return f"{ran} (paper {paper})" if column in PIXEL_COLUMNS else f"{ran} (grid: {paper})"
 
 
+def _with_std(text: str, std: Any, *, paper: bool = False) -> str:
+    """`91.23 ± 0.45` (ours, two decimals), `91.8 ± 1.0` (the paper's, as it prints it)."""
+    if std is None or text == "-":
+        return text
+    return f"{text} ± {std}" if paper else f"{text} ± {std:.2f}"
+
+
+def std_metrics(report: Mapping[str, Any]) -> list[str]:
+    """The metrics some row gives as mean ± std over splits (ours, or the paper's `<metric>_std`)."""
+    return [m for m in report["metrics"]
+            if any(r.get("ours_std", {}).get(m) is not None or r["paper"].get(f"{m}_std") is not None
+                   for r in report["rows"])]
+
+
 def format_table(report: Mapping[str, Any]) -> str:
-    """The paper's layout: its columns, then for each metric ours and the paper's side by side."""
+    """The paper's layout: its columns, then for each metric ours and the paper's side by side
+    (`mean ± std` where the number is a mean over random splits, as the paper's Caltech rows)."""
     head = list(report["columns"])
     for m in report["metrics"]:
         name = METRIC_LABELS.get(m, m)
@@ -255,7 +289,8 @@ def format_table(report: Mapping[str, Any]) -> str:
         line = [label(r, c) for c in report["columns"]]
         for m in report["metrics"]:
             paper = r["paper"].get(m)
-            line += [_fmt(r["ours"].get(m)), "-" if paper is None else str(paper)]  # as the paper prints it
+            line += [_with_std(_fmt(r["ours"].get(m)), r.get("ours_std", {}).get(m)),   # as the paper prints it
+                     "-" if paper is None else _with_std(str(paper), r["paper"].get(f"{m}_std"), paper=True)]
         line.append(r["status"])
         body.append(line)
     from vggnet.classification.results import markdown_table
@@ -272,6 +307,8 @@ def to_markdown(report: Mapping[str, Any]) -> str:
               f"overrides {json.dumps(report['overrides']['train']) or '{}'}. "
               f"Paper: {report['paper_source']} — the paper's numbers, not ours.", "",
               format_table(report), ""]
+    if std_metrics(report):
+        lines += ["`mean ± std`: the mean and the standard deviation over the random splits.", ""]
     notes = [f"- {r['cell']}: {r['note']}" for r in report["rows"] if r.get("note")]
     if notes:
         lines += ["Notes:", *notes, ""]
@@ -296,14 +333,18 @@ def to_csv(report: Mapping[str, Any]) -> str:
     w = csv.writer(buf)
     metrics = report["metrics"]
     pixels = [c for c in report["columns"] if c in PIXEL_COLUMNS]
+    stds = std_metrics(report)  # a mean over splits: its std in a column of its own
     w.writerow(list(report["columns"]) + [f"paper {c}" for c in pixels] + ["cell", "method", "status"]
-               + [f"ours_{m}" for m in metrics] + [f"paper_{m}" for m in metrics])
+               + [f"ours_{m}" for m in metrics] + [f"paper_{m}" for m in metrics]
+               + [f"ours_{m}_std" for m in stds] + [f"paper_{m}_std" for m in stds])
     for r in report["rows"]:
         w.writerow([r.get(c, "") for c in report["columns"]]
                    + [r.get("paper_labels", {}).get(c, r.get(c, "")) for c in pixels]
                    + [r["cell"], r["method"] or "", r["status"]]
                    + ["" if r["ours"].get(m) is None else r["ours"][m] for m in metrics]
-                   + ["" if r["paper"].get(m) is None else r["paper"][m] for m in metrics])
+                   + ["" if r["paper"].get(m) is None else r["paper"][m] for m in metrics]
+                   + ["" if r.get("ours_std", {}).get(m) is None else r["ours_std"][m] for m in stds]
+                   + ["" if r["paper"].get(f"{m}_std") is None else r["paper"][f"{m}_std"] for m in stds])
     env = report["environment"]
     w.writerow([f"# torch {env['torch']} torchvision {env['torchvision']} {env['device']} {env['date']} "
                 f"git {env['git_commit']}"])

@@ -321,6 +321,17 @@ def _plan_fuse(cell: Cell, planned: Mapping[str, PlannedCell], *, root: Path) ->
     return PlannedCell(cell=cell, hash=h, dir=cdir, argv=argv, settings=hashed)
 
 
+def _localize_scales(value: Any, nets: int, factor: float, where: str) -> list[int] | list[list[int]]:
+    """A localize-eval cell's `test_scales`: one list for every net ([256, 384]), or one list per
+    net of `nets:`, in the same order ([[256], [352, 384]]: Table 9's fusion)."""
+    if not (isinstance(value, list) and value and all(isinstance(v, list) for v in value)):
+        return _scales_list(value, factor, where)
+    if len(value) != nets:
+        raise UserError(f"{where}: test_scales has {len(value)} lists for {nets} nets; give one list for every "
+                        f"net or one per net of `nets:`, in the same order")
+    return [_scales_list(v, factor, where) for v in value]
+
+
 def _plan_localize_eval(cell: Cell, planned: Mapping[str, PlannedCell], *, data: str, root: Path, factor: float,
                         overrides: Overrides, where: str) -> PlannedCell:
     s = cell.settings
@@ -330,8 +341,8 @@ def _plan_localize_eval(cell: Cell, planned: Mapping[str, PlannedCell], *, data:
     if protocol == "full" and not cell.classifiers:
         raise UserError(f"{where}: the full protocol needs `classifiers:` (the classification cells that rank "
                         f"the classes)")
-    scales = _scales_list(s["test_scales"], factor, where) if "test_scales" in s else None
     nets, cls = [planned[n] for n in cell.nets], [planned[n] for n in cell.classifiers]
+    scales = _localize_scales(s["test_scales"], len(nets), factor, where) if "test_scales" in s else None
     cls_method = s.get("classifier_method", "dense")
     if cls_method not in ("dense", "multi-crop", "both", "center"):
         raise UserError(f"{where}: classifier_method must be dense, multi-crop, both or center, got {cls_method!r}")
@@ -343,12 +354,15 @@ def _plan_localize_eval(cell: Cell, planned: Mapping[str, PlannedCell], *, data:
     h = digest(hashed)
     cdir = root / "cells" / f"localize-eval-{h[:12]}"
     argv = ["localize", "eval"]
-    for n in nets:
+    per_net = scales is not None and isinstance(scales[0], list)
+    for k, n in enumerate(nets):   # one list per net: `--test-scales` right after its `--checkpoint`
         argv += ["--checkpoint", str(n.run_dir / "best.pt")]
+        if per_net:
+            argv += ["--test-scales", ",".join(map(str, scales[k]))]
     for c in cls:
         argv += ["--classifier", str(c.run_dir / "best.pt")]
     argv += ["--data", data, "--protocol", protocol]
-    if scales:
+    if scales and not per_net:
         argv += ["--test-scales", ",".join(map(str, scales))]
     if cls and cls_method != "dense":
         argv += ["--classifier-method", cls_method]

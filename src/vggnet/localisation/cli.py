@@ -7,6 +7,9 @@
     # full protocol (Table 9): dense boxes at several Q, classes ranked by the classifier(s), greedy merge
     vgg localize eval --checkpoint runs/loc/best.pt --classifier runs/cls/best.pt --data DIR \\
         --protocol full --test-scales 256,384
+    # Table 9's fusion: two localisation nets, each at its own Q (--test-scales once per --checkpoint)
+    vgg localize eval --checkpoint runs/loc256/best.pt --test-scales 256 \\
+        --checkpoint runs/loc384/best.pt --test-scales 352,384 --classifier runs/cls/best.pt --data DIR --protocol full
     # five boxes per image, drawn
     vgg localize predict --checkpoint runs/loc/best.pt --classifier runs/cls/best.pt photos/ --output-dir boxes/
 
@@ -130,13 +133,16 @@ def _mean_box_row(data: str, val: Any, classes: Sequence[str], sample: int) -> d
 
 
 def evaluate_localisation(checkpoints: Sequence[str], data: str, *, protocol: str = "central",
-                          classifiers: Sequence[str] = (), scales: Sequence[int] | None = None,
+                          classifiers: Sequence[str] = (),
+                          scales: Sequence[int] | Sequence[Sequence[int]] | None = None,
                           cls_method: str = "dense", cls_scales: Sequence[int] | None = None,
                           merge_iou: float = 0.5, nms_iou: float = 0.5, device: str | torch.device = "auto", batch_size: int = 32, workers: int = 0,
                           mean_box_sample: int = 1000, max_images: int | None = None,
                           progress: bool = False, amp: str = "off", channels_last: bool = False) -> dict[str, Any]:
     """Protocol 1 ("central") or the full protocol ("full") on DATA's validation split.
 
+    `scales`: one list of Q for every net, or one list per net in the order of `checkpoints`
+    (`vggnet.localisation.full_protocol.per_net_scales`); default: each net's training S.
     Returns the report: `{"protocol", "localisation_error" (percent; the first net at its
     first scale for "central", the greedy merge for "full"), "rows", "mean_box", ...}`."""
     from vggnet.localisation.task import load_classifier_checkpoint, load_localiser, protocol1
@@ -161,9 +167,12 @@ def evaluate_localisation(checkpoints: Sequence[str], data: str, *, protocol: st
     for c in classifiers:
         load_classifier_checkpoint(c)  # a localisation checkpoint given as --classifier: named, before any work
     dev = resolve_device(device)
+    from vggnet.localisation.full_protocol import per_net_scales, scales_label
+
     locs = [load_localiser(c) for c in checkpoints]
-    for loc in locs:  # a Q that cannot fit is refused with the estimate, before any work
-        check_scales_fit(loc.model, scales or [loc.default_scale()], dev,
+    per_net = per_net_scales(scales, [loc.default_scale() for loc in locs])
+    for loc, qs in zip(locs, per_net):  # a Q that cannot fit is refused with the estimate, before any work
+        check_scales_fit(loc.model, qs, dev,
                          method="dense" if protocol == "full" else "central crop", flip=protocol == "full",
                          amp="off", where=f"localisation net {loc.name}")
     classes = locs[0].classes
@@ -176,11 +185,12 @@ def evaluate_localisation(checkpoints: Sequence[str], data: str, *, protocol: st
     rows: list[dict[str, Any]] = []
     report: dict[str, Any] = {"protocol": protocol, "data": str(data), "images": len(val),
                               "nets": [{"checkpoint": l.checkpoint, "name": l.name, "head": l.head,
-                                        "train_scale": list(l.train_scale) if l.train_scale else None}
-                                       for l in locs]}
+                                        "train_scale": list(l.train_scale) if l.train_scale else None,
+                                        "test_scales": qs}
+                                       for l, qs in zip(locs, per_net)]}
     if protocol == "central":
-        for loc in locs:
-            for q in (scales or [loc.default_scale()]):
+        for loc, qs in zip(locs, per_net):
+            for q in qs:
                 r = protocol1(loc.model.to(dev), val, head=loc.head, preprocessing=loc.preprocessing, scale=q,
                               device=dev, batch_size=batch_size, workers=workers, amp=amp)
                 rows.append({"net": f"{loc.name} {loc.head.upper()}", "test_scale": str(q), "method": "central crop",
@@ -189,13 +199,13 @@ def evaluate_localisation(checkpoints: Sequence[str], data: str, *, protocol: st
     else:
         from vggnet.localisation.full_protocol import MERGE_LABELS, MERGE_METHODS, localise_images
 
-        qs = scales or sorted({loc.default_scale() for loc in locs})
-        res = localise_images(locs, list(classifiers), val, scales=qs, cls_scales=cls_scales, cls_method=cls_method,
+        qs = sorted({q for net_qs in per_net for q in net_qs})
+        res = localise_images(locs, list(classifiers), val, scales=per_net, cls_scales=cls_scales, cls_method=cls_method,
                               merge_iou=merge_iou, nms_iou=nms_iou, device=dev, workers=workers, batch_size=batch_size,
                               progress=progress, amp=amp, channels_last=channels_last)
         name = " + ".join(f"{l.name} {l.head.upper()}" for l in locs)
         for m in MERGE_METHODS:
-            rows.append({"net": name, "test_scale": ",".join(map(str, qs)), "method": MERGE_LABELS[m],
+            rows.append({"net": name, "test_scale": scales_label(per_net), "method": MERGE_LABELS[m],
                          "localisation_error": res.error(m)})
         report.update({"localisation_error": res.error("merge"), "merge_iou": merge_iou, "nms_iou": nms_iou,
                        "classifiers": list(classifiers), "classification_method": cls_method,
@@ -294,7 +304,7 @@ def ground_truth(files: Sequence[str], annotations: str | None = None) -> list[l
 
 
 def predict_localisation(checkpoints: Sequence[str], classifiers: Sequence[str], images: Sequence[str], out: str, *,
-                         scales: Sequence[int] | None = None, cls_method: str = "dense",
+                         scales: Sequence[int] | Sequence[Sequence[int]] | None = None, cls_method: str = "dense",
                          cls_scales: Sequence[int] | None = None, merge_iou: float = 0.5,
                          device: str | torch.device = "auto", workers: int = 0, amp: str = "off",
                          channels_last: bool = False, annotations: str | None = None) -> list[dict[str, Any]]:
@@ -303,7 +313,7 @@ def predict_localisation(checkpoints: Sequence[str], classifiers: Sequence[str],
     see `ground_truth`) and OUT/predictions.json. Returns the predictions."""
     from vggnet.localisation.task import load_classifier_checkpoint, load_localiser
     from vggnet.inference import resolve_device
-    from vggnet.localisation.full_protocol import ImageFiles, localise_images
+    from vggnet.localisation.full_protocol import ImageFiles, localise_images, per_net_scales
     from vggnet.checkpoint import atomic_write
 
     if not classifiers:
@@ -318,8 +328,9 @@ def predict_localisation(checkpoints: Sequence[str], classifiers: Sequence[str],
     truths = ground_truth(files, annotations)
     locs = [load_localiser(c) for c in checkpoints]
     dev = resolve_device(device)
-    qs = scales or sorted({loc.default_scale() for loc in locs})
-    res = localise_images(locs, list(classifiers), ImageFiles(files, locs[0].classes), scales=qs, cls_method=cls_method,
+    per_net = per_net_scales(scales, [loc.default_scale() for loc in locs])
+    qs = per_net[0] if all(p == per_net[0] for p in per_net) else per_net
+    res = localise_images(locs, list(classifiers), ImageFiles(files, locs[0].classes), scales=per_net, cls_method=cls_method,
                           cls_scales=cls_scales, merge_iou=merge_iou, device=dev, workers=workers, amp=amp,
                           channels_last=channels_last)
     out_dir = Path(out)
@@ -404,8 +415,10 @@ def _draw_predictions(path: str, preds: Sequence[tuple[int, Sequence[float], flo
 def _eval_arguments(p: argparse.ArgumentParser) -> None:
     add_checkpoint_argument(p, multiple=True, required=True, metavar="LOC",
                             help="localisation checkpoint (the union of several nets' boxes)")
-    p.add_argument("--test-scales", type=parse_test_scales, default=None, metavar="Q,Q,...",
-                   help="test scales Q (default: each localisation net's training S, the middle of [Smin, Smax])")
+    p.add_argument("--test-scales", type=parse_test_scales, action="append", default=None, metavar="Q,Q,...",
+                   help="test scales Q: once for every localisation net, or once per --checkpoint in the same "
+                        "order (Table 9's fusion: 256 for the S=256 net, 352,384 for the S=384 net) "
+                        "(default: each net's training S, the middle of [Smin, Smax])")
     p.add_argument("--classifier-method", dest="cls_method", choices=METHODS, default="dense",
                    help="how the classifier ranks the classes, as `vgg eval --method` (default: %(default)s)")
     p.add_argument("--classifier-scales", dest="cls_scales", type=parse_test_scales, default=None, metavar="Q,Q,...",

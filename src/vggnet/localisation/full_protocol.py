@@ -46,12 +46,43 @@ from vggnet.localisation.task import (IOU_THRESHOLD, Localiser, gt_boxes, load_c
                              sanitize_boxes)
 from vggnet.progress import progress_bar
 
-__all__ = ["STRIDE", "MERGE_METHODS", "dense_boxes", "greedy_merge", "nms_clusters", "best_window",
+__all__ = ["STRIDE", "MERGE_METHODS", "per_net_scales", "scales_label", "dense_boxes", "greedy_merge", "nms_clusters", "best_window",
            "best_per_class", "top5_localisation_error", "localise_images", "FullResult"]
 
 STRIDE = 32  # the net downsamples by 32: dense positions are 32 pixels apart
 MERGE_METHODS = ("merge", "nms", "best-window")
 MERGE_LABELS = {"merge": "greedy merge", "nms": "NMS (cluster score)", "best-window": "best window"}
+
+
+# --------------------------------------------------------------------------- test scales per net
+
+
+def per_net_scales(scales: Sequence[int] | Sequence[Sequence[int]] | None, defaults: Sequence[int]
+                   ) -> list[list[int]]:
+    """Each localisation net's test scales Q, in the order of the nets.
+
+    `scales` is one list for every net (`--test-scales 256,384`), or one list per net
+    (`--test-scales` repeated once per `--checkpoint`, in the same order: the paper's
+    fusion tests its S = 256 net at Q = 256 and its S = 384 net at Q = 352, 384);
+    None gives each net its own default Q (`defaults`, one per net)."""
+    n = len(defaults)
+    if scales is None or len(scales) == 0:
+        return [[int(q)] for q in defaults]
+    if all(isinstance(q, int) for q in scales):
+        return [sorted({int(q) for q in scales})] * n  # type: ignore[arg-type]
+    lists = [sorted({int(q) for q in qs}) for qs in scales]  # type: ignore[union-attr]
+    if len(lists) == 1:
+        return lists * n
+    if len(lists) != n:
+        raise UserError(f"--test-scales: given {len(lists)} times for {n} localisation nets (--checkpoint); give it "
+                        f"once (every net at the same Q) or once per --checkpoint, in the same order")
+    return lists
+
+
+def scales_label(per_net: Sequence[Sequence[int]]) -> str:
+    """`256,384` when every net runs at the same Q, else each net's Q joined by ` / ` (`256 / 352,384`)."""
+    texts = [",".join(map(str, qs)) for qs in per_net]
+    return texts[0] if len(set(texts)) == 1 else " / ".join(texts)
 
 
 # --------------------------------------------------------------------------- dense boxes
@@ -337,14 +368,18 @@ def _classifier_scores(classifiers: Sequence[Any], x01: torch.Tensor, classes: t
 
 @torch.no_grad()
 def _candidates(locs: Sequence[Localiser], classifiers: Sequence[Any], xs: Sequence[torch.Tensor],
-                size: tuple[int, int], classes: torch.Tensor, device: torch.device
+                size: tuple[int, int], classes: torch.Tensor, device: torch.device, *,
+                scales: Sequence[int], per_net: Sequence[Sequence[int]]
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Every window's box for each class in `classes`, from every scale and localisation
-    net (their union), with its class score: (boxes (M, 4), scores (M,), classes (M,))."""
+    """Every window's box for each class in `classes`, from every localisation net at each
+    of its own scales (`per_net[i]`; `xs[k]` is the image at `scales[k]`), the union over
+    nets, with its class score: (boxes (M, 4), scores (M,), classes (M,))."""
     all_boxes, all_scores, all_idx = [], [], []
-    for x01 in xs:
+    for q, x01 in zip(scales, xs):
         x01 = x01.unsqueeze(0).to(device)
-        for loc in locs:
+        for loc, qs in zip(locs, per_net):
+            if q not in qs:
+                continue
             b = dense_boxes(loc.model, loc.preprocessing.normalize()(x01), image_size=size)[0]   # (h, w, K, 4)
             h, w = b.shape[:2]
             b = b[:, :, classes] if loc.head == "pcr" else b.expand(h, w, classes.numel(), 4)
@@ -363,7 +398,8 @@ def predict_boxes(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor,
             "best-window": best_per_class(*best_window(boxes, scores, idxs), ranked)}
 
 
-def localise_images(locs: Sequence[Localiser], classifiers: Sequence[str], dataset: Any, *, scales: Sequence[int],
+def localise_images(locs: Sequence[Localiser], classifiers: Sequence[str], dataset: Any, *,
+                    scales: Sequence[int] | Sequence[Sequence[int]],
                     cls_scales: Sequence[int] | None = None, cls_method: str = "dense", flip: bool = True,
                     merge_iou: float = 0.5, nms_iou: float = 0.5, topk: int = 5, device: torch.device,
                     workers: int = 0, batch_size: int = 32, progress: bool = False, amp: str = "off",
@@ -386,10 +422,13 @@ def localise_images(locs: Sequence[Localiser], classifiers: Sequence[str], datas
         if list(ck.get("classes", [])) != list(classes):
             raise CheckpointError(f"--classifier {path}: its {len(ck.get('classes', []))} classes differ from the "
                                   f"localisation net's {len(classes)} ({', '.join(classes[:4])}, ...)")
-    small = [q for q in scales if q < max(loc.crop_size for loc in locs)]
-    if small:
-        raise UserError(f"--test-scales: Q={small[0]} is smaller than a localisation net's crop size")
-    ranking = evaluate(list(ckpts), dataset, scales=cls_scales or scales, method=cls_method, flip=flip,
+    per_net = per_net_scales(scales, [loc.default_scale() for loc in locs])
+    union = sorted({q for qs in per_net for q in qs})
+    for loc, qs in zip(locs, per_net):
+        if min(qs) < loc.crop_size:
+            raise UserError(f"--test-scales: Q={min(qs)} is smaller than localisation net {loc.checkpoint}'s "
+                            f"crop size {loc.crop_size}")
+    ranking = evaluate(list(ckpts), dataset, scales=cls_scales or union, method=cls_method, flip=flip,
                        batch_size=batch_size, workers=workers, device=device, amp=amp, channels_last=channels_last)
     posterior = ranking.final_posterior()                              # (N, classes), fused
     k = min(topk, len(classes))
@@ -398,7 +437,8 @@ def localise_images(locs: Sequence[Localiser], classifiers: Sequence[str], datas
                      use="--classifier")
     for loc in locs:
         loc.model.eval().to(device)
-    ds = with_transform(dataset, _MultiScale(scales))
+    multi = _MultiScale(union)
+    ds = with_transform(dataset, multi)
     paths = sample_paths(ds)
     loader = DataLoader(ds, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_identity)
     preds: dict[str, list] = {m: [] for m in MERGE_METHODS}
@@ -410,7 +450,7 @@ def localise_images(locs: Sequence[Localiser], classifiers: Sequence[str], datas
         xs, label, boxes = item if len(item) == 3 else (*item, None)
         size = tuple(boxes.canvas_size) if boxes is not None else (int(xs[0].shape[-2]), int(xs[0].shape[-1]))
         with amp_context(device, amp):
-            cand = _candidates(locs, nets, xs, size, ranked[n], device)
+            cand = _candidates(locs, nets, xs, size, ranked[n], device, scales=multi.scales, per_net=per_net)
         cand = tuple(c.float() if c.is_floating_point() else c for c in cand)
         windows += cand[0].shape[0]
         for m, p in predict_boxes(*cand, ranked[n].tolist(), merge_iou=merge_iou, nms_iou=nms_iou).items():
@@ -423,4 +463,4 @@ def localise_images(locs: Sequence[Localiser], classifiers: Sequence[str], datas
         cls_err = 100.0 * (1 - float((ranked == ranking.labels.view(-1, 1)).any(dim=1).float().mean()))
     return FullResult(classes=list(classes), paths=paths, labels=labels, gt_boxes=gts,
                       sizes=sizes, predictions=preds, classification_top5_error=cls_err,
-                      seconds=time.perf_counter() - t0, windows=windows)
+                      seconds=time.perf_counter() - t0, windows=windows, extra={"test_scales": per_net})
