@@ -123,7 +123,7 @@ def test_readme_states_the_recorded_demo_run():
 
 def _check_contents(out: Path, classes: list[str], rows: list[dict], best: dict, printed: str) -> None:
     """What the files say, not only that they exist: each number is checked against another source."""
-    data, run = out / "data", out / "train"
+    data = out / "data"
     # the statistics are the training images' mean RGB (the demo samples 32 of 64: within a few levels),
     # and the net records the mean it was trained with
     stats = json.loads((data / "stats.json").read_text())
