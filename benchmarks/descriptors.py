@@ -30,7 +30,7 @@ from vggnet.data.transforms import DenseEvalPreset, Preprocessing
 from vggnet.data.images import open_image
 from vggnet.models import vgg
 from vggnet.transfer.descriptors import DescriptorExtractor, ImageSet
-from vggnet.transfer.pipeline import LinearSVMs
+from vggnet.transfer.svm import LinearSVMs
 from vggnet.checkpoint import CAFFE_PREPROCESSING, make_checkpoint, save_checkpoint
 
 

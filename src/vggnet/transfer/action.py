@@ -37,7 +37,8 @@ from vggnet.data.voc_action import ActionSet, read_action_split
 from vggnet.distributed import on_main, rank_world
 from vggnet.errors import UserError
 from vggnet.transfer.descriptors import DescriptorExtractor, ImageSet
-from vggnet.transfer.pipeline import C_GRID, LinearSVMs, check_disjoint, multilabel_metrics, select_C
+from vggnet.transfer.pipeline import C_GRID, check_disjoint
+from vggnet.transfer.svm import LinearSVMs, multilabel_metrics, select_C
 
 __all__ = ["ACTION_SETTINGS", "ActionWork", "crop_boxes", "action_descriptors", "fit_action", "action_transfer"]
 
