@@ -155,6 +155,8 @@ def _check_contents(out: Path, classes: list[str], rows: list[dict], best: dict,
     assert all((r["top5_error"] is None) == (len(classes) <= 5) for r in report["rows"])
     o = report["overall"]
     assert f"top-1 accuracy {o['top1_accuracy']:.2f}% (top-1 error {o['top1_error']:.2f}%" in printed
+    final = next(line for line in printed.splitlines() if line.startswith("final ("))
+    assert ("top-5 error n/a" in final) == (len(classes) <= 5), final  # n/a, not 0.00%, with few classes
     assert f"top-1 error {o['top1_error']:.2f}%" in (out / "results.md").read_text()
     # predictions.txt: each line names a validation image and its true class (its folder); the mark says
     # whether the first guess is that class; three guesses with decreasing probabilities

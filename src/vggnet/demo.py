@@ -292,9 +292,10 @@ def run(output_dir: str | os.PathLike = "demo_run", *, quick: bool = False, epoc
     # the times as recorded (0.1 s), so that the printed line and the record say the same
     seconds = round(time.perf_counter() - t_start, 1)
     timings = {k: round(v, 1) for k, v in timings.items()}
+    top5 = f"{o['top5_error']:.2f}%" if ev.top5_applicable else "n/a (5 classes or fewer)"
     print(f"\nfinal ({'dense & multi-crop' if ev.method == 'both' else ev.method}, Q = "
           f"{', '.join(map(str, scales))}): top-1 accuracy {o['top1_accuracy']:.2f}% (top-1 error "
-          f"{o['top1_error']:.2f}%, top-5 error {o['top5_error']:.2f}%) on {o['images']} validation images; "
+          f"{o['top1_error']:.2f}%, top-5 error {top5}) on {o['images']} validation images; "
           f"{_fmt(seconds)} in all (dataset {_fmt(timings['dataset'])}, training {_fmt(timings['train'])}, "
           f"evaluation {_fmt(timings['evaluate'])}, localisation {_fmt(timings['localisation'])}, "
           f"transfer {_fmt(timings['transfer'])})")
