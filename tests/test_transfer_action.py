@@ -107,3 +107,21 @@ def test_cli_transfer_task_action(ckpt, actions, tmp_path, capsys):
     assert "must not be tested on its training images" in capsys.readouterr().err
     assert main(base[:2] + base[4:]) == 2     # without --task action: named, not mistaken for class folders
     assert "with --task action" in capsys.readouterr().err
+
+
+def test_cli_transfer_task_action_passes_the_execution_flags(ckpt, actions, tmp_path, monkeypatch):
+    """`--channels-last` reaches the descriptor extractor of `--task action` as it does for `vgg transfer`."""
+    from vggnet.transfer import action
+
+    seen = {}
+    real = action.DescriptorExtractor
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(action, "DescriptorExtractor", spy)
+    assert main(["transfer", str(ckpt), "--task", "action", "--data", str(actions), "--test-scales", "32",
+                 "--workers", "0", "--C-grid", "1", "--action-setting", "image", "--channels-last", "on",
+                 "--json", "--output-dir", str(tmp_path / "o")]) == 0
+    assert seen["channels_last"] == "on" and seen["amp"] == "auto"

@@ -299,11 +299,13 @@ def _is_safetensors(path: Path) -> bool:
 
 
 def _safetensors_hint(path: Path) -> str:
-    if _is_safetensors(path) and _is_transfer_classifier(path):
+    if not _is_safetensors(path):
+        return ""
+    if _is_transfer_classifier(path):
         return (f"; it is a `vgg transfer` classifier (linear SVMs over descriptors), not a net: apply it with "
                 f"`vgg transfer predict {path.parent} IMAGE...`")
     return (f"; it is a safetensors file: convert it with `vgg import safetensors {path} --output CKPT.pt` "
-            f"(a vggnet export keeps its classes and preprocessing)") if _is_safetensors(path) else ""
+            f"(a vggnet export keeps its classes and preprocessing)")
 
 
 def _is_transfer_classifier(path: Path) -> bool:
@@ -333,11 +335,10 @@ def check_checkpoint(ckpt: Any, path: Path) -> dict[str, Any]:
         if key not in ckpt:
             raise CheckpointError(f"checkpoint {path} has no {key!r} entry")
     verify_checksum(ckpt, path)  # every reader of a checkpoint file, export and import included
-    stored = ckpt.get("kind")
-    if stored is not None and (stored not in KINDS or stored != kind_from_contents(ckpt)) \
-            and kind_from_contents(ckpt) in KINDS:
+    stored, said = ckpt.get("kind"), kind_from_contents(ckpt)
+    if stored is not None and said in KINDS and stored != said:
         raise CheckpointError(f"checkpoint {path}: its kind entry says {stored!r}, and its contents (meta task, "
-                              f"outputs, classes) say {kind_from_contents(ckpt)!r}: it was edited or damaged")
+                              f"outputs, classes) say {said!r}: it was edited or damaged")
     return ckpt
 
 

@@ -105,7 +105,8 @@ def action_descriptors(checkpoints: Sequence[str | os.PathLike | Mapping[str, An
                        output_dir: str | os.PathLike, setting: str = "image+box", train_split: str | None = None,
                        test_split: str | None = None, scales: Sequence[int] | None = None, flip: bool = True,
                        aggregation: str = "average", device: str | torch.device | None = None, amp: str = "off",
-                       batch_size: int = 32, workers: int = 0, progress: bool = False) -> ActionWork | None:
+                       channels_last: str = "auto", batch_size: int = 32, workers: int = 0,
+                       progress: bool = False) -> ActionWork | None:
     """The instances of the train and test splits (`train` and `val` by default: VOC-2012's test labels
     are not public) and their descriptors. Collective under torch.distributed; None on ranks > 0."""
     if setting not in ACTION_SETTINGS:
@@ -120,7 +121,7 @@ def action_descriptors(checkpoints: Sequence[str | os.PathLike | Mapping[str, An
     check_disjoint(image_set(train), image_set(test), f"--data {data}: the action lists of {tr_name} and {te_name}")
     out = Path(output_dir)
     extractor = DescriptorExtractor(checkpoints, scales=scales, flip=flip, aggregation=aggregation, device=device,
-                                    amp=amp, batch_size=batch_size, workers=workers)
+                                    amp=amp, batch_size=batch_size, workers=workers, channels_last=channels_last)
     X_tr = _describe(extractor, train, tr_name, setting, out / "features", progress)
     X_te = _describe(extractor, test, te_name, setting, out / "features", progress)
     if X_tr is None or X_te is None:

@@ -141,20 +141,28 @@ def _run_action(args: argparse.Namespace, grid: list[float]) -> int:
         work = action_descriptors(
             args.checkpoint, args.data, output_dir=args.output_dir, setting=args.action_setting,
             train_split=args.train_split, test_split=args.test_split, scales=args.test_scales, flip=args.flip,
-            aggregation=args.aggregate, device=info.device, amp=args.amp, batch_size=args.batch_size,
-            workers=resolve_workers(args.workers), progress=info.is_main and args.progress)
+            aggregation=args.aggregate, device=info.device, amp=args.amp, channels_last=args.channels_last,
+            batch_size=args.batch_size, workers=resolve_workers(args.workers), progress=info.is_main and args.progress)
     if work is None:
         return 0
     report = fit_action(work, c_grid=grid, folds=args.folds, c_selection=args.c_selection, holdout=args.holdout)
+    return _print_report(
+        args, report,
+        f"action classification ({report['setting']}): mAP {report['mAP']:.2f}% (VOC-2007 11-point AP); "
+        f"{report['mAP_area']:.2f}% (area under PR, VOC-2012's measure) over {len(report['actions'])} actions",
+        f"{report['protocol']}: {report['train_instances']} / {report['test_instances']} persons; "
+        f"C = {report['C']:g} (chosen on a {report['C_selection']})")
+
+
+def _print_report(args: argparse.Namespace, report: dict, headline: str, protocol: str) -> int:
+    """`--json`, or the headline, the per-class numbers and the protocol line."""
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print(f"action classification ({report['setting']}): mAP {report['mAP']:.2f}% (VOC-2007 11-point AP); "
-          f"{report['mAP_area']:.2f}% (area under PR, VOC-2012's measure) over {len(report['actions'])} actions")
+    print(headline)
     for line in per_class_lines(report):
         print(line)
-    print(f"{report['protocol']}: {report['train_instances']} / {report['test_instances']} persons; C = {report['C']:g} "
-          f"(chosen on a {report['C_selection']}); results in {args.output_dir}/results.json")
+    print(f"{protocol}; results in {args.output_dir}/results.json")
     return 0
 
 
@@ -184,26 +192,18 @@ def run_transfer(args: argparse.Namespace) -> int:
             aggregation=args.aggregate, train_split=args.train_split, test_split=args.test_split,
             train_per_class=args.train_per_class, test_per_class=args.test_per_class, splits=args.splits,
             exclude=args.exclude_class, c_grid=grid, folds=args.folds, train_features=args.train_features,
-            test_features=args.test_features, device=info.device, amp=args.amp, channels_last=args.channels_last, batch_size=args.batch_size,
-            workers=resolve_workers(args.workers), progress=info.is_main and args.progress)
+            test_features=args.test_features, device=info.device, amp=args.amp, channels_last=args.channels_last,
+            batch_size=args.batch_size, workers=resolve_workers(args.workers), progress=info.is_main and args.progress)
     if work is None:  # a rank > 0: its share of the descriptors is done
         return 0
     report = fit_transfer(work, c_grid=grid, folds=args.folds, c_selection=args.c_selection, holdout=args.holdout)
-    if args.json:
-        print(json.dumps(report, indent=2))
-        return 0
     pm = (lambda k: f" ± {report[k + '_std']:.2f}" if k + "_std" in report else "")
-    if "mAP" in report:
-        print(f"mAP {report['mAP']:.2f}%{pm('mAP')} (VOC-2007 11-point AP); {report['mAP_area']:.2f}%"
-              f"{pm('mAP_area')} (area under PR, VOC-2010+)")
-    else:
-        print(f"accuracy {report['accuracy']:.2f}%{pm('accuracy')}; mean class accuracy "
-              f"{report['mean_class_accuracy']:.2f}%{pm('mean_class_accuracy')}")
-    for line in per_class_lines(report):
-        print(line)
-    print(f"{report['protocol']}; C = {report['C']} (chosen on a {report['C_selection']}); results in "
-          f"{args.output_dir}/results.json")
-    return 0
+    headline = (f"mAP {report['mAP']:.2f}%{pm('mAP')} (VOC-2007 11-point AP); {report['mAP_area']:.2f}%"
+                f"{pm('mAP_area')} (area under PR, VOC-2010+)" if "mAP" in report else
+                f"accuracy {report['accuracy']:.2f}%{pm('accuracy')}; mean class accuracy "
+                f"{report['mean_class_accuracy']:.2f}%{pm('mean_class_accuracy')}")
+    return _print_report(args, report, headline,
+                         f"{report['protocol']}; C = {report['C']} (chosen on a {report['C_selection']})")
 
 
 def per_class_lines(report: dict, per_line: int = 5) -> list[str]:
